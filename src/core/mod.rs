@@ -1,0 +1,9 @@
+//! The pure core: spec language, domain values, rule rendering, conflict checks, address
+//! selection and reconcile planning. Nothing here touches the operating system, so all of it is
+//! tested on any host.
+
+pub mod conflict;
+pub mod model;
+pub mod publication;
+pub mod render;
+pub mod spec;

@@ -1,0 +1,473 @@
+//! Typed domain values.
+//!
+//! Raw strings from the command line, the socket or the state file become one of these types at
+//! the edge, through a validating constructor. Everything downstream (rendering, conflict checks,
+//! planning) handles only these values, so nothing unvalidated can reach pf rule text.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A value that failed validation: what it was, and what is accepted instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {reason}")]
+pub struct InvalidValue {
+    /// The kind of value ("jail name", "interface name", ...).
+    pub what: &'static str,
+    /// The offending input, as given.
+    pub value: String,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl InvalidValue {
+    pub(crate) fn new(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        InvalidValue { what, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// Implements Display, FromStr-based serde (as a string) for a validated type.
+macro_rules! string_serde {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use string_serde;
+
+/// Transport protocol of a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Every protocol, in canonical order.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The keyword pf and the spec language use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| InvalidValue::new("protocol", s, "protocol must be tcp, udp or sctp"))
+    }
+}
+string_serde!(Protocol);
+
+/// Address family of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::Inet, Family::Inet6];
+
+    /// The family of an address.
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Inet,
+            IpAddr::V6(_) => Family::Inet6,
+        }
+    }
+
+    /// pf's keyword for the family.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+        }
+    }
+
+    /// The name people use: "IPv4" or "IPv6".
+    pub fn human(self) -> &'static str {
+        match self {
+            Family::Inet => "IPv4",
+            Family::Inet6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive range of ports, 1-65535, start <= end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    start: u16,
+    end: u16,
+}
+
+impl PortRange {
+    /// A range; `None` when a bound is 0 or start > end.
+    pub fn new(start: u16, end: u16) -> Option<PortRange> {
+        (start >= 1 && start <= end).then_some(PortRange { start, end })
+    }
+
+    /// A single port; `None` for 0.
+    pub fn single(port: u16) -> Option<PortRange> {
+        PortRange::new(port, port)
+    }
+
+    pub fn start(self) -> u16 {
+        self.start
+    }
+
+    pub fn end(self) -> u16 {
+        self.end
+    }
+
+    /// Number of ports in the range, minus one (0 for a single port).
+    pub fn span(self) -> u16 {
+        self.end - self.start
+    }
+
+    pub fn is_single(self) -> bool {
+        self.start == self.end
+    }
+
+    /// Whether two ranges share at least one port.
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    /// pf's spelling: `8080` or `8000:8010`.
+    pub fn pf(self) -> String {
+        if self.is_single() { self.start.to_string() } else { format!("{}:{}", self.start, self.end) }
+    }
+}
+
+impl fmt::Display for PortRange {
+    /// The spec language's spelling: `8080` or `8000-8010`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_single() { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
+    }
+}
+
+/// A host interface name: 1-15 characters of letters, digits, `_`, `.`, `-`, starting with a
+/// letter (em0, vtnet0, igb0.100, epair3a, bridge0, lagg0).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for InterfaceName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const RULE: &str = "an interface name is 1-15 letters, digits, '_', '.' or '-', starting \
+                            with a letter (em0, vtnet0, igb0.100)";
+        let ok = (1..=15).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if ok { Ok(InterfaceName(s.to_string())) } else { Err(InvalidValue::new("interface name", s, RULE)) }
+    }
+}
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_serde!(InterfaceName);
+
+/// Name of a network jails attach to (a key of the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetworkName(String);
+
+impl NetworkName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for NetworkName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if is_safe_component(s) {
+            Ok(NetworkName(s.to_string()))
+        } else {
+            Err(InvalidValue::new(
+                "network name",
+                s,
+                "a network name is 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ))
+        }
+    }
+}
+
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_serde!(NetworkName);
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`: usable verbatim as a pf anchor component and in labels.
+pub(crate) fn is_safe_component(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A jail's name: 1-255 bytes of printable ASCII other than whitespace, `"`, `'` and `\`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JailName(String);
+
+impl JailName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The one place a jail's name becomes a pf anchor component (and the stem of its labels).
+    ///
+    /// A name that is already a safe component is used as is; any other name maps to `j-` plus
+    /// 16 hex digits of its FNV-1a 64-bit hash. The mapping never changes between versions,
+    /// because anchors loaded by an earlier agent must be found again.
+    pub fn component(&self) -> String {
+        if is_safe_component(&self.0) { self.0.clone() } else { format!("j-{:016x}", fnv1a64(self.0.as_bytes())) }
+    }
+}
+
+/// FNV-1a, 64 bits: small, stable and specified, which is all the naming needs (collisions are
+/// detected by the agent, not assumed away).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl FromStr for JailName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const RULE: &str = "a jail name is 1-255 printable ASCII characters other than spaces, \
+                            quotes and backslashes";
+        if s.is_empty() || s.len() > 255 {
+            return Err(InvalidValue::new("jail name", s, RULE));
+        }
+        if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\')) {
+            return Err(InvalidValue::new("jail name", s, format!("{RULE}; found {c:?}")));
+        }
+        Ok(JailName(s.to_string()))
+    }
+}
+
+impl fmt::Display for JailName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_serde!(JailName);
+
+/// An address prefix such as `192.0.2.0/24` or `2001:db8::/32`; a bare address is a full-length
+/// prefix. Host bits must be zero, so that what pf matches is exactly what was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.addr)
+    }
+
+    fn max_prefix(addr: &IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    /// Builds a prefix; `None` when the length is too long or host bits are set.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        (prefix <= Self::max_prefix(&addr) && mask(addr, prefix) == addr).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` lies inside this prefix.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        Family::of(ip) == self.family() && mask(*ip, self.prefix) == self.addr
+    }
+}
+
+/// `addr` with every bit past `prefix` cleared.
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == Self::max_prefix(&self.addr) {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| InvalidValue::new("address prefix", s, why);
+        let (addr_s, prefix_s) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_s.parse().map_err(|_| {
+            bad("expected an IPv4 or IPv6 address, optionally with /LENGTH (192.0.2.0/24, 2001:db8::/32)".into())
+        })?;
+        let max = Self::max_prefix(&addr);
+        let prefix = match prefix_s {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.chars().all(|c| c.is_ascii_digit()) => n,
+                _ => return Err(bad(format!("prefix length must be 0-{max}"))),
+            },
+        };
+        let masked = mask(addr, prefix);
+        if masked != addr {
+            return Err(bad(format!("host bits are set; did you mean {masked}/{prefix}?")));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+string_serde!(Cidr);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        for ok in ["em0", "vtnet0", "igb0.100", "epair3a", "bridge0", "lagg0", "a", "abcdefghijklmno"] {
+            assert!(ok.parse::<InterfaceName>().is_ok(), "{ok}");
+        }
+        for bad in ["", "0em", "em 0", "em0;", "abcdefghijklmnop", "(em0)", "em0\n", "é0"] {
+            assert!(bad.parse::<InterfaceName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jail_names_and_components() {
+        let web: JailName = "web".parse().unwrap();
+        assert_eq!(web.component(), "web");
+        let odd: JailName = "_web/1".parse().unwrap();
+        let c = odd.component();
+        assert!(c.starts_with("j-") && c.len() == 18, "{c}");
+        assert_eq!(c, odd.component(), "deterministic");
+        let long: JailName = "a".repeat(64).parse().unwrap();
+        assert!(long.component().starts_with("j-"));
+        assert_eq!("a".repeat(63).parse::<JailName>().unwrap().component(), "a".repeat(63));
+        assert!("a".repeat(255).parse::<JailName>().is_ok());
+        for bad in ["", "a b", "a\"b", "a'b", "a\\b", "a\nb", "a\tb", "é"] {
+            assert!(bad.parse::<JailName>().is_err(), "{bad:?}");
+        }
+        assert!("a".repeat(256).parse::<JailName>().is_err());
+    }
+
+    #[test]
+    fn fnv_known_vector() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!("192.0.2.0/24".parse::<Cidr>().unwrap().to_string(), "192.0.2.0/24");
+        assert_eq!("198.51.100.7".parse::<Cidr>().unwrap().to_string(), "198.51.100.7");
+        assert_eq!("198.51.100.7/32".parse::<Cidr>().unwrap().to_string(), "198.51.100.7");
+        assert_eq!("2001:0db8::/32".parse::<Cidr>().unwrap().to_string(), "2001:db8::/32");
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().to_string(), "0.0.0.0/0");
+        let e = "192.0.2.1/24".parse::<Cidr>().unwrap_err();
+        assert!(e.reason.contains("did you mean 192.0.2.0/24"), "{e}");
+        for bad in ["", "any", "192.0.2.0/33", "192.0.2.0/", "192.0.2.0/+8", "::/129", "{1.2.3.4}", "1.2.3.4 "] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+        let net: Cidr = "10.13.37.0/24".parse().unwrap();
+        assert!(net.contains(&"10.13.37.9".parse().unwrap()));
+        assert!(!net.contains(&"10.13.38.9".parse().unwrap()));
+        assert!(!net.contains(&"fd00::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert!(PortRange::new(0, 1).is_none());
+        assert!(PortRange::new(5, 4).is_none());
+        let r = PortRange::new(8000, 8010).unwrap();
+        assert_eq!(r.to_string(), "8000-8010");
+        assert_eq!(r.pf(), "8000:8010");
+        assert!(r.overlaps(PortRange::single(8010).unwrap()));
+        assert!(!r.overlaps(PortRange::single(8011).unwrap()));
+        assert_eq!(PortRange::single(80).unwrap().pf(), "80");
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!("UDP".parse::<Protocol>().unwrap(), Protocol::Udp);
+        assert!("icmp".parse::<Protocol>().is_err());
+    }
+}

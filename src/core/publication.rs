@@ -1,0 +1,104 @@
+//! A publication: one port spec of one jail, with its options.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Cidr, Family, JailName, NetworkName};
+use super::spec::PortSpec;
+
+/// What a user asked for: publish `spec` of `jail`, optionally only to `sources`, optionally
+/// logged, optionally targeting the jail's address in `network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publication {
+    pub jail: JailName,
+    pub spec: PortSpec,
+    /// Source restriction; empty means from any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Cidr>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkName>,
+}
+
+impl Publication {
+    /// A publication with its sources sorted and de-duplicated, so that equal requests compare
+    /// equal.
+    pub fn new(
+        jail: JailName,
+        spec: PortSpec,
+        mut sources: Vec<Cidr>,
+        log: bool,
+        network: Option<NetworkName>,
+    ) -> Publication {
+        sources.sort();
+        sources.dedup();
+        Publication { jail, spec, sources, log, network }
+    }
+
+    /// The sources of one family; `None` means from any.
+    pub fn sources_of(&self, family: Family) -> Option<Vec<Cidr>> {
+        if self.sources.is_empty() {
+            None
+        } else {
+            Some(self.sources.iter().copied().filter(|c| c.family() == family).collect())
+        }
+    }
+
+    /// The label carried by this publication's pass rules: `kleene:<jail>:<spec>` when that
+    /// fits pf's 63 characters, else `kleene:` and a 16-digit hash of the same text. Unique per
+    /// (jail, spec), so that `pfctl -k label -k LABEL` kills only this publication's states.
+    pub fn label(&self) -> String {
+        let full = format!("kleene:{}:{}", self.jail.component(), self.spec);
+        if full.len() <= 63 { full } else { format!("kleene:{:016x}", super::model::fnv1a64(full.as_bytes())) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(jail: &str, spec: &str) -> Publication {
+        Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None)
+    }
+
+    #[test]
+    fn labels_fit_pf() {
+        assert_eq!(publication("web", "8080:80").label(), "kleene:web:8080:80/tcp");
+        let long = publication(&"w".repeat(60), "[2001:db8::10]:8000-8010:9000/udp");
+        assert!(long.label().len() <= 63);
+        assert!(long.label().starts_with("kleene:"));
+        assert_ne!(long.label(), publication(&"w".repeat(60), "[2001:db8::10]:8000-8010:9000/tcp").label());
+    }
+
+    #[test]
+    fn sources_are_normalised() {
+        let a = Publication::new(
+            "web".parse().unwrap(),
+            "80".parse().unwrap(),
+            vec!["198.51.100.7".parse().unwrap(), "192.0.2.0/24".parse().unwrap(), "198.51.100.7".parse().unwrap()],
+            false,
+            None,
+        );
+        assert_eq!(a.sources.len(), 2);
+        assert_eq!(a.sources[0].to_string(), "192.0.2.0/24");
+        assert_eq!(a.sources_of(Family::Inet6), Some(vec![]));
+        assert_eq!(publication("web", "80").sources_of(Family::Inet), None);
+    }
+
+    #[test]
+    fn yaml_round_trip() {
+        let p = Publication::new(
+            "web".parse().unwrap(),
+            "em1:8080:80/udp".parse().unwrap(),
+            vec!["192.0.2.0/24".parse().unwrap()],
+            true,
+            Some("kleenet".parse().unwrap()),
+        );
+        let text = serde_yaml::to_string(&p).unwrap();
+        assert!(text.contains("spec: em1:8080:80/udp"), "{text}");
+        assert_eq!(serde_yaml::from_str::<Publication>(&text).unwrap(), p);
+        assert!(serde_yaml::from_str::<Publication>("jail: web\nspec: 'em1:8080'\n").is_err());
+        assert!(serde_yaml::from_str::<Publication>("jail: web\nspec: '80'\nbogus: 1\n").is_err());
+    }
+}

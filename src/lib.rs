@@ -1,0 +1,7 @@
+//! kleene-rdr: publish ports of FreeBSD jails with pf translation rules.
+//!
+//! `core` is pure and portable; `sys` is the thin FreeBSD layer that runs pfctl, jls, route and
+//! jexec; `agent` keeps pf in step with the desired publications; `cli` is `kleenectl`.
+
+pub mod cli;
+pub mod core;

@@ -1,0 +1,5 @@
+//! `kleenectl`: the agent and its client, in one binary.
+
+fn main() {
+    std::process::exit(kleene_rdr::cli::main());
+}
