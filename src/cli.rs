@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::core::conflict;
 use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName};
 use crate::core::publication::Publication;
-use crate::core::render::{Gateways, Targets, render_anchor};
+use crate::core::render::{Gateways, Targets, render_uniform};
 use crate::core::spec::{PortSpec, SpecError};
 
 /// Bad input from the command line: exit status 2.
@@ -145,7 +145,7 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let anchor = render_anchor(&pubs, &targets, &gateways);
+    let anchor = render_uniform(&pubs, &targets, &gateways);
     for s in anchor.skipped() {
         eprintln!("kleenectl: note: {s}");
     }

@@ -2,8 +2,11 @@
 //! selection and reconcile planning. Nothing here touches the operating system, so all of it is
 //! tested on any host.
 
+pub mod address;
 pub mod conflict;
 pub mod model;
+pub mod plan;
 pub mod publication;
+pub mod readback;
 pub mod render;
 pub mod spec;

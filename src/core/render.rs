@@ -268,16 +268,21 @@ impl Anchor {
     }
 }
 
-/// Renders the anchor of one jail from its publications (sorted here by spec, so that the text
-/// does not depend on the order they were published in).
-pub fn render_anchor<'a>(
-    publications: impl IntoIterator<Item = &'a Publication>,
+/// Renders the anchor of one jail from its publications, each with the targets chosen for it
+/// (sorted here by spec, so that the text does not depend on the order they were published in).
+pub fn render_anchor<'a>(items: impl IntoIterator<Item = (&'a Publication, Targets)>, gateways: &Gateways) -> Anchor {
+    let mut items: Vec<(&Publication, Targets)> = items.into_iter().collect();
+    items.sort_by(|a, b| a.0.spec.cmp(&b.0.spec));
+    Anchor { publications: items.into_iter().map(|(p, t)| (p.clone(), render_publication(p, &t, gateways))).collect() }
+}
+
+/// Renders publications that all share one set of targets.
+pub fn render_uniform<'a>(
+    pubs: impl IntoIterator<Item = &'a Publication>,
     targets: &Targets,
     gateways: &Gateways,
 ) -> Anchor {
-    let mut pubs: Vec<&Publication> = publications.into_iter().collect();
-    pubs.sort_by(|a, b| a.spec.cmp(&b.spec));
-    Anchor { publications: pubs.into_iter().map(|p| (p.clone(), render_publication(p, targets, gateways))).collect() }
+    render_anchor(pubs.into_iter().map(|p| (p, targets.clone())), gateways)
 }
 
 #[cfg(test)]
@@ -298,7 +303,7 @@ mod tests {
 
     fn text(specs: &[&str], t: &Targets, g: &Gateways) -> String {
         let pubs: Vec<Publication> = specs.iter().map(|s| publication(s)).collect();
-        render_anchor(&pubs, t, g).text()
+        render_uniform(&pubs, t, g).text()
     }
 
     #[test]
@@ -342,11 +347,11 @@ mod tests {
     #[test]
     fn families_skipped_and_reported() {
         let pubs = [publication("8080:80")];
-        let a = render_anchor(&pubs, &v4(), &Gateways { inet: Some("em0".parse().unwrap()), inet6: None });
+        let a = render_uniform(&pubs, &v4(), &Gateways { inet: Some("em0".parse().unwrap()), inet6: None });
         let skipped: Vec<String> = a.skipped().map(|s| s.to_string()).collect();
         assert_eq!(skipped, ["8080:80/tcp: no IPv6 rules: the jail has no IPv6 address"]);
         let v6only = Targets::from_addrs(["fd00::2".parse().unwrap()]);
-        let a = render_anchor(&pubs, &v6only, &Gateways { inet: Some("em0".parse().unwrap()), inet6: None });
+        let a = render_uniform(&pubs, &v6only, &Gateways { inet: Some("em0".parse().unwrap()), inet6: None });
         assert!(a.is_empty());
         let skipped: Vec<String> = a.skipped().map(|s| s.to_string()).collect();
         assert_eq!(
@@ -357,7 +362,7 @@ mod tests {
             ]
         );
         let v6pub = [publication("[2001:db8::10]:8080:80")];
-        let a = render_anchor(&v6pub, &v4(), &em0());
+        let a = render_uniform(&v6pub, &v4(), &em0());
         assert!(a.is_empty());
         assert_eq!(a.skipped().count(), 1);
     }
@@ -372,7 +377,7 @@ mod tests {
             None,
         );
         let both = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
-        let t = render_anchor([&p], &both, &em0()).text();
+        let t = render_uniform([&p], &both, &em0()).text();
         assert!(t.contains("rdr on em0 inet proto tcp from { 192.0.2.0/24, 198.51.100.7 } to (em0) port 8080 -> 10.13.37.2 port 80\n"), "{t}");
         assert!(t.contains("rdr on em0 inet6 proto tcp from 2001:db8::/32 to (em0)"), "{t}");
         assert!(t.contains("pass in log quick on em0 inet proto tcp from { 192.0.2.0/24, 198.51.100.7 } to 10.13.37.2 port 80 label"), "{t}");
@@ -383,7 +388,7 @@ mod tests {
             false,
             None,
         );
-        let a = render_anchor([&v6src], &both, &em0());
+        let a = render_uniform([&v6src], &both, &em0());
         assert!(!a.text().contains(" inet "), "no IPv4 source means no IPv4 rules");
         assert_eq!(a.skipped().next().unwrap().reason, "no IPv4 source is allowed");
     }
@@ -393,7 +398,7 @@ mod tests {
         let both = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
         let g = Gateways { inet: Some("em0".parse().unwrap()), inet6: Some("em1".parse().unwrap()) };
         let pubs = [publication("8080:80")];
-        let a = render_anchor(&pubs, &both, &g);
+        let a = render_uniform(&pubs, &both, &g);
         assert!(a.text().contains("rdr on em1 inet6"));
         assert_eq!(a.publications[0].1.interfaces.len(), 2);
     }
@@ -401,6 +406,6 @@ mod tests {
     #[test]
     fn empty_anchor_is_empty_text() {
         let none: [Publication; 0] = [];
-        assert_eq!(render_anchor(&none, &v4(), &em0()).text(), "");
+        assert_eq!(render_uniform(&none, &v4(), &em0()).text(), "");
     }
 }

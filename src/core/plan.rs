@@ -1,0 +1,471 @@
+//! Reconcile planning: from what is desired, what is observed and what the agent last loaded,
+//! the status of every publication and the pf actions that bring pf in step.
+//!
+//! One `plan` serves publish, unpublish, the periodic tick and start-up. It is idempotent:
+//! applying its actions and planning again yields no action.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::address::{Network, select_targets};
+use super::conflict::{self, Claim};
+use super::model::{Family, InterfaceName, JailName};
+use super::publication::Publication;
+use super::readback;
+use super::render::{Gateways, Targets, render_anchor};
+
+/// A desired publication with its age: lower `seq` was published first and wins conflicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub publication: Publication,
+}
+
+/// A running jail (one incarnation: a restart gives a new jid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJail {
+    pub name: JailName,
+    pub jid: u32,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What the agent observed on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub jails: Vec<RunningJail>,
+    pub gateways: Gateways,
+    /// Components of the anchors below the parent that pf holds; `None` when pf could not be
+    /// asked.
+    pub anchors: Option<BTreeSet<String>>,
+}
+
+/// What the agent loaded into one anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub jail: JailName,
+    pub jid: u32,
+    pub text: String,
+    /// Labels of the pass rules in `text`.
+    pub labels: BTreeSet<String>,
+    /// Normalised rule keys (see `readback`), for verification.
+    pub keys: Vec<String>,
+}
+
+/// The state of one publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Pending(String),
+    Conflict(String),
+    Error(String),
+}
+
+impl Status {
+    /// `active`, `pending`, `conflict` or `error`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Pending(_) => "pending",
+            Status::Conflict(_) => "conflict",
+            Status::Error(_) => "error",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Status::Active => None,
+            Status::Pending(r) | Status::Conflict(r) | Status::Error(r) => Some(r),
+        }
+    }
+}
+
+/// Where one publication stands after planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubStatus {
+    pub status: Status,
+    pub interfaces: Vec<InterfaceName>,
+    pub targets: Targets,
+}
+
+/// One pf operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Load `loaded.text` into the anchor, then kill the states of `kill` (labels whose rules
+    /// are gone, or belonged to an earlier incarnation of the jail).
+    Load { component: String, loaded: Loaded, kill: Vec<String> },
+    /// Flush the anchor, then kill the states of `kill`; `None` when the labels are not known
+    /// (an anchor left by another process): read them from pf before flushing.
+    Flush { component: String, kill: Option<Vec<String>> },
+}
+
+impl Action {
+    pub fn component(&self) -> &str {
+        match self {
+            Action::Load { component, .. } | Action::Flush { component, .. } => component,
+        }
+    }
+}
+
+/// The outcome of planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub statuses: BTreeMap<u64, PubStatus>,
+    pub actions: Vec<Action>,
+    /// What every anchor that should hold rules should hold, by component.
+    pub wanted: BTreeMap<String, Loaded>,
+}
+
+/// Plans. `force` names components to load even when the agent believes they are current
+/// (start-up, failed verification); `pf_errors` marks the publications of components whose
+/// last load pf refused.
+pub fn plan(
+    desired: &[Stored],
+    observed: &Observed,
+    loaded: &BTreeMap<String, Loaded>,
+    networks: &[Network],
+    force: &BTreeSet<String>,
+    pf_errors: &BTreeMap<String, String>,
+) -> Plan {
+    let running: BTreeMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
+    let mut order: Vec<&Stored> = desired.iter().collect();
+    order.sort_by_key(|s| s.seq);
+
+    let mut out = Plan::default();
+    let mut held: Vec<(Vec<Claim>, &Stored)> = Vec::new();
+    let mut owners: BTreeMap<String, &JailName> = BTreeMap::new();
+    let mut per_jail: BTreeMap<String, (JailName, u32, Vec<(&Publication, Targets)>)> = BTreeMap::new();
+
+    for s in order {
+        let p = &s.publication;
+        let component = p.jail.component();
+        let mut st = PubStatus { status: Status::Active, interfaces: vec![], targets: Targets::default() };
+        if let Some(other) = owners.get(&component).filter(|o| **o != &p.jail) {
+            st.status = Status::Error(format!(
+                "jail {} maps to the same anchor name ({component}) as jail {other}; rename one of them",
+                p.jail
+            ));
+            out.statuses.insert(s.seq, st);
+            continue;
+        }
+        owners.insert(component.clone(), &p.jail);
+        let jail = running.get(&p.jail);
+        let (claims, targets) = match jail {
+            None => (conflict::claims(p, None, &observed.gateways), None),
+            Some(j) => match select_targets(&j.addrs, networks, p.network.as_ref()) {
+                Err(why) => {
+                    st.status = Status::Error(why);
+                    out.statuses.insert(s.seq, st);
+                    continue;
+                }
+                Ok(t) => {
+                    let fams: Vec<Family> = Family::BOTH.into_iter().filter(|f| t.get(*f).is_some()).collect();
+                    (conflict::claims(p, Some(&fams), &observed.gateways), Some(t))
+                }
+            },
+        };
+        if let Some((_, owner)) = held.iter().find(|(c, _)| conflict::collide(&claims, c)) {
+            let o = &owner.publication;
+            st.status =
+                Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec));
+            out.statuses.insert(s.seq, st);
+            continue;
+        }
+        held.push((claims, s));
+        match (jail, targets) {
+            (Some(j), Some(t)) => {
+                st.targets = t.clone();
+                per_jail.entry(component).or_insert_with(|| (j.name.clone(), j.jid, vec![])).2.push((p, t));
+            }
+            _ => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
+        }
+        out.statuses.insert(s.seq, st);
+    }
+
+    let seq_of: BTreeMap<(&JailName, String), u64> =
+        desired.iter().map(|s| ((&s.publication.jail, s.publication.spec.to_string()), s.seq)).collect();
+    for (component, (jail, jid, items)) in per_jail {
+        let anchor = render_anchor(items, &observed.gateways);
+        for (p, r) in &anchor.publications {
+            let seq = seq_of[&(&p.jail, p.spec.to_string())];
+            let st = out.statuses.get_mut(&seq).expect("status recorded above");
+            st.interfaces = r.interfaces.clone();
+            if let Some(err) = pf_errors.get(&component) {
+                st.status = Status::Error(format!("pf refused the anchor: {err}"));
+            } else if !r.is_active() {
+                let why: Vec<String> =
+                    r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
+                st.status = Status::Error(why.join("; "));
+            }
+        }
+        if anchor.is_empty() {
+            continue;
+        }
+        let labels = anchor.publications.iter().filter(|(_, r)| r.is_active()).map(|(p, _)| p.label()).collect();
+        let keys = readback::expected_keys(anchor.rules());
+        out.wanted.insert(component, Loaded { jail, jid, text: anchor.text(), labels, keys });
+    }
+
+    for (component, want) in &out.wanted {
+        let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
+        let kill = match loaded.get(component) {
+            Some(l) if l.jid != want.jid => l.labels.iter().cloned().collect(),
+            Some(l) => l.labels.difference(&want.labels).cloned().collect(),
+            None => vec![],
+        };
+        let current = loaded.get(component).is_some_and(|l| l.text == want.text && l.jid == want.jid);
+        if !current || !present || force.contains(component) {
+            out.actions.push(Action::Load { component: component.clone(), loaded: want.clone(), kill });
+        }
+    }
+    let mut stale: BTreeSet<&String> = loaded.keys().collect();
+    if let Some(a) = &observed.anchors {
+        stale.extend(a.iter());
+    }
+    for component in stale {
+        if out.wanted.contains_key(component) {
+            continue;
+        }
+        let kill = loaded.get(component).map(|l| l.labels.iter().cloned().collect());
+        out.actions.push(Action::Flush { component: component.clone(), kill });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
+        Stored { seq, publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None) }
+    }
+
+    fn jail(name: &str, jid: u32, addrs: &[&str]) -> RunningJail {
+        RunningJail { name: name.parse().unwrap(), jid, addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+    }
+
+    fn observed(jails: Vec<RunningJail>, anchors: &[&str]) -> Observed {
+        Observed {
+            jails,
+            gateways: Gateways { inet: Some("em0".parse().unwrap()), inet6: None },
+            anchors: Some(anchors.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn none() -> (BTreeSet<String>, BTreeMap<String, String>) {
+        (BTreeSet::new(), BTreeMap::new())
+    }
+
+    /// Applies a plan to (loaded, pf anchors) the way a flawless executor would.
+    fn apply(p: &Plan, loaded: &mut BTreeMap<String, Loaded>, obs: &mut Observed) {
+        for a in &p.actions {
+            match a {
+                Action::Load { component, loaded: l, .. } => {
+                    loaded.insert(component.clone(), l.clone());
+                    obs.anchors.as_mut().unwrap().insert(component.clone());
+                }
+                Action::Flush { component, .. } => {
+                    loaded.remove(component);
+                    obs.anchors.as_mut().unwrap().remove(component);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn publish_loads_then_idle_does_nothing() {
+        let desired = vec![stored(1, "web", "em1:8080:80/udp")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert_eq!(p.actions.len(), 1);
+        let Action::Load { component, loaded: l, kill } = &p.actions[0] else { panic!() };
+        assert_eq!(component, "web");
+        assert!(l.text.starts_with("rdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80\n"));
+        assert!(kill.is_empty());
+        assert_eq!(p.statuses[&1].status, Status::Active);
+        apply(&p, &mut loaded, &mut obs);
+        let again = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert!(again.actions.is_empty(), "idempotent: {:?}", again.actions);
+    }
+
+    #[test]
+    fn jail_stop_flushes_and_kills_its_labels() {
+        let desired = vec![stored(1, "web", "8080:80"), stored(2, "web", "8081:81")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        obs.jails.clear();
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert_eq!(
+            p.actions,
+            vec![Action::Flush {
+                component: "web".into(),
+                kill: Some(vec!["kleene:web:8080:80/tcp".into(), "kleene:web:8081:81/tcp".into()])
+            }]
+        );
+        assert!(matches!(p.statuses[&1].status, Status::Pending(_)));
+        apply(&p, &mut loaded, &mut obs);
+        assert!(plan(&desired, &obs, &loaded, &[], &f, &e).actions.is_empty());
+    }
+
+    #[test]
+    fn restart_with_new_address_reloads_and_kills_old_states() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        obs.jails = vec![jail("web", 4, &["10.13.37.9"])];
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        let [Action::Load { loaded: l, kill, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        assert!(l.text.contains("-> 10.13.37.9 port 80"));
+        assert_eq!(l.jid, 4);
+        assert_eq!(kill, &vec!["kleene:web:8080:80/tcp".to_string()]);
+        // Same address, new jid: still reloaded (a new incarnation).
+        apply(&p, &mut loaded, &mut obs);
+        obs.jails = vec![jail("web", 5, &["10.13.37.9"])];
+        assert_eq!(plan(&desired, &obs, &loaded, &[], &f, &e).actions.len(), 1);
+    }
+
+    #[test]
+    fn unpublish_reloads_without_and_kills_the_removed() {
+        let mut desired = vec![stored(1, "web", "8080:80"), stored(2, "web", "8081:81")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        desired.remove(1);
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        let [Action::Load { loaded: l, kill, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        assert!(!l.text.contains("8081"));
+        assert_eq!(kill, &vec!["kleene:web:8081:81/tcp".to_string()]);
+        apply(&p, &mut loaded, &mut obs);
+        desired.clear();
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert!(
+            matches!(&p.actions[..], [Action::Flush { kill: Some(k), .. }] if k == &vec!["kleene:web:8080:80/tcp".to_string()])
+        );
+    }
+
+    #[test]
+    fn orphan_anchor_is_flushed_with_unknown_labels() {
+        let obs = observed(vec![], &["old"]);
+        let (f, e) = none();
+        let p = plan(&[], &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.actions, vec![Action::Flush { component: "old".into(), kill: None }]);
+    }
+
+    #[test]
+    fn missing_anchor_is_loaded_again() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        obs.anchors = Some(BTreeSet::new());
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert!(matches!(&p.actions[..], [Action::Load { kill, .. }] if kill.is_empty()));
+    }
+
+    #[test]
+    fn force_reloads_current_anchors() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (_, e) = none();
+        let mut loaded = BTreeMap::new();
+        apply(&plan(&desired, &obs, &loaded, &[], &BTreeSet::new(), &e), &mut loaded, &mut obs);
+        let force: BTreeSet<String> = ["web".to_string()].into();
+        assert_eq!(plan(&desired, &obs, &loaded, &[], &force, &e).actions.len(), 1);
+    }
+
+    #[test]
+    fn conflicts_keep_the_older() {
+        let desired = vec![stored(2, "db", "8080:5432"), stored(1, "web", "8080:80"), stored(3, "db", "em1:8080:80")];
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Active);
+        assert_eq!(
+            p.statuses[&2].status,
+            Status::Conflict("the host port is already published by jail web as 8080:80/tcp".into())
+        );
+        assert_eq!(p.statuses[&3].status, Status::Active);
+        let db = &p.wanted["db"];
+        assert!(!db.text.contains("5432"), "nothing conflicting is loaded: {}", db.text);
+    }
+
+    #[test]
+    fn gateway_move_reloads_and_may_create_a_conflict() {
+        let desired = vec![stored(1, "web", "em1:8080:80"), stored(2, "db", "8080:80")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert_eq!(p.statuses[&2].status, Status::Active);
+        apply(&p, &mut loaded, &mut obs);
+        obs.gateways.inet = Some("em2".parse().unwrap());
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        let [Action::Load { component, loaded: l, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        assert_eq!(component, "db");
+        assert!(l.text.contains("(em2)"));
+        apply(&p, &mut loaded, &mut obs);
+        obs.gateways.inet = Some("em1".parse().unwrap());
+        let p = plan(&desired, &obs, &loaded, &[], &f, &e);
+        assert!(matches!(p.statuses[&2].status, Status::Conflict(_)));
+        assert!(matches!(&p.actions[..], [Action::Flush { component, .. }] if component == "db"));
+    }
+
+    #[test]
+    fn pending_becomes_active_when_the_jail_starts() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let mut obs = observed(vec![], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Pending("jail web is not running".into()));
+        assert!(p.actions.is_empty());
+        obs.jails.push(jail("web", 9, &["10.13.37.2"]));
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Active);
+        assert_eq!(p.actions.len(), 1);
+    }
+
+    #[test]
+    fn no_address_is_an_error_and_loads_nothing() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let obs = observed(vec![jail("web", 3, &[])], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert!(matches!(&p.statuses[&1].status, Status::Error(r) if r.contains("no usable address")));
+        assert!(p.actions.is_empty());
+        let v6 = vec![stored(1, "web", "[2001:db8::1]:8080:80")];
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let p = plan(&v6, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert!(matches!(&p.statuses[&1].status, Status::Error(r) if r.contains("no IPv6 rules")), "{:?}", p.statuses);
+    }
+
+    #[test]
+    fn pf_errors_are_reported_per_jail() {
+        let desired = vec![stored(1, "web", "8080:80")];
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let errs: BTreeMap<String, String> = [("web".to_string(), "stdin:1: syntax error".to_string())].into();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &BTreeSet::new(), &errs);
+        assert_eq!(p.statuses[&1].status, Status::Error("pf refused the anchor: stdin:1: syntax error".into()));
+        assert_eq!(p.actions.len(), 1, "retried");
+    }
+
+    #[test]
+    fn anchor_name_collisions_are_refused() {
+        let odd: JailName = "_x".parse().unwrap();
+        let twin = odd.component();
+        assert!(twin.starts_with("j-"));
+        let desired = vec![stored(1, "_x", "8080"), stored(2, &twin, "8081")];
+        let obs = observed(vec![jail("_x", 3, &["10.13.37.2"]), jail(&twin, 4, &["10.13.37.3"])], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Active);
+        assert!(matches!(&p.statuses[&2].status, Status::Error(r) if r.contains("maps to the same anchor name")));
+        assert!(!p.wanted[&twin].text.contains("8081"));
+    }
+}

@@ -1,0 +1,99 @@
+//! pf, driven through pfctl(8). Every command line here is one FreeBSD's pfctl accepts
+//! (pfctl(8)): `-a` selects an anchor, `-f -` loads from stdin in one transaction, `-F all`
+//! with `-a` flushes only that anchor (never the states), `-k label -k L` kills the states
+//! created by rules labelled L, `-s` shows, `-P` prints ports numerically.
+
+use std::path::PathBuf;
+
+use super::parse;
+use super::runner::{self, CmdError};
+
+/// Which rules `show` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Translation rules (`-s nat`).
+    Nat,
+    /// Filter rules (`-s rules`).
+    Rules,
+}
+
+impl Show {
+    fn modifier(self) -> &'static str {
+        match self {
+            Show::Nat => "nat",
+            Show::Rules => "rules",
+        }
+    }
+}
+
+/// The operations the agent needs from pf. Anchor paths are built by the caller from validated
+/// components only.
+pub trait Pf: Send {
+    /// Replaces everything in `anchor` with `text`, all or nothing.
+    fn load(&self, anchor: &str, text: &str) -> Result<(), CmdError>;
+    /// Removes every rule of `anchor` (the anchor then disappears from listings).
+    fn flush(&self, anchor: &str) -> Result<(), CmdError>;
+    /// Kills the states created by rules labelled `label`.
+    fn kill_label(&self, label: &str) -> Result<(), CmdError>;
+    /// Paths of the anchors directly below `parent` (empty when `parent` does not exist).
+    fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError>;
+    /// The rules of `anchor` (the main ruleset for `None`), numerically, as pfctl prints them.
+    fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError>;
+    /// Whether pf is enabled (`None` when pfctl's answer could not be read).
+    fn enabled(&self) -> Result<Option<bool>, CmdError>;
+}
+
+/// The real pf, through the pfctl binary at `path`.
+pub struct Pfctl {
+    pub path: PathBuf,
+}
+
+impl Pfctl {
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<runner::Output, CmdError> {
+        runner::run(&self.path, args, stdin, false)
+    }
+}
+
+impl Pf for Pfctl {
+    fn load(&self, anchor: &str, text: &str) -> Result<(), CmdError> {
+        self.run(&["-a", anchor, "-f", "-"], Some(text.as_bytes())).map(drop)
+    }
+
+    fn flush(&self, anchor: &str) -> Result<(), CmdError> {
+        self.run(&["-q", "-a", anchor, "-F", "all"], None).map(drop)
+    }
+
+    fn kill_label(&self, label: &str) -> Result<(), CmdError> {
+        self.run(&["-k", "label", "-k", label], None).map(drop)
+    }
+
+    fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
+        let out = runner::run(&self.path, &["-a", parent, "-s", "Anchors"], None, true)?;
+        if out.stderr.contains("not found") {
+            return Ok(vec![]);
+        }
+        if !out.status.success() {
+            return Err(runner::failure(&self.path, &["-a", parent, "-s", "Anchors"], out));
+        }
+        Ok(parse::parse_anchors(&out.stdout))
+    }
+
+    fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError> {
+        let mut args = vec!["-P"];
+        if let Some(a) = anchor {
+            args.extend(["-a", a]);
+        }
+        args.extend(["-s", what.modifier()]);
+        let out = runner::run(&self.path, &args, None, true)?;
+        // pfctl warns about a missing anchor on stderr and may still exit 0.
+        if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
+            return Err(runner::failure(&self.path, &args, out));
+        }
+        Ok(out.stdout)
+    }
+
+    fn enabled(&self) -> Result<Option<bool>, CmdError> {
+        let out = self.run(&["-s", "info"], None)?;
+        Ok(parse::parse_pf_status(&out.stdout))
+    }
+}
