@@ -115,6 +115,9 @@ pub struct Plan {
     pub wanted: BTreeMap<String, Loaded>,
 }
 
+/// A running jail's name, jid, and the publications to render into its anchor.
+type JailItems<'a> = (JailName, u32, Vec<(&'a Publication, Targets)>);
+
 /// Plans. `force` names components to load even when the agent believes they are current
 /// (start-up, failed verification); `pf_errors` marks the publications of components whose
 /// last load pf refused.
@@ -133,7 +136,7 @@ pub fn plan(
     let mut out = Plan::default();
     let mut held: Vec<(Vec<Claim>, &Stored)> = Vec::new();
     let mut owners: BTreeMap<String, &JailName> = BTreeMap::new();
-    let mut per_jail: BTreeMap<String, (JailName, u32, Vec<(&Publication, Targets)>)> = BTreeMap::new();
+    let mut per_jail: BTreeMap<String, JailItems> = BTreeMap::new();
 
     for s in order {
         let p = &s.publication;
