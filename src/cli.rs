@@ -5,15 +5,19 @@
 
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::config::{DEFAULT_CONFIG, DEFAULT_SOCKET};
+use crate::client::{self, ClientError};
 use crate::core::conflict;
-use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName};
+use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName, NetworkName};
 use crate::core::publication::Publication;
 use crate::core::render::{Gateways, Targets, render_uniform};
 use crate::core::spec::{PortSpec, SpecError};
+use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response};
 
 /// Bad input from the command line: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +27,77 @@ pub struct Usage(pub String);
 #[derive(Parser, Debug)]
 #[command(name = "kleenectl", version, about = "Publish ports of FreeBSD jails with pf rdr rules")]
 struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "KLEENE_RDR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent in the foreground (started by the rc.d script kleene_rdr).
+    Agent {
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Publish ports of a jail.
+    Publish {
+        /// The jail's name.
+        #[arg(short = 'j', long = "jail", value_name = "JAIL")]
+        jail: String,
+        /// Only allow these sources (CIDR; repeatable).
+        #[arg(long = "source", value_name = "CIDR")]
+        sources: Vec<String>,
+        /// Log matching packets to pflog0.
+        #[arg(long)]
+        log: bool,
+        /// Target the jail's address in this configured network.
+        #[arg(long, value_name = "NAME")]
+        network: Option<String>,
+        /// Port specs: [ADDR:]HOST-PORT[:JAIL-PORT][/PROTO].
+        #[arg(value_name = "SPEC", required = true)]
+        specs: Vec<String>,
+    },
+    /// Remove publications of a jail.
+    Unpublish {
+        /// The jail's name.
+        #[arg(short = 'j', long = "jail", value_name = "JAIL")]
+        jail: String,
+        /// Remove every publication of the jail.
+        #[arg(long, conflicts_with = "specs")]
+        all: bool,
+        /// Port specs to remove (matched by their canonical form).
+        #[arg(value_name = "SPEC", required_unless_present = "all")]
+        specs: Vec<String>,
+    },
+    /// List publications.
+    Ls {
+        /// Only this jail's.
+        #[arg(short = 'j', long = "jail", value_name = "JAIL")]
+        jail: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the anchors the agent has loaded.
+    Rules {
+        /// Only this jail's.
+        #[arg(short = 'j', long = "jail", value_name = "JAIL")]
+        jail: Option<String>,
+    },
+    /// Check the agent and the host's pf set-up, and say how to fix what is wrong.
+    Check,
+    /// Ask the agent to re-read jails and routes now (the jail.conf hooks call this).
+    Reconcile {
+        /// Also read every loaded anchor back and reload what differs.
+        #[arg(long)]
+        verify: bool,
+        /// When the agent is down, warn and exit 0 (for exec.poststart / exec.poststop).
+        #[arg(long)]
+        quiet_if_down: bool,
+    },
     /// Print the anchor text for a jail, offline (no agent, no root).
     Render(RenderArgs),
 }
@@ -84,9 +153,162 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    let socket = cli.socket;
     match cli.command {
+        Command::Agent { config } => crate::agent::run(&config).map(|()| 0),
         Command::Render(a) => render(a),
+        Command::Publish { jail, sources, log, network, specs } => {
+            check_jail(&jail)?;
+            parse_specs(&specs)?;
+            parse_sources(&sources)?;
+            if let Some(n) = &network {
+                n.parse::<NetworkName>()?;
+            }
+            let r = ask(&socket, &Request::Publish { jail, specs, sources, log, network })?;
+            Ok(print_message(&r))
+        }
+        Command::Unpublish { jail, all, specs } => {
+            check_jail(&jail)?;
+            parse_specs(&specs)?;
+            let r = ask(&socket, &Request::Unpublish { jail, specs, all })?;
+            Ok(print_message(&r))
+        }
+        Command::Ls { jail, json } => {
+            if let Some(j) = &jail {
+                check_jail(j)?;
+            }
+            let r = ask(&socket, &Request::List { jail })?;
+            if !r.ok {
+                return Ok(print_message(&r));
+            }
+            let views: Vec<PublicationView> = serde_json::from_value(r.data).context("the agent's list")?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &views)?;
+                writeln!(out)?;
+            } else {
+                out.write_all(ls_table(&views).as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Rules { jail } => {
+            if let Some(j) = &jail {
+                check_jail(j)?;
+            }
+            let r = ask(&socket, &Request::Rules { jail })?;
+            if !r.ok {
+                return Ok(print_message(&r));
+            }
+            let anchors: Vec<AnchorView> = serde_json::from_value(r.data).context("the agent's rules")?;
+            let mut out = std::io::stdout().lock();
+            for a in anchors {
+                writeln!(out, "# {}", a.anchor)?;
+                out.write_all(a.text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Check => check(&socket),
+        Command::Reconcile { verify, quiet_if_down } => {
+            match client::request(&socket, &Request::Reconcile { verify }) {
+                Err(e @ ClientError::Unreachable { .. }) if quiet_if_down => {
+                    eprintln!("kleenectl: warning: {e}");
+                    Ok(0)
+                }
+                Err(e) => Err(e.into()),
+                Ok(r) => Ok(print_message(&r)),
+            }
+        }
     }
+}
+
+fn check_jail(jail: &str) -> Result<JailName, InvalidValue> {
+    jail.parse()
+}
+
+fn ask(socket: &std::path::Path, req: &Request) -> anyhow::Result<Response> {
+    Ok(client::request(socket, req)?)
+}
+
+/// Prints a response's message (stdout when ok, an error on stderr) and returns the exit status.
+fn print_message(r: &Response) -> i32 {
+    if r.ok {
+        if !r.message.is_empty() {
+            println!("{}", r.message);
+        }
+        return 0;
+    }
+    eprintln!("kleenectl: error: {}", r.message);
+    match r.error {
+        Some(ErrorKind::Invalid) => 2,
+        _ => 1,
+    }
+}
+
+/// The `ls` table.
+pub fn ls_table(views: &[PublicationView]) -> String {
+    let mut rows = vec![["JAIL", "PUBLISHED", "TARGET", "PROTO", "STATE"].map(String::from).to_vec()];
+    for v in views {
+        let place = match (&v.address, v.interfaces.is_empty()) {
+            (Some(a), _) if a.contains(':') => format!("[{a}]"),
+            (Some(a), _) => a.clone(),
+            (None, false) => v.interfaces.join(","),
+            (None, true) => v
+                .spec
+                .split(':')
+                .next()
+                .filter(|p| p.starts_with(|c: char| c.is_ascii_alphabetic()))
+                .unwrap_or("gateway")
+                .to_string(),
+        };
+        let targets: Vec<String> = [v.ipv4.clone(), v.ipv6.as_ref().map(|a| format!("[{a}]"))]
+            .into_iter()
+            .flatten()
+            .map(|a| format!("{a}:{}", v.jail_ports))
+            .collect();
+        let state = match &v.reason {
+            Some(r) => format!("{} ({r})", v.state),
+            None => v.state.clone(),
+        };
+        rows.push(vec![
+            v.jail.clone(),
+            format!("{place}:{}", v.host_ports),
+            if targets.is_empty() { format!("-:{}", v.jail_ports) } else { targets.join(",") },
+            v.protocol.clone(),
+            state,
+        ]);
+    }
+    let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        for (i, w) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<w$}  ", r[i], w = w));
+        }
+        out.push_str(&r[4]);
+        out.push('\n');
+    }
+    out
+}
+
+fn check(socket: &std::path::Path) -> anyhow::Result<i32> {
+    let findings: Vec<Finding> = match client::request(socket, &Request::Check) {
+        Err(e) => vec![Finding {
+            ok: false,
+            what: "agent".into(),
+            detail: e.to_string(),
+            fix: Some("service kleene_rdr enable && service kleene_rdr start".into()),
+        }],
+        Ok(r) if !r.ok => return Ok(print_message(&r)),
+        Ok(r) => serde_json::from_value(r.data).context("the agent's findings")?,
+    };
+    let mut bad = false;
+    for f in &findings {
+        println!("{:<4}  {}: {}", if f.ok { "ok" } else { "FAIL" }, f.what, f.detail);
+        if let (false, Some(fix)) = (f.ok, &f.fix) {
+            println!("      fix: {fix}");
+        }
+        bad |= !f.ok;
+    }
+    Ok(if bad { 1 } else { 0 })
 }
 
 /// Parses every spec, reporting the first bad one.

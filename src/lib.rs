@@ -3,6 +3,9 @@
 //! `core` is pure and portable; `sys` is the thin FreeBSD layer that runs pfctl, jls, route and
 //! jexec; `agent` keeps pf in step with the desired publications; `cli` is `kleenectl`.
 
+pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod core;
+pub mod proto;
 pub mod sys;

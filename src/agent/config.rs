@@ -1,0 +1,185 @@
+//! The agent's configuration file (YAML). A missing file means every default; an unknown key or
+//! a bad value is an error naming the key and the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::core::address::Network;
+use crate::core::model::is_safe_component;
+
+/// Where the agent reads its configuration unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/usr/local/etc/kleene-rdr.yml";
+/// The agent's socket unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/kleene-rdr.sock";
+
+/// Absolute paths of the FreeBSD tools.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tools {
+    pub pfctl: PathBuf,
+    pub jls: PathBuf,
+    pub route: PathBuf,
+    pub jexec: PathBuf,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            pfctl: "/sbin/pfctl".into(),
+            jls: "/usr/sbin/jls".into(),
+            route: "/sbin/route".into(),
+            jexec: "/usr/sbin/jexec".into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub anchor: String,
+    pub poll_interval_ms: u64,
+    pub verify_interval_ms: u64,
+    pub flush_on_exit: bool,
+    pub networks: Vec<Network>,
+    pub tools: Tools,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: "/var/db/kleene-rdr".into(),
+            anchor: "kleene".into(),
+            poll_interval_ms: 1000,
+            verify_interval_ms: 60000,
+            flush_on_exit: false,
+            networks: vec![],
+            tools: Tools::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+        };
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let c: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (key, p) in [("socket", &self.socket), ("state_dir", &self.state_dir)] {
+            if !p.is_absolute() {
+                bail!("{key}: {} is not an absolute path", p.display());
+            }
+        }
+        for (key, p) in [
+            ("tools.pfctl", &self.tools.pfctl),
+            ("tools.jls", &self.tools.jls),
+            ("tools.route", &self.tools.route),
+            ("tools.jexec", &self.tools.jexec),
+        ] {
+            if !p.is_absolute() {
+                bail!("{key}: {} is not an absolute path", p.display());
+            }
+        }
+        if !is_safe_component(&self.anchor) {
+            bail!(
+                "anchor: {:?} is not a valid anchor name (1-63 letters, digits, '_', '.' or '-', starting with a letter or digit)",
+                self.anchor
+            );
+        }
+        if self.poll_interval_ms < 10 || self.poll_interval_ms > 3_600_000 {
+            bail!("poll_interval_ms: {} is out of range 10-3600000", self.poll_interval_ms);
+        }
+        if self.verify_interval_ms < self.poll_interval_ms {
+            bail!(
+                "verify_interval_ms: {} is shorter than poll_interval_ms ({})",
+                self.verify_interval_ms,
+                self.poll_interval_ms
+            );
+        }
+        for (i, n) in self.networks.iter().enumerate() {
+            if n.subnet.is_none() && n.subnet6.is_none() {
+                bail!("networks[{i}] ({}): give subnet, subnet6 or both", n.name);
+            }
+            if n.subnet.is_some_and(|s| s.addr().is_ipv6()) {
+                bail!("networks[{i}].subnet ({}): an IPv6 prefix belongs in subnet6", n.name);
+            }
+            if n.subnet6.is_some_and(|s| s.addr().is_ipv4()) {
+                bail!("networks[{i}].subnet6 ({}): an IPv4 prefix belongs in subnet", n.name);
+            }
+            if self.networks[..i].iter().any(|m| m.name == n.name) {
+                bail!("networks[{i}]: the network name {} is listed twice", n.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_the_documented_example() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let text = "socket: /var/run/kleene-rdr.sock\nstate_dir: /var/db/kleene-rdr\nanchor: kleene\n\
+            poll_interval_ms: 1000\nverify_interval_ms: 60000\nflush_on_exit: false\nnetworks:\n  - name: kleenet\n    \
+            subnet: 10.13.37.0/24\n    subnet6: fd00:13:37::/64\ntools:\n  pfctl: /sbin/pfctl\n  jls: /usr/sbin/jls\n  \
+            route: /sbin/route\n  jexec: /usr/sbin/jexec\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.networks.len(), 1);
+        assert_eq!(c.tools, Tools::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, want) in [
+            ("bogus: 1\n", "unknown field `bogus`"),
+            ("tools:\n  pfctl: sbin/pfctl\n", "tools.pfctl"),
+            ("tools:\n  ipfw: /sbin/ipfw\n", "unknown field `ipfw`"),
+            ("anchor: _kleene\n", "anchor:"),
+            ("poll_interval_ms: 0\n", "poll_interval_ms"),
+            ("poll_interval_ms: fast\n", "poll_interval_ms"),
+            ("verify_interval_ms: 10\n", "verify_interval_ms"),
+            ("networks:\n  - name: a\n", "give subnet"),
+            ("networks:\n  - name: a\n    subnet: 10.0.0.1/8\n", "host bits are set"),
+            ("networks:\n  - name: a\n    subnet: fd00::/64\n", "belongs in subnet6"),
+            ("networks:\n  - {name: a, subnet: 10.0.0.0/8}\n  - {name: a, subnet: 10.1.0.0/16}\n", "listed twice"),
+            ("socket: relative.sock\n", "socket"),
+        ] {
+            let e = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_defaults_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(&dir.path().join("none.yml")).unwrap(), Config::default());
+        let p = dir.path().join("bad.yml");
+        std::fs::write(&p, "nope: 1\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("bad.yml") && e.contains("nope"), "{e}");
+    }
+}
