@@ -41,6 +41,9 @@ enum Command {
         /// The configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG, value_name = "PATH")]
         config: PathBuf,
+        /// Only validate the configuration and the state file, then exit (0 when both are valid).
+        #[arg(long)]
+        check: bool,
     },
     /// Publish ports of a jail.
     Publish {
@@ -155,7 +158,8 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let socket = cli.socket;
     match cli.command {
-        Command::Agent { config } => crate::agent::run(&config).map(|()| 0),
+        Command::Agent { config, check: true } => crate::agent::check(&config).map(|()| 0),
+        Command::Agent { config, check: false } => crate::agent::run(&config).map(|()| 0),
         Command::Render(a) => render(a),
         Command::Publish { jail, sources, log, network, specs } => {
             check_jail(&jail)?;

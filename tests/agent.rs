@@ -481,3 +481,34 @@ fn sighup_rereads_the_config() {
     h.wait_for("a bad config is logged and ignored", || h.log().contains("SIGHUP: keeping the old configuration"));
     assert_eq!(h.ctl(&["ls"]).code, 0);
 }
+
+#[test]
+fn agent_check_validates_without_side_effects() {
+    let h = Host::new();
+    let cfg = h.config("");
+    let out = std::process::Command::new(common::KLEENECTL)
+        .args(["agent", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid, 0 publications"), "{out:?}");
+    assert!(!h.socket().exists(), "--check does not serve");
+    std::fs::write(h.root().join("db/publications.yml"), "version: 9\nnext_seq: 1\n").unwrap();
+    let out = std::process::Command::new(common::KLEENECTL)
+        .args(["agent", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("version 9 is not supported"), "{out:?}");
+    let bad = h.root().join("bad.yml");
+    std::fs::write(&bad, "anchor: _x\n").unwrap();
+    let out = std::process::Command::new(common::KLEENECTL)
+        .args(["agent", "--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yml"), "{out:?}");
+}

@@ -153,6 +153,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_is_valid_and_documents_the_defaults() {
+        let c = Config::parse(include_str!("../../docs/kleene-rdr.yml.sample")).unwrap();
+        assert_eq!(c.networks.len(), 1);
+        assert_eq!(Config { networks: vec![], ..c }, Config::default());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (text, want) in [
             ("bogus: 1\n", "unknown field `bogus`"),

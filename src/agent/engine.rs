@@ -232,7 +232,9 @@ impl Engine {
                             self.kill(kill);
                         }
                         Err(e) => {
-                            log::warn(&format!("pf refused anchor {path}: {e}"));
+                            if self.pf_errors.get(component) != Some(&e.message()) {
+                                log::warn(&format!("pf refused anchor {path}: {e} (retrying every tick)"));
+                            }
                             self.pf_errors.insert(component.clone(), e.message());
                             failed.insert(component.clone(), e.message());
                         }

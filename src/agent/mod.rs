@@ -17,6 +17,19 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use config::Config;
 use engine::{Engine, System};
 
+/// `kleenectl agent --check`: validates the configuration and the state file, changing nothing.
+pub fn check(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config_path)?;
+    let (state_path, state) = state::Store::check(&cfg.state_dir)?;
+    println!(
+        "{}: valid; state {}: valid, {} publications",
+        config_path.display(),
+        state_path.display(),
+        state.publications.len()
+    );
+    Ok(())
+}
+
 /// Runs the agent in the foreground until SIGTERM or SIGINT. Errors before it serves (bad
 /// config, unreadable state, socket in use) are returned.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {

@@ -73,6 +73,13 @@ impl Store {
         Ok((store, state))
     }
 
+    /// Reads the state in `dir` without creating anything (for `kleenectl agent --check`).
+    pub fn check(dir: &Path) -> anyhow::Result<(PathBuf, State)> {
+        let store = Store { dir: dir.to_path_buf(), path: dir.join(FILE) };
+        let state = store.read()?;
+        Ok((store.path, state))
+    }
+
     /// The state file's path.
     pub fn path(&self) -> &Path {
         &self.path
