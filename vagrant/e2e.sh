@@ -1,0 +1,250 @@
+#!/bin/sh
+# End-to-end test of kleene-rdr on a real FreeBSD kernel.
+#
+# Run as root on a throwaway FreeBSD 14/15 host where kleene-rdr is installed
+# and its agent runs (vagrant/provision.sh does both):
+#
+#   sh vagrant/e2e.sh
+#
+# It creates a non-VNET jail `web` (path /, addresses on lo1) running tcp and
+# udp listeners, a second jail `web2`, and a VNET jail `client` attached
+# through an epair whose host side is the published interface; then it checks
+# the product step by step, printing PASS/FAIL, and exits non-zero when any
+# check failed. Everything it creates is removed at the end.
+set -u
+
+WORK=/var/tmp/kleene-e2e
+WEB4=10.13.37.2
+WEB6=fd00:13:37::2
+WEB2_4=10.13.37.3
+HOST4=10.77.0.1
+HOST6=fd00:77::1
+CLIENT4=10.77.0.2
+CLIENT6=fd00:77::2
+PASSED=0
+FAILED=0
+EP=
+EPB=
+OLD_JAIL_ENABLE=
+
+say() { printf '%s\n' "$*"; }
+pass() { PASSED=$((PASSED + 1)); say "PASS: $*"; }
+fail() { FAILED=$((FAILED + 1)); say "FAIL: $*"; }
+
+# check DESCRIPTION COMMAND...: PASS when the command succeeds.
+check() {
+	desc=$1
+	shift
+	if "$@" >"$WORK/out" 2>&1; then
+		pass "$desc"
+	else
+		fail "$desc"
+		sed 's/^/    /' "$WORK/out"
+	fi
+}
+
+# check_not DESCRIPTION COMMAND...: PASS when the command fails.
+check_not() {
+	desc=$1
+	shift
+	if "$@" >"$WORK/out" 2>&1; then
+		fail "$desc"
+		sed 's/^/    /' "$WORK/out"
+	else
+		pass "$desc"
+	fi
+}
+
+# eventually SECONDS COMMAND...: retries the command every half second.
+eventually() {
+	tries=$(($1 * 2))
+	shift
+	while [ "$tries" -gt 0 ]; do
+		if "$@" >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.5
+		tries=$((tries - 1))
+	done
+	"$@"
+}
+
+# Probes run from the VNET client jail.
+tcp_reply() { # HOST PORT EXPECTED
+	jexec client nc -w 2 "$1" "$2" </dev/null | grep -q "$3"
+}
+tcp_closed() { # HOST PORT
+	! jexec client nc -z -w 2 "$1" "$2"
+}
+udp_reaches() { # HOST PORT: a fresh token sent to HOST:PORT lands in web's udp log
+	token="udp-$$-$(date +%s)-$(jot -r 1 1 1000000)"
+	echo "$token" | jexec client nc -u -w 1 "$1" "$2" >/dev/null 2>&1
+	sleep 0.5
+	grep -q "$token" "$WORK/udp.log"
+}
+published_state() { # SPEC STATE: kleenectl ls --json shows web's SPEC in STATE
+	kleenectl ls -j web --json | tr -d ' \n' | grep -q "\"spec\":\"$1\",[^}]*\"state\":\"$2\""
+}
+hook_with_agent_down() { # what a jail.conf hook does while the agent is stopped
+	service kleene_rdr stop >/dev/null || return 1
+	kleenectl reconcile --quiet-if-down
+	rc=$?
+	service kleene_rdr start >/dev/null
+	return $rc
+}
+anchor_listed() {
+	pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/web$'
+}
+
+cleanup() {
+	kleenectl unpublish -j web --all >/dev/null 2>&1
+	kleenectl unpublish -j web2 --all >/dev/null 2>&1
+	for j in client web2 web; do
+		jail -r "$j" >/dev/null 2>&1
+		rm -f "/etc/jail.conf.d/$j.conf"
+	done
+	if [ -n "$EP" ]; then
+		ifconfig "$EP" destroy >/dev/null 2>&1
+	fi
+	ifconfig lo1 inet "$WEB4" -alias >/dev/null 2>&1
+	ifconfig lo1 inet "$WEB2_4" -alias >/dev/null 2>&1
+	ifconfig lo1 inet6 "$WEB6" -alias >/dev/null 2>&1
+	if [ -n "$OLD_JAIL_ENABLE" ]; then
+		sysrc jail_enable="$OLD_JAIL_ENABLE" >/dev/null
+	fi
+}
+
+if [ "$(uname -s)" != FreeBSD ]; then
+	say "e2e.sh runs on FreeBSD only"
+	exit 2
+fi
+if [ "$(id -u)" != 0 ]; then
+	say "e2e.sh must run as root"
+	exit 2
+fi
+if ! command -v kleenectl >/dev/null 2>&1; then
+	say "kleenectl is not installed: run vagrant/provision.sh first"
+	exit 2
+fi
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+mkdir -p "$WORK" /etc/jail.conf.d
+: >"$WORK/udp.log"
+
+say "== set-up"
+check "kleenectl check: agent, pf and the pf.conf anchors are ready" kleenectl check
+
+# Listeners run inside jail web (started by its exec.start): tcp replies name
+# the port and family; udp datagrams are appended to udp.log.
+cat >"$WORK/listeners.sh" <<EOF
+#!/bin/sh
+serve_tcp() { while :; do echo "\$3" | nc -l "\$1" "\$2" >/dev/null 2>&1 || sleep 0.2; done; }
+serve_udp() { while :; do timeout 3 nc -u -l "\$1" "\$2" >>"$WORK/udp.log" 2>/dev/null; done; }
+serve_tcp $WEB4 80 web-tcp &
+serve_tcp $WEB6 80 web-tcp6 &
+serve_tcp $WEB4 81 web-81 &
+serve_tcp $WEB4 82 web-82 &
+serve_udp $WEB4 80 &
+wait
+EOF
+
+ifconfig lo1 >/dev/null 2>&1 || ifconfig lo1 create
+cat >/etc/jail.conf.d/web.conf <<EOF
+web {
+	path = "/";
+	host.hostname = "web";
+	ip4.addr = "lo1|$WEB4/32";
+	ip6.addr = "lo1|$WEB6/128";
+	exec.start = "/usr/sbin/daemon -f /bin/sh $WORK/listeners.sh";
+	persist;
+}
+EOF
+cat >/etc/jail.conf.d/web2.conf <<EOF
+web2 {
+	path = "/";
+	host.hostname = "web2";
+	ip4.addr = "lo1|$WEB2_4/32";
+	persist;
+}
+EOF
+cat >/etc/jail.conf.d/client.conf <<EOF
+client {
+	path = "/";
+	host.hostname = "client";
+	vnet;
+	allow.raw_sockets;
+	persist;
+}
+EOF
+
+OLD_JAIL_ENABLE=$(sysrc -n jail_enable 2>/dev/null || echo NO)
+sysrc jail_enable=YES >/dev/null
+check "service jail start web web2 client" service jail start web web2 client
+
+EP=$(ifconfig epair create)
+EPB="${EP%a}b"
+ifconfig "$EP" inet "$HOST4/24" up
+ifconfig "$EP" inet6 -ifdisabled no_dad
+ifconfig "$EP" inet6 "$HOST6/64"
+ifconfig "$EPB" vnet client
+jexec client ifconfig lo0 up
+jexec client ifconfig "$EPB" inet "$CLIENT4/24" up
+jexec client ifconfig "$EPB" inet6 -ifdisabled no_dad
+jexec client ifconfig "$EPB" inet6 "$CLIENT6/64"
+jexec client route -q add -inet default "$HOST4"
+jexec client route -q add -inet6 default "$HOST6"
+say "published interface: $EP (host $HOST4, $HOST6); client $CLIENT4, $CLIENT6"
+check "the client reaches the host" jexec client ping -c 1 -t 2 "$HOST4"
+check_not "before publishing, $HOST4:8080 is closed" tcp_reply "$HOST4" 8080 web-tcp
+
+say "== 1. publish tcp and udp"
+check "kleenectl publish -j web $EP:8080:80" kleenectl publish -j web "$EP:8080:80"
+check "kleenectl publish -j web $EP:8080:80/udp" kleenectl publish -j web "$EP:8080:80/udp"
+check "tcp to $HOST4:8080 reaches web port 80" eventually 5 tcp_reply "$HOST4" 8080 web-tcp
+check "udp to $HOST4:8080 reaches web port 80" eventually 10 udp_reaches "$HOST4" 8080
+
+say "== 2. ls and pfctl agree"
+check "ls --json: tcp active" published_state "$EP:8080:80/tcp" active
+check "ls --json: udp active" published_state "$EP:8080:80/udp" active
+check "pfctl -a kleene/web -s nat shows the rdr rules" \
+	sh -c "pfctl -a kleene/web -s nat | grep -q 'rdr on $EP inet proto tcp .* -> $WEB4 port 80'"
+
+say "== 3. a port range and IPv6"
+check "kleenectl publish -j web $EP:9000-9001:81" kleenectl publish -j web "$EP:9000-9001:81"
+check "tcp to $HOST4:9000 reaches web port 81" eventually 5 tcp_reply "$HOST4" 9000 web-81
+check "tcp to $HOST4:9001 reaches web port 82" eventually 5 tcp_reply "$HOST4" 9001 web-82
+check "tcp to [$HOST6]:8080 reaches web [$WEB6]:80" eventually 5 tcp_reply "$HOST6" 8080 web-tcp6
+
+say "== 4. conflicts"
+check_not "web2 publishing $EP:8080:80 is refused" kleenectl publish -j web2 "$EP:8080:80"
+check "the refusal names the owner" sh -c "kleenectl publish -j web2 '$EP:8080:80' 2>&1 | grep -q 'already published by jail web'"
+
+say "== 5. the jail stops and starts"
+check "service jail stop web" service jail stop web
+check "pfctl -a kleene -s Anchors no longer lists kleene/web" eventually 5 sh -c '! pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/web$"'
+check "the client's connection fails" tcp_closed "$HOST4" 8080
+check "ls --json: pending" published_state "$EP:8080:80/tcp" pending
+check "service jail start web" service jail start web
+check "kleene/web is back without any kleenectl call" eventually 10 anchor_listed
+check "tcp works again" eventually 10 tcp_reply "$HOST4" 8080 web-tcp
+check "udp works again" eventually 10 udp_reaches "$HOST4" 8080
+
+say "== 6. agent restart and pf reload"
+check "service kleene_rdr restart" service kleene_rdr restart
+check "tcp works after the agent restarted" eventually 10 tcp_reply "$HOST4" 8080 web-tcp
+check "pfctl -f /etc/pf.conf" pfctl -f /etc/pf.conf
+check "tcp works after the main ruleset was reloaded" eventually 10 tcp_reply "$HOST4" 8080 web-tcp
+check "udp works after the main ruleset was reloaded" eventually 10 udp_reaches "$HOST4" 8080
+check "kleenectl reconcile --quiet-if-down exits 0 with the agent down" hook_with_agent_down
+check "the agent is back" eventually 10 kleenectl ls
+
+say "== 7. unpublish"
+check "kleenectl unpublish -j web $EP:8080:80" kleenectl unpublish -j web "$EP:8080:80"
+check "tcp to $HOST4:8080 is closed" eventually 5 tcp_closed "$HOST4" 8080
+check "the range still works" tcp_reply "$HOST4" 9000 web-81
+check "kleenectl unpublish -j web --all" kleenectl unpublish -j web --all
+check "kleene/web is gone" eventually 5 sh -c '! pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/web$"'
+
+say ""
+say "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
