@@ -42,7 +42,31 @@ pub enum Request {
     },
 }
 
+/// Largest request accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Decodes one request line (without its newline). Never panics, whatever the bytes.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, String> {
+    if bytes.len() > MAX_REQUEST {
+        return Err(format!("request larger than {MAX_REQUEST} bytes"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("request is not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| format!("malformed request: {e}"))
+}
+
 impl Request {
+    /// The operation's name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Publish { .. } => "publish",
+            Request::Unpublish { .. } => "unpublish",
+            Request::List { .. } => "ls",
+            Request::Rules { .. } => "rules",
+            Request::Check => "check",
+            Request::Reconcile { .. } => "reconcile",
+        }
+    }
+
     /// Whether the request changes pf or the state.
     pub fn mutates(&self) -> bool {
         matches!(self, Request::Publish { .. } | Request::Unpublish { .. } | Request::Reconcile { .. })
@@ -141,6 +165,8 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"nuke"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"publish","jail":1,"specs":[]}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"check"}"#).is_ok());
+        assert!(decode_request(b"\xff\xfe").unwrap_err().contains("not UTF-8"));
+        assert!(decode_request(&vec![b' '; MAX_REQUEST + 1]).unwrap_err().contains("larger than"));
         let text = serde_json::to_string(&Request::Reconcile { verify: true }).unwrap();
         assert_eq!(text, r#"{"op":"reconcile","verify":true}"#);
     }

@@ -113,7 +113,8 @@ fn restart_with_a_new_address_reloads_the_rules() {
     assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80"]).code, 0);
     h.set_jails(json!([Host::jail("web", 4, &["10.13.37.9"])]));
     h.wait_for("rules follow the new address", || h.anchor("web").is_some_and(|a| a.contains("-> 10.13.37.9 port 80")));
-    assert_eq!(h.killed(), ["kleene:web:8080:80/tcp"], "the old incarnation's states are killed");
+    h.wait_for("the old incarnation's states are killed (after the load)", || !h.killed().is_empty());
+    assert_eq!(h.killed(), ["kleene:web:8080:80/tcp"]);
     assert_eq!(h.ls()[0]["ipv4"], "10.13.37.9");
 }
 

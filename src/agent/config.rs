@@ -47,6 +47,14 @@ pub struct Config {
     pub flush_on_exit: bool,
     pub networks: Vec<Network>,
     pub tools: Tools,
+    /// Group whose members may use the socket (mode 0660); none: root only (mode 0600).
+    pub socket_group: Option<String>,
+    /// Connections served at once; more are answered with an error and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send its request.
+    pub request_timeout_ms: u64,
+    pub max_publications_per_jail: usize,
+    pub max_publications: usize,
 }
 
 impl Default for Config {
@@ -60,6 +68,11 @@ impl Default for Config {
             flush_on_exit: false,
             networks: vec![],
             tools: Tools::default(),
+            socket_group: None,
+            max_connections: 64,
+            request_timeout_ms: 5000,
+            max_publications_per_jail: 1024,
+            max_publications: 65536,
         }
     }
 }
@@ -118,6 +131,24 @@ impl Config {
                 self.poll_interval_ms
             );
         }
+        if let Some(g) = &self.socket_group {
+            let ok = !g.is_empty()
+                && g.len() <= 32
+                && g.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                bail!("socket_group: {g:?} is not a group name");
+            }
+        }
+        for (key, v, lo, hi) in [
+            ("max_connections", self.max_connections as u64, 1, 4096),
+            ("request_timeout_ms", self.request_timeout_ms, 100, 600_000),
+            ("max_publications_per_jail", self.max_publications_per_jail as u64, 1, 1 << 20),
+            ("max_publications", self.max_publications as u64, 1, 1 << 24),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bail!("{key}: {v} is out of range {lo}-{hi}");
+            }
+        }
         for (i, n) in self.networks.iter().enumerate() {
             if n.subnet.is_none() && n.subnet6.is_none() {
                 bail!("networks[{i}] ({}): give subnet, subnet6 or both", n.name);
@@ -174,6 +205,10 @@ mod tests {
             ("networks:\n  - name: a\n    subnet: fd00::/64\n", "belongs in subnet6"),
             ("networks:\n  - {name: a, subnet: 10.0.0.0/8}\n  - {name: a, subnet: 10.1.0.0/16}\n", "listed twice"),
             ("socket: relative.sock\n", "socket"),
+            ("socket_group: \"wheel;rm\"\n", "socket_group"),
+            ("max_connections: 0\n", "max_connections: 0 is out of range"),
+            ("request_timeout_ms: 5\n", "request_timeout_ms"),
+            ("max_publications: -1\n", "max_publications"),
         ] {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");

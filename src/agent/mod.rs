@@ -1,6 +1,7 @@
 //! `kleenectl agent`: the long-running process that keeps pf in step with the desired
 //! publications and the jails' lives.
 
+pub mod access;
 pub mod config;
 pub mod engine;
 pub mod log;
@@ -37,8 +38,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let sys = System::from_config(&cfg);
     let socket = cfg.socket.clone();
     let poll = Duration::from_millis(cfg.poll_interval_ms);
+    let policy = access::Policy::new(cfg.socket_group.as_deref())?;
+    let limits = server::Limits {
+        max_connections: cfg.max_connections,
+        request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+    };
     let mut engine = Engine::new(cfg, sys)?;
-    let listener = server::bind(&socket)?;
+    let listener = server::bind(&socket, &policy)?;
     let (tx, rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::spawn(move || {
@@ -52,7 +58,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     engine.start();
     let engine = Arc::new(Mutex::new(engine));
     let serving = Arc::clone(&engine);
-    std::thread::spawn(move || server::serve(listener, serving));
+    std::thread::spawn(move || server::serve(listener, serving, policy, limits));
     let mut poll = poll;
     loop {
         match rx.recv_timeout(poll) {
