@@ -24,7 +24,13 @@ pub fn peer(stream: &UnixStream) -> std::io::Result<Peer> {
         let c = getsockopt(stream, PeerCredentials).map_err(std::io::Error::from)?;
         Ok(Peer { uid: c.uid(), gid: c.gid() })
     }
-    #[cfg(any(target_os = "freebsd", target_os = "openbsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos"))]
+    #[cfg(any(
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly",
+        target_os = "macos"
+    ))]
     {
         let (uid, gid) = nix::unistd::getpeereid(stream).map_err(std::io::Error::from)?;
         Ok(Peer { uid: uid.as_raw(), gid: gid.as_raw() })
@@ -45,7 +51,9 @@ impl Policy {
             Some(name) => {
                 let g = Group::from_name(name)
                     .map_err(|e| anyhow::anyhow!("socket_group: cannot look up group {name}: {e}"))?
-                    .ok_or_else(|| anyhow::anyhow!("socket_group: there is no group named {name} (pw groupadd {name})"))?;
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("socket_group: there is no group named {name} (pw groupadd {name})")
+                    })?;
                 Some((name.to_string(), g.gid))
             }
         };

@@ -420,6 +420,24 @@ impl Engine {
             return Ok(Response::ok(lines.join("\n"), serde_json::Value::Null));
         }
 
+        let per_jail = self.state.publications.iter().filter(|s| s.publication.jail == jail).count() + fresh.len();
+        if per_jail > self.cfg.max_publications_per_jail {
+            return Err(Refusal(
+                ErrorKind::Limit,
+                format!(
+                    "jail {jail} would have {per_jail} publications; max_publications_per_jail is {}",
+                    self.cfg.max_publications_per_jail
+                ),
+            ));
+        }
+        let total = self.state.publications.len() + fresh.len();
+        if total > self.cfg.max_publications {
+            return Err(Refusal(
+                ErrorKind::Limit,
+                format!("the agent would hold {total} publications; max_publications is {}", self.cfg.max_publications),
+            ));
+        }
+
         self.observe();
         let mut candidate = self.state.clone();
         let mut seqs = Vec::new();

@@ -56,7 +56,7 @@ pub fn bind(path: &Path, policy: &Policy) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("cannot give the socket {} to group {name}", path.display()))?;
         // The socket was just created in a directory only root writes (or the operator's own).
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
-        .with_context(|| format!("cannot set the mode of the socket {}", path.display()))?;
+            .with_context(|| format!("cannot set the mode of the socket {}", path.display()))?;
     }
     Ok(listener)
 }
@@ -77,13 +77,20 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            reply(&stream, &Response::err(ErrorKind::Limit, format!(
-                "the agent is serving {} connections already (max_connections); try again",
-                limits.max_connections
-            )));
+            reply(
+                &stream,
+                &Response::err(
+                    ErrorKind::Limit,
+                    format!(
+                        "the agent is serving {} connections already (max_connections); try again",
+                        limits.max_connections
+                    ),
+                ),
+            );
             continue;
         }
-        let (engine, policy, active, timeout) = (Arc::clone(&engine), Arc::clone(&policy), Arc::clone(&active), limits.request_timeout);
+        let (engine, policy, active, timeout) =
+            (Arc::clone(&engine), Arc::clone(&policy), Arc::clone(&active), limits.request_timeout);
         std::thread::spawn(move || {
             handle(&stream, &engine, &policy, timeout);
             active.fetch_sub(1, Ordering::SeqCst);
@@ -144,7 +151,10 @@ fn handle(stream: &UnixStream, engine: &Mutex<Engine>, policy: &Policy, timeout:
         log::warn(&format!("permission denied: {op} from uid {} gid {}", peer.uid, peer.gid));
         return reply(
             stream,
-            &Response::err(ErrorKind::Denied, format!("permission denied: {} (you are uid {})", policy.describe(), peer.uid)),
+            &Response::err(
+                ErrorKind::Denied,
+                format!("permission denied: {} (you are uid {})", policy.describe(), peer.uid),
+            ),
         );
     }
     let response = match request {
@@ -158,14 +168,16 @@ fn handle(stream: &UnixStream, engine: &Mutex<Engine>, policy: &Policy, timeout:
 pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
     let result = match req {
-        Request::Publish { jail, specs, sources, log, network } => e.publish(&jail, &specs, &sources, log, network.as_deref()),
+        Request::Publish { jail, specs, sources, log, network } => {
+            e.publish(&jail, &specs, &sources, log, network.as_deref())
+        }
         Request::Unpublish { jail, specs, all } => e.unpublish(&jail, &specs, all),
-        Request::List { jail } => e
-            .list(jail.as_deref())
-            .map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise"))),
-        Request::Rules { jail } => e
-            .rules(jail.as_deref())
-            .map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise"))),
+        Request::List { jail } => {
+            e.list(jail.as_deref()).map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise")))
+        }
+        Request::Rules { jail } => {
+            e.rules(jail.as_deref()).map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise")))
+        }
         Request::Check => {
             let findings = e.check();
             Ok(Response::ok("", serde_json::to_value(findings).expect("findings serialise")))
