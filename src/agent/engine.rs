@@ -121,7 +121,19 @@ impl Engine {
     /// Reads jails, gateways and the anchors pf holds. A source that fails keeps its previous
     /// observation (a failing jls must not look like every jail stopped).
     pub fn observe(&mut self) {
-        match self.sys.jails.list() {
+        // The four reads are independent: run them at once (pfctl is still called by one
+        // thread at a time, since the engine is locked).
+        let sys = &self.sys;
+        let parent = self.cfg.anchor.as_str();
+        let (jails, gw4, gw6, anchors) = std::thread::scope(|s| {
+            let jails = s.spawn(|| sys.jails.list());
+            let gw4 = s.spawn(|| sys.routes.gateway(Family::Inet));
+            let gw6 = s.spawn(|| sys.routes.gateway(Family::Inet6));
+            let anchors = sys.pf.anchors(parent);
+            let join = "observation threads do not panic";
+            (jails.join().expect(join), gw4.join().expect(join), gw6.join().expect(join), anchors)
+        });
+        match jails {
             Ok(list) => {
                 self.problems.remove("jls");
                 let mut jails = Vec::with_capacity(list.len());
@@ -154,8 +166,8 @@ impl Engine {
             }
             Err(e) => self.problem("jls", format!("cannot list jails: {e}")),
         }
-        for family in Family::BOTH {
-            match self.sys.routes.gateway(family) {
+        for (family, gateway) in [(Family::Inet, gw4), (Family::Inet6, gw6)] {
+            match gateway {
                 Ok(g) => {
                     let slot = match family {
                         Family::Inet => &mut self.observed.gateways.inet,
@@ -178,7 +190,7 @@ impl Engine {
             }
         }
         let prefix = format!("{}/", self.cfg.anchor);
-        match self.sys.pf.anchors(&self.cfg.anchor) {
+        match anchors {
             Ok(list) => {
                 self.problems.remove("pf");
                 self.observed.anchors = Some(

@@ -22,7 +22,7 @@ pub enum SysError {
 }
 
 /// The running jails.
-pub trait Jails: Send {
+pub trait Jails: Send + Sync {
     /// Every running jail.
     fn list(&self) -> Result<Vec<JailInfo>, SysError>;
     /// The addresses configured inside a VNET jail.
@@ -30,7 +30,7 @@ pub trait Jails: Send {
 }
 
 /// The host's routing table.
-pub trait Routes: Send {
+pub trait Routes: Send + Sync {
     /// The interface of the default route of `family`; `None` when there is none.
     fn gateway(&self, family: Family) -> Result<Option<InterfaceName>, SysError>;
 }

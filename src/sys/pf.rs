@@ -28,7 +28,7 @@ impl Show {
 
 /// The operations the agent needs from pf. Anchor paths are built by the caller from validated
 /// components only.
-pub trait Pf: Send {
+pub trait Pf: Send + Sync {
     /// Replaces everything in `anchor` with `text`, all or nothing.
     fn load(&self, anchor: &str, text: &str) -> Result<(), CmdError>;
     /// Removes every rule of `anchor` (the anchor then disappears from listings).
