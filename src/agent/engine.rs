@@ -234,14 +234,15 @@ impl Engine {
         let mut failed = BTreeMap::new();
         for a in actions {
             match a {
-                Action::Load { component, loaded, kill } => {
+                Action::Load { component, loaded, kill_before, kill_after } => {
                     let path = self.anchor_path(component);
+                    self.kill(kill_before);
                     match self.sys.pf.load(&path, &loaded.text) {
                         Ok(()) => {
                             log::info(&format!("loaded anchor {path} (jail {}, jid {})", loaded.jail, loaded.jid));
                             self.loaded.insert(component.clone(), loaded.clone());
                             self.pf_errors.remove(component);
-                            self.kill(kill);
+                            self.kill(kill_after);
                         }
                         Err(e) => {
                             if self.pf_errors.get(component) != Some(&e.message()) {
@@ -263,7 +264,12 @@ impl Engine {
         let labels = match kill {
             Some(k) => k,
             None => match self.sys.pf.show(Some(&path), Show::Rules) {
-                Ok(text) => labels_in(&text),
+                Ok(text) => {
+                    // An anchor of this agent carries jail labels (`kleene/...`): one kill each.
+                    let all = labels_in(&text);
+                    let jail: Vec<String> = all.iter().filter(|l| l.starts_with("kleene/")).cloned().collect();
+                    if jail.is_empty() { all } else { jail }
+                }
                 Err(e) => {
                     log::warn(&format!("cannot read the labels of anchor {path} before flushing it: {e}"));
                     vec![]
@@ -355,7 +361,7 @@ impl Engine {
     /// Flushes every anchor the agent loaded (on exit with `flush_on_exit`).
     pub fn flush_all(&mut self) {
         for (component, l) in std::mem::take(&mut self.loaded) {
-            self.flush(&component, Some(l.labels.into_iter().collect()));
+            self.flush(&component, Some(vec![l.jail.label()]));
         }
     }
 

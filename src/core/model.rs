@@ -269,6 +269,18 @@ impl JailName {
     }
 }
 
+impl JailName {
+    /// The label every pass rule of this jail carries besides its publication's own, so that
+    /// one `pfctl -k label -k LABEL` kills all the jail's states: `kleene/<component>`, or
+    /// `kleene/#` and 16 hex digits when that would pass pf's 63 characters. It cannot equal
+    /// a publication label (those start with `kleene:`).
+    pub fn label(&self) -> String {
+        let component = self.component();
+        let full = format!("kleene/{component}");
+        if full.len() <= 63 { full } else { format!("kleene/#{:016x}", fnv1a64(component.as_bytes())) }
+    }
+}
+
 /// FNV-1a, 64 bits: small, stable and specified, which is all the naming needs (collisions are
 /// detected by the agent, not assumed away).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -420,6 +432,10 @@ mod tests {
         let long: JailName = "a".repeat(64).parse().unwrap();
         assert!(long.component().starts_with("j-"));
         assert_eq!("a".repeat(63).parse::<JailName>().unwrap().component(), "a".repeat(63));
+        assert_eq!(web.label(), "kleene/web");
+        assert_eq!(odd.label(), format!("kleene/{c}"));
+        let label = "a".repeat(63).parse::<JailName>().unwrap().label();
+        assert!(label.starts_with("kleene/#") && label.len() == 24, "{label}");
         assert!("a".repeat(255).parse::<JailName>().is_ok());
         for bad in ["", "a b", "a\"b", "a'b", "a\\b", "a\nb", "a\tb", "é"] {
             assert!(bad.parse::<JailName>().is_err(), "{bad:?}");

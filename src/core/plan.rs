@@ -45,7 +45,7 @@ pub struct Loaded {
     pub jail: JailName,
     pub jid: u32,
     pub text: String,
-    /// Labels of the pass rules in `text`.
+    /// Publication labels of the pass rules in `text` (each rule also has the jail's label).
     pub labels: BTreeSet<String>,
     /// Normalised rule keys (see `readback`), for verification.
     pub keys: Vec<String>,
@@ -90,11 +90,12 @@ pub struct PubStatus {
 /// One pf operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Load `loaded.text` into the anchor, then kill the states of `kill` (labels whose rules
-    /// are gone, or belonged to an earlier incarnation of the jail).
-    Load { component: String, loaded: Loaded, kill: Vec<String> },
-    /// Flush the anchor, then kill the states of `kill`; `None` when the labels are not known
-    /// (an anchor left by another process): read them from pf before flushing.
+    /// Kill the states of `kill_before` (the jail label of an earlier incarnation of the jail),
+    /// load `loaded.text` into the anchor, then kill the states of `kill_after` (labels of
+    /// publications whose rules are gone).
+    Load { component: String, loaded: Loaded, kill_before: Vec<String>, kill_after: Vec<String> },
+    /// Flush the anchor, then kill the states of `kill` (the jail's label); `None` when the
+    /// labels are not known (an anchor left by another process): read them from pf first.
     Flush { component: String, kill: Option<Vec<String>> },
 }
 
@@ -210,14 +211,19 @@ pub fn plan(
 
     for (component, want) in &out.wanted {
         let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
-        let kill = match loaded.get(component) {
-            Some(l) if l.jid != want.jid => l.labels.iter().cloned().collect(),
-            Some(l) => l.labels.difference(&want.labels).cloned().collect(),
-            None => vec![],
+        let (kill_before, kill_after) = match loaded.get(component) {
+            Some(l) if l.jid != want.jid => (vec![l.jail.label()], vec![]),
+            Some(l) => (vec![], l.labels.difference(&want.labels).cloned().collect()),
+            None => (vec![], vec![]),
         };
         let current = loaded.get(component).is_some_and(|l| l.text == want.text && l.jid == want.jid);
         if !current || !present || force.contains(component) {
-            out.actions.push(Action::Load { component: component.clone(), loaded: want.clone(), kill });
+            out.actions.push(Action::Load {
+                component: component.clone(),
+                loaded: want.clone(),
+                kill_before,
+                kill_after,
+            });
         }
     }
     let mut stale: BTreeSet<&String> = loaded.keys().collect();
@@ -228,7 +234,7 @@ pub fn plan(
         if out.wanted.contains_key(component) {
             continue;
         }
-        let kill = loaded.get(component).map(|l| l.labels.iter().cloned().collect());
+        let kill = loaded.get(component).map(|l| vec![l.jail.label()]);
         out.actions.push(Action::Flush { component: component.clone(), kill });
     }
     out
@@ -282,10 +288,10 @@ mod tests {
         let mut loaded = BTreeMap::new();
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         assert_eq!(p.actions.len(), 1);
-        let Action::Load { component, loaded: l, kill } = &p.actions[0] else { panic!() };
+        let Action::Load { component, loaded: l, kill_before, kill_after } = &p.actions[0] else { panic!() };
         assert_eq!(component, "web");
         assert!(l.text.starts_with("rdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80\n"));
-        assert!(kill.is_empty());
+        assert!(kill_before.is_empty() && kill_after.is_empty());
         assert_eq!(p.statuses[&1].status, Status::Active);
         apply(&p, &mut loaded, &mut obs);
         let again = plan(&desired, &obs, &loaded, &[], &f, &e);
@@ -301,13 +307,7 @@ mod tests {
         apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
         obs.jails.clear();
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
-        assert_eq!(
-            p.actions,
-            vec![Action::Flush {
-                component: "web".into(),
-                kill: Some(vec!["kleene:web:8080:80/tcp".into(), "kleene:web:8081:81/tcp".into()])
-            }]
-        );
+        assert_eq!(p.actions, vec![Action::Flush { component: "web".into(), kill: Some(vec!["kleene/web".into()]) }]);
         assert!(matches!(p.statuses[&1].status, Status::Pending(_)));
         apply(&p, &mut loaded, &mut obs);
         assert!(plan(&desired, &obs, &loaded, &[], &f, &e).actions.is_empty());
@@ -322,10 +322,13 @@ mod tests {
         apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
         obs.jails = vec![jail("web", 4, &["10.13.37.9"])];
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
-        let [Action::Load { loaded: l, kill, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        let [Action::Load { loaded: l, kill_before, kill_after, .. }] = &p.actions[..] else {
+            panic!("{:?}", p.actions)
+        };
         assert!(l.text.contains("-> 10.13.37.9 port 80"));
         assert_eq!(l.jid, 4);
-        assert_eq!(kill, &vec!["kleene:web:8080:80/tcp".to_string()]);
+        assert_eq!(kill_before, &vec!["kleene/web".to_string()], "the old incarnation's states, before the load");
+        assert!(kill_after.is_empty());
         // Same address, new jid: still reloaded (a new incarnation).
         apply(&p, &mut loaded, &mut obs);
         obs.jails = vec![jail("web", 5, &["10.13.37.9"])];
@@ -341,14 +344,17 @@ mod tests {
         apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
         desired.remove(1);
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
-        let [Action::Load { loaded: l, kill, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        let [Action::Load { loaded: l, kill_before, kill_after, .. }] = &p.actions[..] else {
+            panic!("{:?}", p.actions)
+        };
         assert!(!l.text.contains("8081"));
-        assert_eq!(kill, &vec!["kleene:web:8081:81/tcp".to_string()]);
+        assert!(kill_before.is_empty());
+        assert_eq!(kill_after, &vec!["kleene:web:8081:81/tcp".to_string()], "only the removed publication's states");
         apply(&p, &mut loaded, &mut obs);
         desired.clear();
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         assert!(
-            matches!(&p.actions[..], [Action::Flush { kill: Some(k), .. }] if k == &vec!["kleene:web:8080:80/tcp".to_string()])
+            matches!(&p.actions[..], [Action::Flush { kill: Some(k), .. }] if k == &vec!["kleene/web".to_string()])
         );
     }
 
@@ -369,7 +375,9 @@ mod tests {
         apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
         obs.anchors = Some(BTreeSet::new());
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
-        assert!(matches!(&p.actions[..], [Action::Load { kill, .. }] if kill.is_empty()));
+        assert!(
+            matches!(&p.actions[..], [Action::Load { kill_before, kill_after, .. }] if kill_before.is_empty() && kill_after.is_empty())
+        );
     }
 
     #[test]

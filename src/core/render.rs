@@ -79,7 +79,7 @@ pub enum Rule {
         target: IpAddr,
         target_port: PortRange,
     },
-    /// `pass in [log] quick [on IF] FAMILY proto P from SRC to TARGET port JAIL [label "L"]`
+    /// `pass in [log] quick [on IF] FAMILY proto P from SRC to TARGET port JAIL [label "L"]...`
     Pass {
         log: bool,
         on: Option<InterfaceName>,
@@ -88,7 +88,8 @@ pub enum Rule {
         from: Vec<Cidr>,
         to: IpAddr,
         port: PortRange,
-        label: Option<String>,
+        /// pf keeps up to five labels per rule; `pfctl -k label -k L` matches any of them.
+        labels: Vec<String>,
     },
 }
 
@@ -126,7 +127,7 @@ impl fmt::Display for Rule {
                 let tp = if port.is_single() { target_port.pf() } else { format!("{}:*", target_port.start()) };
                 write!(f, " port {} -> {target} port {tp}", port.pf())
             }
-            Rule::Pass { log, on, family, proto, from, to, port, label } => {
+            Rule::Pass { log, on, family, proto, from, to, port, labels } => {
                 f.write_str(if *log { "pass in log quick " } else { "pass in quick " })?;
                 if let Some(i) = on {
                     write!(f, "on {i} ")?;
@@ -134,7 +135,7 @@ impl fmt::Display for Rule {
                 write!(f, "{family} proto {proto} ")?;
                 write_from(f, from)?;
                 write!(f, " to {to} port {}", port.pf())?;
-                if let Some(l) = label {
+                for l in labels {
                     write!(f, " label \"{l}\"")?;
                 }
                 Ok(())
@@ -178,7 +179,7 @@ impl Rendered {
 pub fn render_publication(p: &Publication, targets: &Targets, gateways: &Gateways) -> Rendered {
     let mut out = Rendered { rdr: vec![], pass: vec![], skipped: vec![], interfaces: vec![] };
     let spec = &p.spec;
-    let label = p.label();
+    let labels = vec![p.label(), p.jail.label()];
     for family in Family::BOTH {
         let skip = |reason: String| Skip { spec: spec.clone(), family, reason };
         if spec.fixed_family().is_some_and(|f| f != family) {
@@ -230,7 +231,7 @@ pub fn render_publication(p: &Publication, targets: &Targets, gateways: &Gateway
             from,
             to: target,
             port: spec.jail,
-            label: Some(label.clone()),
+            labels: labels.clone(),
         });
     }
     out
@@ -312,7 +313,7 @@ mod tests {
         assert_eq!(
             t,
             "rdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80\n\
-             pass in quick on em1 inet proto udp from any to 10.13.37.2 port 80 label \"kleene:web:em1:8080:80/udp\"\n"
+             pass in quick on em1 inet proto udp from any to 10.13.37.2 port 80 label \"kleene:web:em1:8080:80/udp\" label \"kleene/web\"\n"
         );
         let t = text(&["8000-8010:9000"], &v4(), &em0());
         assert!(

@@ -358,7 +358,7 @@ struct Rule {
     to: String,
     port: (u32, u32),
     target: Option<(String, (u32, u32))>,
-    label: Option<String>,
+    labels: Vec<String>,
 }
 
 fn service(port: u32) -> Option<&'static str> {
@@ -409,7 +409,7 @@ impl Rule {
             s.push_str(&format!(" -> {addr} port {tp}"));
         } else {
             s.push_str(if self.proto == "tcp" { " flags S/SA keep state" } else { " keep state" });
-            if let Some(l) = &self.label {
+            for l in &self.labels {
                 s.push_str(&format!(" label \"{l}\""));
             }
         }
@@ -420,7 +420,7 @@ impl Rule {
         serde_json::json!({
             "rdr": self.rdr, "log": self.log, "on": self.on, "family": self.family, "proto": self.proto,
             "from": self.from, "to": self.to, "port": [self.port.0, self.port.1],
-            "target": self.target.as_ref().map(|(a, p)| serde_json::json!([a, p.0, p.1])), "label": self.label,
+            "target": self.target.as_ref().map(|(a, p)| serde_json::json!([a, p.0, p.1])), "labels": self.labels,
         })
     }
 
@@ -439,7 +439,7 @@ impl Rule {
             target: v["target"].as_array().map(|t| {
                 (t[0].as_str().unwrap().to_string(), (t[1].as_u64().unwrap() as u32, t[2].as_u64().unwrap() as u32))
             }),
-            label: s("label"),
+            labels: v["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect(),
         }
     }
 }
@@ -666,8 +666,8 @@ fn parse_rule(t: &[String]) -> Result<Vec<Rule>, String> {
         }
         target = Some((addr, tp));
     }
-    let mut label = None;
-    if t.get(i).map(String::as_str) == Some("label") {
+    let mut labels = Vec::new();
+    while t.get(i).map(String::as_str) == Some("label") {
         if rdr {
             return Err(syntax());
         }
@@ -677,7 +677,10 @@ fn parse_rule(t: &[String]) -> Result<Vec<Rule>, String> {
         if inner.len() > 63 {
             return Err("rule label too long (max 63 chars)".to_string());
         }
-        label = Some(inner.to_string());
+        if labels.len() == 5 {
+            return Err("label can only be used 5 times".to_string());
+        }
+        labels.push(inner.to_string());
     }
     if i != t.len() {
         return Err(syntax());
@@ -694,7 +697,7 @@ fn parse_rule(t: &[String]) -> Result<Vec<Rule>, String> {
             to: to.clone(),
             port,
             target: target.clone(),
-            label: label.clone(),
+            labels: labels.clone(),
         })
         .collect())
 }
