@@ -289,8 +289,7 @@ fn a_load_pf_refuses_is_not_stored() {
     assert!(out.stderr.contains("pf refused the rules for jail web, so nothing was published"), "{out:?}");
     assert!(out.stderr.contains("stdin:1: syntax error"), "pfctl's message is shown: {out:?}");
     assert!(h.ls().is_empty());
-    let state = std::fs::read_to_string(h.root().join("db/publications.yml")).unwrap_or_default();
-    assert!(!state.contains("8080"), "{state}");
+    assert!(!h.root().join("db/publications/web.yml").exists(), "nothing was stored");
     h.pf_switch("refuse", None);
     assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80"]).code, 0);
 }
@@ -299,9 +298,10 @@ fn a_load_pf_refuses_is_not_stored() {
 fn pf_missing_at_start_is_survived_and_applied_later() {
     let h = Host::new();
     web(&h);
+    std::fs::create_dir_all(h.root().join("db/publications")).unwrap();
     std::fs::write(
-        h.root().join("db/publications.yml"),
-        "version: 1\nnext_seq: 2\npublications:\n- seq: 1\n  jail: web\n  spec: 8080:80/tcp\n",
+        h.root().join("db/publications/web.yml"),
+        "version: 1\njail: web\npublications:\n- seq: 1\n  spec: 8080:80/tcp\n",
     )
     .unwrap();
     h.pf_switch("nodev", Some(""));
@@ -452,14 +452,15 @@ fn config_and_state_errors_stop_the_agent() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kleene-rdr.yml") && err.contains("unknown field `pool_interval_ms`"), "{err}");
     let cfg = h.config("");
-    std::fs::write(h.root().join("db/publications.yml"), "version: 1\nnext_seq: 1\npublications: nope\n").unwrap();
+    std::fs::create_dir_all(h.root().join("db/publications")).unwrap();
+    std::fs::write(h.root().join("db/publications/web.yml"), "version: 1\njail: web\npublications: nope\n").unwrap();
     let out = std::process::Command::new(common::KLEENECTL).args(["agent", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("publications.yml does not parse"), "{err}");
+    assert!(err.contains("publications/web.yml does not parse"), "{err}");
     assert_eq!(
-        std::fs::read_to_string(h.root().join("db/publications.yml")).unwrap(),
-        "version: 1\nnext_seq: 1\npublications: nope\n",
+        std::fs::read_to_string(h.root().join("db/publications/web.yml")).unwrap(),
+        "version: 1\njail: web\npublications: nope\n",
         "never overwritten"
     );
 }
@@ -494,7 +495,8 @@ fn agent_check_validates_without_side_effects() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid, 0 publications"), "{out:?}");
     assert!(!h.socket().exists(), "--check does not serve");
-    std::fs::write(h.root().join("db/publications.yml"), "version: 9\nnext_seq: 1\n").unwrap();
+    std::fs::create_dir_all(h.root().join("db/publications")).unwrap();
+    std::fs::write(h.root().join("db/publications/web.yml"), "version: 9\njail: web\npublications: []\n").unwrap();
     let out = std::process::Command::new(common::KLEENECTL)
         .args(["agent", "--check", "--config"])
         .arg(&cfg)

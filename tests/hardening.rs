@@ -116,6 +116,18 @@ fn odd_jail_names_map_to_safe_anchor_names() {
 }
 
 #[test]
+fn two_jails_with_one_anchor_name_are_refused() {
+    let h = Host::new();
+    let _a = h.start_agent();
+    let twin = "_x".parse::<kleene_rdr::core::model::JailName>().unwrap().component();
+    assert_eq!(h.ctl(&["publish", "--jail=_x", "8080"]).code, 0);
+    let out = h.ctl(&["publish", "-j", &twin, "8081"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains(&format!("jail {twin} maps to the same anchor name ({twin}) as jail _x")), "{out:?}");
+    assert_eq!(h.ls().len(), 1);
+}
+
+#[test]
 fn hostile_socket_input_gets_error_replies() {
     let h = Host::new();
     web(&h);

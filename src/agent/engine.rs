@@ -414,6 +414,19 @@ impl Engine {
                 ));
             }
         }
+        let component = jail.component();
+        if let Some(other) = self
+            .state
+            .publications
+            .iter()
+            .map(|s| &s.publication.jail)
+            .find(|j| **j != jail && j.component() == component)
+        {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!("jail {jail} maps to the same anchor name ({component}) as jail {other}; rename one of them"),
+            ));
+        }
         let mut fresh = Vec::new();
         let mut already = Vec::new();
         for p in new {
@@ -472,7 +485,6 @@ impl Engine {
                 return Err(Refusal(ErrorKind::Conflict, format!("cannot publish {spec} for jail {jail}: {why}")));
             }
         }
-        let component = jail.component();
         let failed = self.execute(&plan.actions);
         self.force.clear();
         if let Some(err) = failed.get(&component) {
@@ -486,7 +498,7 @@ impl Engine {
                 ),
             ));
         }
-        if let Err(e) = self.store.save(&candidate) {
+        if let Err(e) = self.save_jail(&candidate, &jail) {
             // Put pf back the way the stored state says.
             self.last = self.plan_with(&self.state.publications);
             let undo = self.last.actions.clone();
@@ -499,6 +511,12 @@ impl Engine {
             lines.push(self.describe(seq));
         }
         Ok(Response::ok(lines.join("\n"), serde_json::Value::Null))
+    }
+
+    /// Writes `jail`'s publications as `state` has them.
+    fn save_jail(&self, state: &State, jail: &JailName) -> anyhow::Result<()> {
+        let mine: Vec<&Stored> = state.publications.iter().filter(|s| &s.publication.jail == jail).collect();
+        self.store.save_jail(jail, &mine)
     }
 
     fn describe(&self, seq: u64) -> String {
@@ -571,8 +589,7 @@ impl Engine {
             .filter(|s| remove.contains(&s.seq))
             .map(|s| s.publication.spec.to_string())
             .collect();
-        self.store
-            .save(&candidate)
+        self.save_jail(&candidate, &jail)
             .map_err(|e| Refusal(ErrorKind::Internal, format!("{e:#}; nothing was unpublished")))?;
         self.state = candidate;
         self.observe();

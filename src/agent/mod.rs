@@ -21,11 +21,11 @@ use engine::{Engine, System};
 /// `kleenectl agent --check`: validates the configuration and the state file, changing nothing.
 pub fn check(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
-    let (state_path, state) = state::Store::check(&cfg.state_dir)?;
+    let (state_dir, state) = state::Store::check(&cfg.state_dir)?;
     println!(
         "{}: valid; state {}: valid, {} publications",
         config_path.display(),
-        state_path.display(),
+        state_dir.display(),
         state.publications.len()
     );
     Ok(())

@@ -12,7 +12,8 @@
 //!   `main.conf` (the main ruleset), `killed` (one `label L` per state kill), and switches the
 //!   tests create: `nodev` (/dev/pf missing), `disabled`, `refuse` (its text is the error every
 //!   load gets).
-//! - `calls.log`: one JSON line per invocation: tool, argv, bytes on stdin (not written when
+//! - `calls.log`: one JSON line per invocation: tool, argv, bytes on stdin, and the microseconds
+//!   the fake itself ran (from main to exit; not written when
 //!   `FAKE_FREEBSD_NORECORD` is set: the tests' own inspection calls).
 
 use std::fs;
@@ -32,7 +33,7 @@ fn main() {
     if tool == "pfctl" && args.iter().any(|a| a == "-") {
         std::io::stdin().read_to_end(&mut stdin).expect("read stdin");
     }
-    record(&state, &tool, &args, stdin.len());
+    let started = std::time::Instant::now();
     let code = match tool.as_str() {
         "pfctl" => pfctl(&state, &args, &stdin),
         "jls" => jls(&state, &args),
@@ -43,14 +44,17 @@ fn main() {
             127
         }
     };
+    record(&state, &tool, &args, stdin.len(), started.elapsed().as_micros() as u64);
     exit(code);
 }
 
-fn record(state: &Path, tool: &str, args: &[String], stdin: usize) {
+fn record(state: &Path, tool: &str, args: &[String], stdin: usize, elapsed_us: u64) {
     if std::env::var_os("FAKE_FREEBSD_NORECORD").is_some() {
         return;
     }
-    let line = serde_json::json!({"tool": tool, "argv": args, "stdin_bytes": stdin}).to_string() + "\n";
+    let line = serde_json::json!({"tool": tool, "argv": args, "stdin_bytes": stdin, "elapsed_us": elapsed_us})
+        .to_string()
+        + "\n";
     let mut f = fs::OpenOptions::new().create(true).append(true).open(state.join("calls.log")).expect("calls.log");
     f.write_all(line.as_bytes()).expect("write calls.log");
 }
