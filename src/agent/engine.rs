@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::core::address::usable;
 use crate::core::conflict;
 use crate::core::model::{Family, JailName, NetworkName};
-use crate::core::plan::{self, Action, Loaded, Observed, Plan, RunningJail, Status, Stored};
+use crate::core::plan::{self, Action, Loaded, Observed, Plan, RenderCache, RunningJail, Status, Stored};
 use crate::core::publication::Publication;
 use crate::core::readback;
 use crate::core::spec::{Place, PortSpec};
@@ -50,7 +51,10 @@ pub struct Engine {
     observed: Observed,
     /// Addresses of VNET jails, read once per jid.
     vnet_addrs: BTreeMap<u32, Vec<IpAddr>>,
-    loaded: BTreeMap<String, Loaded>,
+    loaded: BTreeMap<String, Arc<Loaded>>,
+    cache: RenderCache,
+    /// Whether something changed since the last plan (state, observation, configuration).
+    dirty: bool,
     force: BTreeSet<String>,
     pf_errors: BTreeMap<String, String>,
     /// Why the last observation was incomplete, per source ("jls", "route", "pf").
@@ -72,6 +76,8 @@ impl Engine {
             observed: Observed::default(),
             vnet_addrs: BTreeMap::new(),
             loaded: BTreeMap::new(),
+            cache: RenderCache::default(),
+            dirty: true,
             force: BTreeSet::new(),
             pf_errors: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -102,6 +108,7 @@ impl Engine {
         self.cfg = cfg;
         self.sys = sys;
         self.vnet_addrs.clear();
+        self.dirty = true;
         self.start();
     }
 
@@ -121,6 +128,14 @@ impl Engine {
     /// Reads jails, gateways and the anchors pf holds. A source that fails keeps its previous
     /// observation (a failing jls must not look like every jail stopped).
     pub fn observe(&mut self) {
+        let before = self.observed.clone();
+        self.observe_now();
+        if self.observed != before {
+            self.dirty = true;
+        }
+    }
+
+    fn observe_now(&mut self) {
         // The four reads are independent: run them at once (pfctl is still called by one
         // thread at a time, since the engine is locked).
         let sys = &self.sys;
@@ -215,18 +230,37 @@ impl Engine {
         self.problems.insert(source, msg);
     }
 
-    fn plan_with(&self, publications: &[Stored]) -> Plan {
-        plan::plan(publications, &self.observed, &self.loaded, &self.cfg.networks, &self.force, &self.pf_errors)
+    fn plan_with(&mut self, publications: &[Stored]) -> Plan {
+        plan::plan(
+            publications,
+            &self.observed,
+            &self.loaded,
+            &self.cfg.networks,
+            &self.force,
+            &self.pf_errors,
+            &mut self.cache,
+        )
+    }
+
+    fn plan_current(&mut self) -> Plan {
+        let publications = std::mem::take(&mut self.state.publications);
+        let plan = self.plan_with(&publications);
+        self.state.publications = publications;
+        plan
     }
 
     /// Plans against the current observation and applies the actions. Returns the components
     /// whose load pf refused, with pfctl's message.
     pub fn reconcile(&mut self) -> BTreeMap<String, String> {
-        let plan = self.plan_with(&self.state.publications);
+        if !self.dirty && self.force.is_empty() && self.pf_errors.is_empty() {
+            return BTreeMap::new();
+        }
+        let plan = self.plan_current();
         let before = self.pf_errors.clone();
         let failed = self.execute(&plan.actions);
         self.force.clear();
-        self.last = if self.pf_errors != before { self.plan_with(&self.state.publications) } else { plan };
+        self.dirty = false;
+        self.last = if self.pf_errors != before { self.plan_current() } else { plan };
         failed
     }
 
@@ -240,7 +274,10 @@ impl Engine {
                     match self.sys.pf.load(&path, &loaded.text) {
                         Ok(()) => {
                             log::info(&format!("loaded anchor {path} (jail {}, jid {})", loaded.jail, loaded.jid));
-                            self.loaded.insert(component.clone(), loaded.clone());
+                            self.loaded.insert(component.clone(), Arc::clone(loaded));
+                            if let Some(a) = self.observed.anchors.as_mut() {
+                                a.insert(component.clone());
+                            }
                             self.pf_errors.remove(component);
                             self.kill(kill_after);
                         }
@@ -280,6 +317,9 @@ impl Engine {
             Ok(()) => {
                 log::info(&format!("flushed anchor {path}"));
                 self.loaded.remove(component);
+                if let Some(a) = self.observed.anchors.as_mut() {
+                    a.remove(component);
+                }
                 self.pf_errors.remove(component);
                 self.kill(&labels);
             }
@@ -327,9 +367,9 @@ impl Engine {
                 .pf
                 .show(Some(&path), Show::Nat)
                 .and_then(|nat| self.sys.pf.show(Some(&path), Show::Rules).map(|rules| nat + &rules));
-            let expected = &self.loaded[component].keys;
+            let expected = readback::readback_keys(&self.loaded[component].text);
             match read {
-                Ok(text) if &readback::readback_keys(&text) == expected => {}
+                Ok(text) if readback::readback_keys(&text) == expected => {}
                 Ok(_) => {
                     log::warn(&format!("anchor {path} was changed behind the agent's back; reloading it"));
                     self.force.insert(component.clone());
@@ -489,7 +529,7 @@ impl Engine {
         self.force.clear();
         if let Some(err) = failed.get(&component) {
             self.pf_errors.remove(&component);
-            self.last = self.plan_with(&self.state.publications);
+            self.last = self.plan_current();
             return Err(Refusal(
                 ErrorKind::Pf,
                 format!(
@@ -500,13 +540,14 @@ impl Engine {
         }
         if let Err(e) = self.save_jail(&candidate, &jail) {
             // Put pf back the way the stored state says.
-            self.last = self.plan_with(&self.state.publications);
+            self.last = self.plan_current();
             let undo = self.last.actions.clone();
             self.execute(&undo);
             return Err(Refusal(ErrorKind::Internal, format!("{e:#}; nothing was published")));
         }
         self.state = candidate;
         self.last = plan;
+        self.dirty = false;
         for seq in seqs {
             lines.push(self.describe(seq));
         }
@@ -592,6 +633,7 @@ impl Engine {
         self.save_jail(&candidate, &jail)
             .map_err(|e| Refusal(ErrorKind::Internal, format!("{e:#}; nothing was unpublished")))?;
         self.state = candidate;
+        self.dirty = true;
         self.observe();
         let failed = self.reconcile();
         let msg = format!("unpublished {jail} {}", removed.join(", "));

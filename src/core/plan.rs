@@ -7,12 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use super::address::{Network, select_targets};
-use super::conflict::{self, Claim};
-use super::model::{Family, InterfaceName, JailName};
+use super::conflict::{self, Claim, ClaimPlace};
+use super::model::{Family, InterfaceName, JailName, Protocol};
 use super::publication::Publication;
-use super::readback;
 use super::render::{Gateways, Targets, render_anchor};
+use super::spec::PortSpec;
 
 /// A desired publication with its age: lower `seq` was published first and wins conflicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +49,6 @@ pub struct Loaded {
     pub text: String,
     /// Publication labels of the pass rules in `text` (each rule also has the jail's label).
     pub labels: BTreeSet<String>,
-    /// Normalised rule keys (see `readback`), for verification.
-    pub keys: Vec<String>,
 }
 
 /// The state of one publication.
@@ -93,7 +93,7 @@ pub enum Action {
     /// Kill the states of `kill_before` (the jail label of an earlier incarnation of the jail),
     /// load `loaded.text` into the anchor, then kill the states of `kill_after` (labels of
     /// publications whose rules are gone).
-    Load { component: String, loaded: Loaded, kill_before: Vec<String>, kill_after: Vec<String> },
+    Load { component: String, loaded: Arc<Loaded>, kill_before: Vec<String>, kill_after: Vec<String> },
     /// Flush the anchor, then kill the states of `kill` (the jail's label); `None` when the
     /// labels are not known (an anchor left by another process): read them from pf first.
     Flush { component: String, kill: Option<Vec<String>> },
@@ -113,35 +113,98 @@ pub struct Plan {
     pub statuses: BTreeMap<u64, PubStatus>,
     pub actions: Vec<Action>,
     /// What every anchor that should hold rules should hold, by component.
-    pub wanted: BTreeMap<String, Loaded>,
+    pub wanted: BTreeMap<String, Arc<Loaded>>,
 }
 
-/// A running jail's name, jid, and the publications to render into its anchor.
-type JailItems<'a> = (JailName, u32, Vec<(&'a Publication, Targets)>);
+/// The inputs one anchor was rendered from. A publication never changes once stored (a new one
+/// gets a new `seq`), so the seqs and their targets identify the publications' part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RenderInputs {
+    jail: JailName,
+    jid: u32,
+    gateways: Gateways,
+    items: Vec<(u64, Targets)>,
+}
+
+/// What one anchor rendered to: the anchor (None when it holds no rule) and, per publication,
+/// the interfaces its rules are on and why it has no rule at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RenderOutcome {
+    loaded: Option<Arc<Loaded>>,
+    per_pub: Vec<(u64, Vec<InterfaceName>, Option<String>)>,
+}
+
+/// Anchors rendered by earlier plans, by component, so that a plan renders only the jails whose
+/// inputs changed: a change costs work proportional to that change, not to the host.
+#[derive(Debug, Clone, Default)]
+pub struct RenderCache {
+    entries: BTreeMap<String, (RenderInputs, RenderOutcome)>,
+}
+
+impl RenderCache {
+    /// How many anchors are cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Accepted claims, indexed so that a new claim is checked in O(log n): per (protocol, family,
+/// place), the accepted port ranges by start (they never overlap each other).
+#[derive(Default)]
+struct ClaimIndex<'a> {
+    by_place: BTreeMap<(Protocol, Family, ClaimPlace), BTreeMap<u16, (u16, &'a Stored)>>,
+}
+
+impl<'a> ClaimIndex<'a> {
+    /// The owner of a held range overlapping any of `claims`.
+    fn owner(&self, claims: &[Claim]) -> Option<&'a Stored> {
+        claims.iter().find_map(|c| {
+            let ranges = self.by_place.get(&(c.proto, c.family, c.place.clone()))?;
+            let (_, (end, owner)) = ranges.range(..=c.ports.end()).next_back()?;
+            (*end >= c.ports.start()).then_some(*owner)
+        })
+    }
+
+    fn hold(&mut self, claims: Vec<Claim>, owner: &'a Stored) {
+        for c in claims {
+            self.by_place
+                .entry((c.proto, c.family, c.place))
+                .or_default()
+                .insert(c.ports.start(), (c.ports.end(), owner));
+        }
+    }
+}
 
 /// Plans. `force` names components to load even when the agent believes they are current
 /// (start-up, failed verification); `pf_errors` marks the publications of components whose
-/// last load pf refused.
+/// last load pf refused; `cache` keeps rendered anchors between plans.
 pub fn plan(
     desired: &[Stored],
     observed: &Observed,
-    loaded: &BTreeMap<String, Loaded>,
+    loaded: &BTreeMap<String, Arc<Loaded>>,
     networks: &[Network],
     force: &BTreeSet<String>,
     pf_errors: &BTreeMap<String, String>,
+    cache: &mut RenderCache,
 ) -> Plan {
     let running: BTreeMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
     let mut order: Vec<&Stored> = desired.iter().collect();
     order.sort_by_key(|s| s.seq);
 
     let mut out = Plan::default();
-    let mut held: Vec<(Vec<Claim>, &Stored)> = Vec::new();
+    let mut held = ClaimIndex::default();
+    let mut components: BTreeMap<&JailName, String> = BTreeMap::new();
     let mut owners: BTreeMap<String, &JailName> = BTreeMap::new();
-    let mut per_jail: BTreeMap<String, JailItems> = BTreeMap::new();
+    // Per component: the running jail and its accepted publications with their targets.
+    let mut per_jail: BTreeMap<String, (&RunningJail, Vec<(&Stored, Targets)>)> = BTreeMap::new();
 
     for s in order {
         let p = &s.publication;
-        let component = p.jail.component();
+        let component = components.entry(&p.jail).or_insert_with(|| p.jail.component()).clone();
         let mut st = PubStatus { status: Status::Active, interfaces: vec![], targets: Targets::default() };
         if let Some(other) = owners.get(&component).filter(|o| **o != &p.jail) {
             st.status = Status::Error(format!(
@@ -152,7 +215,7 @@ pub fn plan(
             continue;
         }
         owners.insert(component.clone(), &p.jail);
-        let jail = running.get(&p.jail);
+        let jail = running.get(&p.jail).copied();
         let (claims, targets) = match jail {
             None => (conflict::claims(p, None, &observed.gateways), None),
             Some(j) => match select_targets(&j.addrs, networks, p.network.as_ref()) {
@@ -167,47 +230,51 @@ pub fn plan(
                 }
             },
         };
-        if let Some((_, owner)) = held.iter().find(|(c, _)| conflict::collide(&claims, c)) {
+        if let Some(owner) = held.owner(&claims) {
             let o = &owner.publication;
             st.status =
                 Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec));
             out.statuses.insert(s.seq, st);
             continue;
         }
-        held.push((claims, s));
+        held.hold(claims, s);
         match (jail, targets) {
             (Some(j), Some(t)) => {
                 st.targets = t.clone();
-                per_jail.entry(component).or_insert_with(|| (j.name.clone(), j.jid, vec![])).2.push((p, t));
+                per_jail.entry(component).or_insert_with(|| (j, vec![])).1.push((s, t));
             }
             _ => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
         }
         out.statuses.insert(s.seq, st);
     }
 
-    let seq_of: BTreeMap<(&JailName, String), u64> =
-        desired.iter().map(|s| ((&s.publication.jail, s.publication.spec.to_string()), s.seq)).collect();
-    for (component, (jail, jid, items)) in per_jail {
-        let anchor = render_anchor(items, &observed.gateways);
-        for (p, r) in &anchor.publications {
-            let seq = seq_of[&(&p.jail, p.spec.to_string())];
-            let st = out.statuses.get_mut(&seq).expect("status recorded above");
-            st.interfaces = r.interfaces.clone();
+    let mut next_cache = RenderCache::default();
+    for (component, (jail, items)) in per_jail {
+        let inputs = RenderInputs {
+            jail: jail.name.clone(),
+            jid: jail.jid,
+            gateways: observed.gateways.clone(),
+            items: items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
+        };
+        let outcome = match cache.entries.remove(&component) {
+            Some((cached, outcome)) if cached == inputs => outcome,
+            _ => render_outcome(jail, &items, &observed.gateways),
+        };
+        for (seq, interfaces, no_rules) in &outcome.per_pub {
+            let st = out.statuses.get_mut(seq).expect("status recorded above");
+            st.interfaces = interfaces.clone();
             if let Some(err) = pf_errors.get(&component) {
                 st.status = Status::Error(format!("pf refused the anchor: {err}"));
-            } else if !r.is_active() {
-                let why: Vec<String> =
-                    r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
-                st.status = Status::Error(why.join("; "));
+            } else if let Some(why) = no_rules {
+                st.status = Status::Error(why.clone());
             }
         }
-        if anchor.is_empty() {
-            continue;
+        if let Some(l) = &outcome.loaded {
+            out.wanted.insert(component.clone(), Arc::clone(l));
         }
-        let labels = anchor.publications.iter().filter(|(_, r)| r.is_active()).map(|(p, _)| p.label()).collect();
-        let keys = readback::expected_keys(anchor.rules());
-        out.wanted.insert(component, Loaded { jail, jid, text: anchor.text(), labels, keys });
+        next_cache.entries.insert(component, (inputs, outcome));
     }
+    *cache = next_cache;
 
     for (component, want) in &out.wanted {
         let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
@@ -216,11 +283,11 @@ pub fn plan(
             Some(l) => (vec![], l.labels.difference(&want.labels).cloned().collect()),
             None => (vec![], vec![]),
         };
-        let current = loaded.get(component).is_some_and(|l| l.text == want.text && l.jid == want.jid);
+        let current = loaded.get(component).is_some_and(|l| Arc::ptr_eq(l, want) || **l == **want);
         if !current || !present || force.contains(component) {
             out.actions.push(Action::Load {
                 component: component.clone(),
-                loaded: want.clone(),
+                loaded: Arc::clone(want),
                 kill_before,
                 kill_after,
             });
@@ -240,9 +307,48 @@ pub fn plan(
     out
 }
 
+/// Renders one running jail's anchor.
+fn render_outcome(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gateways) -> RenderOutcome {
+    let seq_of: BTreeMap<&PortSpec, u64> = items.iter().map(|(s, _)| (&s.publication.spec, s.seq)).collect();
+    let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), gateways);
+    let per_pub = anchor
+        .publications
+        .iter()
+        .map(|(p, r)| {
+            let why = (!r.is_active()).then(|| {
+                let why: Vec<String> =
+                    r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
+                why.join("; ")
+            });
+            (seq_of[&p.spec], r.interfaces.clone(), why)
+        })
+        .collect();
+    let loaded = (!anchor.is_empty()).then(|| {
+        Arc::new(Loaded {
+            jail: jail.name.clone(),
+            jid: jail.jid,
+            text: anchor.text(),
+            labels: anchor.publications.iter().filter(|(_, r)| r.is_active()).map(|(p, _)| p.label()).collect(),
+        })
+    });
+    RenderOutcome { loaded, per_pub }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plans with a fresh cache (the cache has its own test below).
+    fn plan(
+        desired: &[Stored],
+        observed: &Observed,
+        loaded: &BTreeMap<String, Arc<Loaded>>,
+        networks: &[Network],
+        force: &BTreeSet<String>,
+        pf_errors: &BTreeMap<String, String>,
+    ) -> Plan {
+        super::plan(desired, observed, loaded, networks, force, pf_errors, &mut RenderCache::default())
+    }
 
     fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
         Stored { seq, publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None) }
@@ -265,11 +371,11 @@ mod tests {
     }
 
     /// Applies a plan to (loaded, pf anchors) the way a flawless executor would.
-    fn apply(p: &Plan, loaded: &mut BTreeMap<String, Loaded>, obs: &mut Observed) {
+    fn apply(p: &Plan, loaded: &mut BTreeMap<String, Arc<Loaded>>, obs: &mut Observed) {
         for a in &p.actions {
             match a {
                 Action::Load { component, loaded: l, .. } => {
-                    loaded.insert(component.clone(), l.clone());
+                    loaded.insert(component.clone(), Arc::clone(l));
                     obs.anchors.as_mut().unwrap().insert(component.clone());
                 }
                 Action::Flush { component, .. } => {
@@ -478,5 +584,44 @@ mod tests {
         assert_eq!(p.statuses[&1].status, Status::Active);
         assert!(matches!(&p.statuses[&2].status, Status::Error(r) if r.contains("maps to the same anchor name")));
         assert!(!p.wanted[&twin].text.contains("8081"));
+    }
+
+    #[test]
+    fn the_cache_renders_only_what_changed() {
+        let desired = vec![stored(1, "web", "8080:80"), stored(2, "db", "5432")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
+        let (f, e) = none();
+        let mut cache = RenderCache::default();
+        let first = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        assert_eq!(cache.len(), 2);
+        obs.jails[1] = jail("db", 5, &["10.13.37.9"]);
+        let second = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        assert!(Arc::ptr_eq(&first.wanted["web"], &second.wanted["web"]), "web was not rendered again");
+        assert!(!Arc::ptr_eq(&first.wanted["db"], &second.wanted["db"]));
+        assert!(second.wanted["db"].text.contains("10.13.37.9"));
+        assert_eq!(second, plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e), "the same plan as without a cache");
+        obs.gateways.inet = Some("em9".parse().unwrap());
+        let third = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        assert!(third.wanted["web"].text.contains("(em9)"), "a gateway change renders again");
+        obs.jails.remove(1);
+        super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        assert_eq!(cache.len(), 1, "stopped jails leave the cache");
+    }
+
+    #[test]
+    fn conflicts_are_found_among_many() {
+        let mut desired: Vec<Stored> =
+            (0..2000u16).map(|i| stored(u64::from(i) + 1, &format!("j{i}"), &format!("{}", 10000 + i * 3))).collect();
+        desired.push(stored(5000, "late", "13000-13001"));
+        desired.push(stored(5001, "ok", "13002"));
+        let obs = observed(vec![], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert!(
+            matches!(&p.statuses[&5000].status, Status::Conflict(r) if r.contains("jail j1000 as 13000:13000/tcp")),
+            "{:?}",
+            p.statuses[&5000]
+        );
+        assert!(matches!(p.statuses[&5001].status, Status::Pending(_)), "13002 is free");
     }
 }

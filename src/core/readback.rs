@@ -2,65 +2,24 @@
 //!
 //! pfctl prints rules in its own normalised form (`port = 8080`, ranges spelled out, brace lists
 //! expanded one rule per element, `flags S/SA keep state` appended), so text is never compared
-//! with text. Both sides become the same normalised keys, one per single-source rule, and the
-//! sorted lists are compared.
+//! with text. Both the text the agent loaded and what pfctl prints back go through the same
+//! normaliser, which yields one key per single-source rule; the sorted lists are compared.
 
 use std::net::IpAddr;
 
 use super::model::{Cidr, PortRange};
-use super::render::{Dest, Rule};
 
-/// Normalised keys of rendered rules: one per rule and source, sorted.
-pub fn expected_keys<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<String> {
-    let mut keys = Vec::new();
-    for r in rules {
-        match r {
-            Rule::Rdr { on, family, proto, from, to, port, target, target_port } => {
-                let to = match to {
-                    Dest::Interface(i) => format!("({i})"),
-                    Dest::Address(a) => a.to_string(),
-                };
-                let on = on.as_ref().map_or(String::new(), |i| i.to_string());
-                let tport = if port.is_single() {
-                    *target_port
-                } else {
-                    let end = u32::from(target_port.start()) + u32::from(port.span());
-                    PortRange::new(target_port.start(), end.min(65535) as u16).expect("start <= end")
-                };
-                for src in sources(from) {
-                    keys.push(format!(
-                        "rdr on={on} {family} {proto} from={src} to={to} port={} -> {target} port={}",
-                        port.pf(),
-                        tport.pf()
-                    ));
-                }
-            }
-            Rule::Pass { log, on, family, proto, from, to, port, .. } => {
-                let on = on.as_ref().map_or(String::new(), |i| i.to_string());
-                for src in sources(from) {
-                    keys.push(format!("pass log={log} on={on} {family} {proto} from={src} to={to} port={}", port.pf()));
-                }
-            }
+/// Normalised keys of rule text, sorted: of what `pfctl -P -a ANCHOR -s nat` and `-s rules`
+/// printed, or of what the agent loaded. A line that is not one of this project's rule forms
+/// becomes a key that matches nothing, so an anchor holding foreign rules never compares equal.
+pub fn readback_keys(text: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match parse_line(line) {
+            Some(k) => keys.extend(k),
+            None => keys.push(format!("? {line}")),
         }
     }
-    keys.sort();
-    keys
-}
-
-fn sources(from: &[Cidr]) -> Vec<String> {
-    if from.is_empty() { vec!["any".to_string()] } else { from.iter().map(Cidr::to_string).collect() }
-}
-
-/// Normalised keys of what `pfctl -P -a ANCHOR -s nat` and `-s rules` printed, sorted. A line
-/// that is not one of this project's rule forms becomes a key that matches nothing, so an
-/// anchor holding foreign rules never compares equal.
-pub fn readback_keys(text: &str) -> Vec<String> {
-    let mut keys: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| parse_line(l).unwrap_or_else(|| format!("? {l}")))
-        .collect();
     keys.sort();
     keys
 }
@@ -75,22 +34,53 @@ fn norm_addr(s: &str) -> Option<String> {
     s.parse::<Cidr>().ok().map(|c| c.to_string())
 }
 
-fn norm_port(words: &mut std::iter::Peekable<std::slice::Iter<'_, &str>>) -> Option<String> {
-    if words.peek() == Some(&&"=") {
-        words.next();
-    }
-    let v = words.next()?;
+fn parse_range(v: &str, host: Option<PortRange>) -> Option<PortRange> {
     let (a, b) = match v.split_once(':') {
+        Some((a, "*")) => {
+            let a: u16 = a.parse().ok()?;
+            let span = host?.span();
+            (a, a.checked_add(span)?)
+        }
         Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
         None => {
             let p = v.parse().ok()?;
             (p, p)
         }
     };
-    Some(PortRange::new(a, b)?.pf())
+    PortRange::new(a, b)
 }
 
-fn parse_line(line: &str) -> Option<String> {
+fn norm_port(
+    words: &mut std::iter::Peekable<std::slice::Iter<'_, &str>>,
+    host: Option<PortRange>,
+) -> Option<PortRange> {
+    if words.peek() == Some(&&"=") {
+        words.next();
+    }
+    parse_range(words.next()?, host)
+}
+
+/// The sources after `from`: `any`, one address or prefix, or a brace list.
+fn sources(words: &mut std::iter::Peekable<std::slice::Iter<'_, &str>>) -> Option<Vec<String>> {
+    let first = *words.next()?;
+    if first != "{" {
+        return Some(vec![norm_addr(first)?]);
+    }
+    let mut out = Vec::new();
+    loop {
+        match *words.next()? {
+            "}" => break,
+            w => {
+                for part in w.split(',').filter(|p| !p.is_empty()) {
+                    out.push(norm_addr(part)?);
+                }
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn parse_line(line: &str) -> Option<Vec<String>> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let mut w = words.iter().peekable();
     let action = *w.next()?;
@@ -125,7 +115,7 @@ fn parse_line(line: &str) -> Option<String> {
     if w.next() != Some(&"from") {
         return None;
     }
-    let from = norm_addr(w.next()?)?;
+    let froms = sources(&mut w)?;
     if w.next() != Some(&"to") {
         return None;
     }
@@ -133,8 +123,8 @@ fn parse_line(line: &str) -> Option<String> {
     if w.next() != Some(&"port") {
         return None;
     }
-    let port = norm_port(&mut w)?;
-    if action == "rdr" {
+    let port = norm_port(&mut w, None)?;
+    let tail = if action == "rdr" {
         if w.next() != Some(&"->") {
             return None;
         }
@@ -142,11 +132,13 @@ fn parse_line(line: &str) -> Option<String> {
         if w.next() != Some(&"port") {
             return None;
         }
-        let tport = norm_port(&mut w)?;
-        Some(format!("rdr on={on} {family} {proto} from={from} to={to} port={port} -> {target} port={tport}"))
+        let tport = norm_port(&mut w, Some(port))?;
+        format!("to={to} port={} -> {target} port={}", port.pf(), tport.pf())
     } else {
-        Some(format!("pass log={log} on={on} {family} {proto} from={from} to={to} port={port}"))
-    }
+        format!("to={to} port={}", port.pf())
+    };
+    let head = if action == "rdr" { "rdr".to_string() } else { format!("pass log={log}") };
+    Some(froms.into_iter().map(|from| format!("{head} on={on} {family} {proto} from={from} {tail}")).collect())
 }
 
 #[cfg(test)]
@@ -155,7 +147,7 @@ mod tests {
     use crate::core::publication::Publication;
     use crate::core::render::{Gateways, Targets, render_uniform};
 
-    fn anchor(specs: &[&str], sources: &[&str], log: bool) -> Vec<Rule> {
+    fn anchor(specs: &[&str], sources: &[&str], log: bool) -> String {
         let pubs: Vec<Publication> = specs
             .iter()
             .map(|s| {
@@ -170,7 +162,7 @@ mod tests {
             .collect();
         let t = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00:13:37::2".parse().unwrap()]);
         let g = Gateways { inet: Some("em0".parse().unwrap()), inet6: Some("em0".parse().unwrap()) };
-        render_uniform(&pubs, &t, &g).rules().cloned().collect()
+        render_uniform(&pubs, &t, &g).text()
     }
 
     /// The normalised forms FreeBSD 14.3's pfctl printed (shared/pf-parser-samples.md), with -P.
@@ -185,7 +177,7 @@ mod tests {
             pass in quick on em0 inet proto udp from any to 10.13.37.2 port = 80 keep state label \"x\"\n\
             pass in quick on em0 inet6 proto tcp from any to fd00:13:37::2 port 9000:9010 flags S/SA keep state\n\
             pass in quick on em0 inet6 proto udp from any to fd00:13:37::2 port = 80 keep state\n";
-        assert_eq!(readback_keys(printed), expected_keys(&rules));
+        assert_eq!(readback_keys(printed), readback_keys(&rules));
     }
 
     #[test]
@@ -195,13 +187,13 @@ mod tests {
             rdr on em0 inet proto tcp from 198.51.100.7 to (em0) port = 8080 -> 10.13.37.2 port 80\n\
             pass in log quick on em0 inet proto tcp from 192.0.2.0/24 to 10.13.37.2 port = 80 flags S/SA keep state label \"l\"\n\
             pass in log quick on em0 inet proto tcp from 198.51.100.7 to 10.13.37.2 port = 80 flags S/SA keep state label \"l\"\n";
-        assert_eq!(readback_keys(printed), expected_keys(&rules));
+        assert_eq!(readback_keys(printed), readback_keys(&rules));
     }
 
     #[test]
     fn differences_are_seen() {
         let rules = anchor(&["em0:8080:80/udp"], &[], false);
-        let want = expected_keys(&rules);
+        let want = readback_keys(&rules);
         let changed = "rdr on em0 inet proto udp from any to (em0) port = 8080 -> 10.13.37.3 port 80\n\
             rdr on em0 inet6 proto udp from any to (em0) port = 8080 -> fd00:13:37::2 port 80\n\
             pass in quick on em0 inet proto udp from any to 10.13.37.2 port = 80 keep state\n\

@@ -43,6 +43,8 @@ pub struct Call {
     pub tool: String,
     pub argv: Vec<String>,
     pub stdin_bytes: u64,
+    /// How long the fake tool ran, from its main to its exit.
+    pub elapsed_us: u64,
 }
 
 impl Host {
@@ -233,6 +235,7 @@ impl Host {
                     tool: v["tool"].as_str().unwrap().to_string(),
                     argv: v["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect(),
                     stdin_bytes: v["stdin_bytes"].as_u64().unwrap(),
+                    elapsed_us: v["elapsed_us"].as_u64().unwrap(),
                 }
             })
             .collect()

@@ -1,0 +1,252 @@
+//! Scale benchmark of the real `kleenectl agent` against the fake FreeBSD tools (see
+//! tests/fake/freebsd.rs, which record every process spawned, the bytes of rule text sent to
+//! pfctl and how long each call ran).
+//!
+//!     cargo bench --features test-fakes --bench agent_scale [-- --jails N --publishes M]
+//!
+//! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
+//! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
+//! `kleenectl publish` round trips; the agent's peak RSS; and the rule text a single-jail change
+//! pushes with per-jail anchors versus a whole-ruleset reload. Prints a report; asserts only that
+//! the agent did what it should (every anchor loaded, the stopped jail flushed), never a time.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Call, Host};
+use kleene_rdr::core::plan::Stored;
+use kleene_rdr::core::publication::Publication;
+use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+
+const PER_JAIL: usize = 10;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn jail_name(i: usize) -> String {
+    format!("j{i}")
+}
+
+fn jail_ip(i: usize) -> String {
+    format!("10.{}.{}.2", 1 + i / 250, i % 250)
+}
+
+fn spec(i: usize, k: usize) -> String {
+    format!("{}:{}", 10000 + i * PER_JAIL + k, 80 + k)
+}
+
+/// CPU time the process has used, in nanoseconds (/proc/PID/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn is_load(c: &Call) -> bool {
+    c.tool == "pfctl" && c.argv.windows(2).any(|w| w == ["-f", "-"])
+}
+
+fn is_flush(c: &Call) -> bool {
+    c.tool == "pfctl" && c.argv.windows(2).any(|w| w == ["-F", "all"])
+}
+
+fn is_kill(c: &Call) -> bool {
+    c.tool == "pfctl" && c.argv.first().map(String::as_str) == Some("-k")
+}
+
+fn elapsed_us(c: &Call) -> u64 {
+    c.elapsed_us
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; anything else unknown is ignored.
+    let jails = arg("--jails", 1000);
+    let publishes = arg("--publishes", 1000);
+    let h = Host::new();
+    println!("# agent_scale: {jails} jails x {PER_JAIL} publications, {publishes} publishes\n");
+
+    // Jails running, state on disk, pf empty.
+    let list: Vec<serde_json::Value> =
+        (0..jails).map(|i| Host::jail(&jail_name(i), 100 + i as u32, &[&jail_ip(i)])).collect();
+    h.set_jails(serde_json::json!(list));
+    let (store, _) = kleene_rdr::agent::state::Store::open(&h.root().join("db")).unwrap();
+    let mut seq = 1;
+    for i in 0..jails {
+        let jail = jail_name(i).parse().unwrap();
+        let pubs: Vec<Stored> = (0..PER_JAIL)
+            .map(|k| {
+                seq += 1;
+                Stored {
+                    seq,
+                    publication: Publication::new(
+                        jail_name(i).parse().unwrap(),
+                        spec(i, k).parse().unwrap(),
+                        vec![],
+                        false,
+                        None,
+                    ),
+                }
+            })
+            .collect();
+        store.save_jail(&jail, &pubs.iter().collect::<Vec<_>>()).unwrap();
+    }
+
+    // 1. Cold start.
+    let cfg = h.config("poll_interval_ms: 200\nverify_interval_ms: 3600000\nmax_publications: 1000000\n");
+    let started = Instant::now();
+    let mut agent = h.start_agent_with(&cfg);
+    h.wait_for("every anchor loaded", || h.calls().iter().filter(|c| is_load(c)).count() >= jails);
+    let cold = started.elapsed();
+    let pid = agent.pid();
+    let calls = h.calls();
+    let pfctl = calls.iter().filter(|c| c.tool == "pfctl").count();
+    let loads = calls.iter().filter(|c| is_load(c)).count();
+    let bytes: u64 = calls.iter().filter(|c| is_load(c)).map(|c| c.stdin_bytes).sum();
+    assert_eq!(loads, jails, "one load per jail");
+    println!("## 1. Cold start");
+    println!("- wall time until every anchor is loaded: {}", ms(cold));
+    println!("- pfctl invocations: {pfctl} ({loads} loads, {} others); rule text sent: {bytes} bytes", pfctl - loads);
+    println!("- agent peak RSS with {} publications: {} KiB\n", jails * PER_JAIL, status_kib(pid, "VmHWM:"));
+
+    // 2. Idle ticks.
+    std::thread::sleep(Duration::from_millis(600));
+    let before = h.calls().len();
+    let cpu0 = cpu_ns(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu1 = cpu_ns(pid);
+    let wall = t0.elapsed();
+    let idle: Vec<Call> = h.calls()[before..].to_vec();
+    let ticks = idle.iter().filter(|c| c.tool == "jls").count().max(1);
+    let mut per_tool = std::collections::BTreeMap::new();
+    for c in &idle {
+        *per_tool.entry(c.tool.clone()).or_insert(0) += 1;
+    }
+    println!("## 2. Idle ticks (poll 200 ms, verification off)");
+    println!(
+        "- {ticks} ticks in {}: {} processes ({per_tool:?}), {:.1} per tick",
+        ms(wall),
+        idle.len(),
+        idle.len() as f64 / ticks as f64
+    );
+    println!("- loads during idle ticks: {}", idle.iter().filter(|c| is_load(c)).count());
+    println!(
+        "- agent CPU per tick: {:.3} ms (includes the observation commands' output parsing)\n",
+        (cpu1 - cpu0) as f64 / 1e6 / ticks as f64
+    );
+
+    // 3. One jail stops.
+    let mut remaining: Vec<serde_json::Value> = list.clone();
+    remaining.remove(0);
+    let before = h.calls().len();
+    let t0 = Instant::now();
+    h.set_jails(serde_json::json!(remaining));
+    let out = h.ctl(&["reconcile"]);
+    let with_reconcile = t0.elapsed();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(h.anchor(&jail_name(0)).is_none(), "j0 flushed");
+    let window: Vec<Call> = h.calls()[before..].to_vec();
+    println!("## 3. One jail of {jails} stops");
+    println!(
+        "- with `kleenectl reconcile`: flushed {} after the jail list changed (client process included)",
+        ms(with_reconcile)
+    );
+    println!(
+        "- pfctl: {} flush, {} state kill, {} loads, {} bytes of rule text sent",
+        window.iter().filter(|c| is_flush(c)).count(),
+        window.iter().filter(|c| is_kill(c)).count(),
+        window.iter().filter(|c| is_load(c)).count(),
+        window.iter().filter(|c| is_load(c)).map(|c| c.stdin_bytes).sum::<u64>()
+    );
+    remaining.remove(0);
+    let before = h.calls().len();
+    let t0 = Instant::now();
+    h.set_jails(serde_json::json!(remaining));
+    let flush1 = format!("kleene/{}", jail_name(1));
+    h.wait_for("j1 flushed by polling", || h.calls()[before..].iter().any(|c| is_flush(c) && c.argv.contains(&flush1)));
+    let by_poll = t0.elapsed();
+    let window: Vec<Call> = h.calls()[before..].to_vec();
+    println!(
+        "- polling only (poll 200 ms): flushed {} after the change; {} flush, {} kill, {} loads\n",
+        ms(by_poll),
+        window.iter().filter(|c| is_flush(c)).count(),
+        window.iter().filter(|c| is_kill(c)).count(),
+        window.iter().filter(|c| is_load(c)).count()
+    );
+
+    // 4. Publish round trips.
+    let mut total = Vec::with_capacity(publishes);
+    let mut without_pfctl = Vec::with_capacity(publishes);
+    for n in 0..publishes {
+        let i = 2 + n % (jails - 2);
+        let before = h.calls().len();
+        let t0 = Instant::now();
+        let out = h.ctl(&["publish", "-j", &jail_name(i), &format!("em1:{}:{}", 10000 + n, 8000 + n)]);
+        let d = t0.elapsed();
+        assert_eq!(out.code, 0, "{out:?}");
+        let pf_us: u64 = h.calls()[before..].iter().filter(|c| c.tool == "pfctl").map(elapsed_us).sum();
+        total.push(d);
+        without_pfctl.push(d.saturating_sub(Duration::from_micros(pf_us)));
+    }
+    total.sort();
+    without_pfctl.sort();
+    println!(
+        "## 4. `kleenectl publish` round trip ({publishes} publishes to running jails, client process start to exit)"
+    );
+    println!("- total: p50 {}, p99 {}", ms(percentile(&total, 0.5)), ms(percentile(&total, 0.99)));
+    println!(
+        "- excluding pfctl's own run time: p50 {}, p99 {}\n",
+        ms(percentile(&without_pfctl, 0.5)),
+        ms(percentile(&without_pfctl, 0.99))
+    );
+    println!("## 5. Memory");
+    println!(
+        "- agent peak RSS (VmHWM) after all of the above ({} publications): {} KiB; now {} KiB\n",
+        jails * PER_JAIL + publishes,
+        status_kib(pid, "VmHWM:"),
+        status_kib(pid, "VmRSS:")
+    );
+    agent.stop();
+
+    // 6. Rule text pushed per single-jail change.
+    println!("## 6. Rule text pushed for one jail's change");
+    println!("| jails | per-jail anchor (this project) | whole-ruleset reload (Kleene) |");
+    println!("| --- | --- | --- |");
+    let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: None };
+    for n in [10, 100, 1000] {
+        let anchor_bytes = |i: usize| {
+            let pubs: Vec<Publication> = (0..PER_JAIL)
+                .map(|k| {
+                    Publication::new(jail_name(i).parse().unwrap(), spec(i, k).parse().unwrap(), vec![], false, None)
+                })
+                .collect();
+            let targets = Targets::from_addrs([jail_ip(i).parse().unwrap()]);
+            render_uniform(&pubs, &targets, &gateways).text().len()
+        };
+        let whole: usize = (0..n).map(anchor_bytes).sum();
+        println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));
+    }
+}
