@@ -152,11 +152,17 @@ impl RenderCache {
     }
 }
 
+/// Held port ranges of one place: start -> (end, owner).
+type HeldRanges<'a> = BTreeMap<u16, (u16, &'a Stored)>;
+
+/// A running jail and its accepted publications with their targets.
+type JailItems<'a> = (&'a RunningJail, Vec<(&'a Stored, Targets)>);
+
 /// Accepted claims, indexed so that a new claim is checked in O(log n): per (protocol, family,
 /// place), the accepted port ranges by start (they never overlap each other).
 #[derive(Default)]
 struct ClaimIndex<'a> {
-    by_place: BTreeMap<(Protocol, Family, ClaimPlace), BTreeMap<u16, (u16, &'a Stored)>>,
+    by_place: BTreeMap<(Protocol, Family, ClaimPlace), HeldRanges<'a>>,
 }
 
 impl<'a> ClaimIndex<'a> {
@@ -200,7 +206,7 @@ pub fn plan(
     let mut components: BTreeMap<&JailName, String> = BTreeMap::new();
     let mut owners: BTreeMap<String, &JailName> = BTreeMap::new();
     // Per component: the running jail and its accepted publications with their targets.
-    let mut per_jail: BTreeMap<String, (&RunningJail, Vec<(&Stored, Targets)>)> = BTreeMap::new();
+    let mut per_jail: BTreeMap<String, JailItems> = BTreeMap::new();
 
     for s in order {
         let p = &s.publication;
