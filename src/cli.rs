@@ -185,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if !r.ok {
                 return Ok(print_message(&r));
             }
-            let views: Vec<PublicationView> = serde_json::from_value(r.data).context("the agent's list")?;
+            let views: Vec<PublicationView> = r.decode().context("the agent's list")?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &views)?;
@@ -203,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if !r.ok {
                 return Ok(print_message(&r));
             }
-            let anchors: Vec<AnchorView> = serde_json::from_value(r.data).context("the agent's rules")?;
+            let anchors: Vec<AnchorView> = r.decode().context("the agent's rules")?;
             let mut out = std::io::stdout().lock();
             for a in anchors {
                 writeln!(out, "# {}", a.anchor)?;
@@ -302,7 +302,7 @@ fn check(socket: &std::path::Path) -> anyhow::Result<i32> {
             fix: Some("service kleene_rdr enable && service kleene_rdr start".into()),
         }],
         Ok(r) if !r.ok => return Ok(print_message(&r)),
-        Ok(r) => serde_json::from_value(r.data).context("the agent's findings")?,
+        Ok(r) => r.decode().context("the agent's findings")?,
     };
     let mut bad = false;
     for f in &findings {

@@ -94,25 +94,37 @@ pub enum ErrorKind {
 }
 
 /// One response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorKind>,
     /// Text for people.
     pub message: String,
-    /// Structured data for `--json` and for the client's own formatting.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub data: serde_json::Value,
+    /// Structured data for `--json` and for the client's own formatting, kept as JSON text (a
+    /// large `ls` is serialised once, not built as a tree of values first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Response {
-    pub fn ok(message: impl Into<String>, data: serde_json::Value) -> Response {
-        Response { ok: true, error: None, message: message.into(), data }
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response { ok: true, error: None, message: message.into(), data: None }
+    }
+
+    /// A success carrying `data`.
+    pub fn with_data<T: Serialize>(data: &T) -> Response {
+        let data = serde_json::value::to_raw_value(data).expect("response data serialises");
+        Response { ok: true, error: None, message: String::new(), data: Some(data) }
     }
 
     pub fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(kind), message: message.into(), data: serde_json::Value::Null }
+        Response { ok: false, error: Some(kind), message: message.into(), data: None }
+    }
+
+    /// The data, decoded.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.data.as_ref().map_or("null", |d| d.get()))
     }
 }
 

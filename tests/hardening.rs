@@ -196,6 +196,8 @@ fn connections_over_the_cap_get_an_error_and_the_others_are_served() {
         BufReader::new(s).read_line(&mut line).is_ok_and(|n| n > 0 && line.contains("max_connections"))
     };
     for round in 0..10 {
+        // Let the connections of an earlier round finish closing.
+        std::thread::sleep(Duration::from_millis(200 * round));
         let idle1 = UnixStream::connect(h.socket()).unwrap();
         let idle2 = UnixStream::connect(h.socket()).unwrap();
         std::thread::sleep(Duration::from_millis(100));

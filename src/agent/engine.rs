@@ -391,7 +391,7 @@ impl Engine {
         }
         let failed = self.reconcile();
         if failed.is_empty() {
-            Response::ok(format!("reconciled: {} anchors loaded", self.loaded.len()), serde_json::Value::Null)
+            Response::ok(format!("reconciled: {} anchors loaded", self.loaded.len()))
         } else {
             let list: Vec<String> = failed.iter().map(|(c, e)| format!("{}: {e}", self.anchor_path(c))).collect();
             Response::err(ErrorKind::Pf, format!("pf refused: {}", list.join("; ")))
@@ -488,7 +488,7 @@ impl Engine {
         let mut lines: Vec<String> =
             already.iter().map(|p| format!("{} {}: already published, nothing changed", p.jail, p.spec)).collect();
         if fresh.is_empty() {
-            return Ok(Response::ok(lines.join("\n"), serde_json::Value::Null));
+            return Ok(Response::ok(lines.join("\n")));
         }
 
         let per_jail = self.state.publications.iter().filter(|s| s.publication.jail == jail).count() + fresh.len();
@@ -510,53 +510,58 @@ impl Engine {
         }
 
         self.observe();
-        let mut candidate = self.state.clone();
+        // The candidate state is the current one plus the new publications, appended in place
+        // (cloning the whole state would cost work proportional to the host); every refusal
+        // below takes them out again.
+        let (old_len, old_next) = (self.state.publications.len(), self.state.next_seq);
         let mut seqs = Vec::new();
         for p in fresh {
-            seqs.push(candidate.next_seq);
-            candidate.publications.push(Stored { seq: candidate.next_seq, publication: p });
-            candidate.next_seq += 1;
+            seqs.push(self.state.next_seq);
+            self.state.publications.push(Stored { seq: self.state.next_seq, publication: p });
+            self.state.next_seq += 1;
         }
-        let plan = self.plan_with(&candidate.publications);
-        for seq in &seqs {
+        let plan = self.plan_current();
+        let undo = |e: &mut Engine, r: Refusal| {
+            e.state.publications.truncate(old_len);
+            e.state.next_seq = old_next;
+            e.last = e.plan_current();
+            Err(r)
+        };
+        for (i, seq) in seqs.iter().enumerate() {
             if let Status::Conflict(why) = &plan.statuses[seq].status {
-                let spec =
-                    &candidate.publications.iter().find(|s| s.seq == *seq).expect("added above").publication.spec;
-                return Err(Refusal(ErrorKind::Conflict, format!("cannot publish {spec} for jail {jail}: {why}")));
+                let spec = &self.state.publications[old_len + i].publication.spec;
+                let msg = format!("cannot publish {spec} for jail {jail}: {why}");
+                return undo(self, Refusal(ErrorKind::Conflict, msg));
             }
         }
         let failed = self.execute(&plan.actions);
         self.force.clear();
         if let Some(err) = failed.get(&component) {
             self.pf_errors.remove(&component);
-            self.last = self.plan_current();
-            return Err(Refusal(
-                ErrorKind::Pf,
-                format!(
-                    "pf refused the rules for jail {jail}, so nothing was published: {err}\n\
-                     Check that pf is loaded and pfctl works (kleenectl check)."
-                ),
-            ));
+            let msg = format!(
+                "pf refused the rules for jail {jail}, so nothing was published: {err}\n\
+                 Check that pf is loaded and pfctl works (kleenectl check)."
+            );
+            return undo(self, Refusal(ErrorKind::Pf, msg));
         }
-        if let Err(e) = self.save_jail(&candidate, &jail) {
+        if let Err(e) = self.save_jail(&jail) {
+            let refused = undo(self, Refusal(ErrorKind::Internal, format!("{e:#}; nothing was published")));
             // Put pf back the way the stored state says.
-            self.last = self.plan_current();
-            let undo = self.last.actions.clone();
-            self.execute(&undo);
-            return Err(Refusal(ErrorKind::Internal, format!("{e:#}; nothing was published")));
+            let actions = self.last.actions.clone();
+            self.execute(&actions);
+            return refused;
         }
-        self.state = candidate;
         self.last = plan;
         self.dirty = false;
         for seq in seqs {
             lines.push(self.describe(seq));
         }
-        Ok(Response::ok(lines.join("\n"), serde_json::Value::Null))
+        Ok(Response::ok(lines.join("\n")))
     }
 
-    /// Writes `jail`'s publications as `state` has them.
-    fn save_jail(&self, state: &State, jail: &JailName) -> anyhow::Result<()> {
-        let mine: Vec<&Stored> = state.publications.iter().filter(|s| &s.publication.jail == jail).collect();
+    /// Writes `jail`'s publications as the state has them.
+    fn save_jail(&self, jail: &JailName) -> anyhow::Result<()> {
+        let mine: Vec<&Stored> = self.state.publications.iter().filter(|s| &s.publication.jail == jail).collect();
         self.store.save_jail(jail, &mine)
     }
 
@@ -621,8 +626,6 @@ impl Engine {
         if remove.is_empty() {
             return Err(Refusal(ErrorKind::NotFound, format!("jail {jail} publishes nothing; nothing was changed")));
         }
-        let mut candidate = self.state.clone();
-        candidate.publications.retain(|s| !remove.contains(&s.seq));
         let removed: Vec<String> = self
             .state
             .publications
@@ -630,15 +633,18 @@ impl Engine {
             .filter(|s| remove.contains(&s.seq))
             .map(|s| s.publication.spec.to_string())
             .collect();
-        self.save_jail(&candidate, &jail)
+        let remaining: Vec<&Stored> =
+            self.state.publications.iter().filter(|s| mine(s) && !remove.contains(&s.seq)).collect();
+        self.store
+            .save_jail(&jail, &remaining)
             .map_err(|e| Refusal(ErrorKind::Internal, format!("{e:#}; nothing was unpublished")))?;
-        self.state = candidate;
+        self.state.publications.retain(|s| !remove.contains(&s.seq));
         self.dirty = true;
         self.observe();
         let failed = self.reconcile();
         let msg = format!("unpublished {jail} {}", removed.join(", "));
         match failed.get(&jail.component()) {
-            None => Ok(Response::ok(msg, serde_json::Value::Null)),
+            None => Ok(Response::ok(msg)),
             Some(e) => Err(Refusal(
                 ErrorKind::Pf,
                 format!("{msg}, but pf refused the new rules ({e}); the agent retries every tick"),
@@ -663,7 +669,7 @@ impl Engine {
                 let p = &s.publication;
                 let pending = plan::PubStatus {
                     status: Status::Pending("not planned yet".into()),
-                    interfaces: vec![],
+                    interfaces: Vec::new().into(),
                     targets: Default::default(),
                 };
                 let st = self.last.statuses.get(&s.seq).unwrap_or(&pending);

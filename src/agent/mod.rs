@@ -34,6 +34,7 @@ pub fn check(config_path: &Path) -> anyhow::Result<()> {
 /// Runs the agent in the foreground until SIGTERM or SIGINT. Errors before it serves (bad
 /// config, unreadable state, socket in use) are returned.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    crate::sys::tune_allocator();
     let cfg = Config::load(config_path)?;
     let sys = System::from_config(&cfg);
     let socket = cfg.socket.clone();

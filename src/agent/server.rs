@@ -172,15 +172,11 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
             e.publish(&jail, &specs, &sources, log, network.as_deref())
         }
         Request::Unpublish { jail, specs, all } => e.unpublish(&jail, &specs, all),
-        Request::List { jail } => {
-            e.list(jail.as_deref()).map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise")))
-        }
-        Request::Rules { jail } => {
-            e.rules(jail.as_deref()).map(|v| Response::ok("", serde_json::to_value(v).expect("views serialise")))
-        }
+        Request::List { jail } => e.list(jail.as_deref()).map(|v| Response::with_data(&v)),
+        Request::Rules { jail } => e.rules(jail.as_deref()).map(|v| Response::with_data(&v)),
         Request::Check => {
             let findings = e.check();
-            Ok(Response::ok("", serde_json::to_value(findings).expect("findings serialise")))
+            Ok(Response::with_data(&findings))
         }
         Request::Reconcile { verify } => Ok(e.reconcile_now(verify)),
     };

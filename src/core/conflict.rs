@@ -13,21 +13,21 @@ use super::spec::Place;
 
 /// Where on the host a claim lands.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ClaimPlace {
-    Interface(InterfaceName),
+pub enum ClaimPlace<'a> {
+    Interface(&'a InterfaceName),
     Address(IpAddr),
 }
 
 /// One (protocol, family, place, host ports) a publication occupies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Claim {
+pub struct Claim<'a> {
     pub proto: Protocol,
     pub family: Family,
-    pub place: ClaimPlace,
+    pub place: ClaimPlace<'a>,
     pub ports: PortRange,
 }
 
-impl Claim {
+impl Claim<'_> {
     /// Same protocol, family and place, and overlapping host ports.
     pub fn collides(&self, other: &Claim) -> bool {
         self.proto == other.proto
@@ -40,9 +40,9 @@ impl Claim {
 /// The claims of `p`. `families` are the families the jail has target addresses in, or `None`
 /// when that is not known yet (the jail is not running): then both families are claimed.
 /// A gateway publication claims the current gateway interface of each family.
-pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways) -> Vec<Claim> {
-    let mut out = Vec::new();
-    for family in Family::BOTH {
+pub fn claims<'a>(p: &'a Publication, families: Option<&[Family]>, gateways: &'a Gateways) -> Claims<'a> {
+    let mut out = Claims { items: [None, None] };
+    for (slot, family) in Family::BOTH.into_iter().enumerate() {
         if families.is_some_and(|f| !f.contains(&family)) {
             continue;
         }
@@ -54,19 +54,48 @@ pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways)
         }
         let place = match &p.spec.place {
             Place::Gateway => match gateways.get(family) {
-                Some(i) => ClaimPlace::Interface(i.clone()),
+                Some(i) => ClaimPlace::Interface(i),
                 None => continue,
             },
-            Place::Interface(i) => ClaimPlace::Interface(i.clone()),
+            Place::Interface(i) => ClaimPlace::Interface(i),
             Place::Address(a) => ClaimPlace::Address(*a),
         };
-        out.push(Claim { proto: p.spec.proto, family, place, ports: p.spec.host });
+        out.items[slot] = Some(Claim { proto: p.spec.proto, family, place, ports: p.spec.host });
     }
     out
 }
 
+impl<'a> IntoIterator for Claims<'a> {
+    type Item = Claim<'a>;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Claim<'a>>, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter().flatten()
+    }
+}
+
+/// The claims of one publication: at most one per family (no allocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims<'a> {
+    items: [Option<Claim<'a>>; 2],
+}
+
+impl<'a> Claims<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &Claim<'a>> {
+        self.items.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Whether any claim of `a` collides with any claim of `b`.
-pub fn collide(a: &[Claim], b: &[Claim]) -> bool {
+pub fn collide(a: &Claims, b: &Claims) -> bool {
     a.iter().any(|x| b.iter().any(|y| x.collides(y)))
 }
 
@@ -106,10 +135,11 @@ mod tests {
     fn families_separate_claims() {
         let g = gw("em0", Some("em1"));
         assert!(!conflict("em1:8080:80", "8080", &gw("em0", None)));
-        let v4_only = claims(&publication("a", "em1:8080:80"), Some(&[Family::Inet]), &g);
-        let v6_gw = claims(&publication("b", "8080"), Some(&[Family::Inet6]), &g);
+        let (a, b) = (publication("a", "em1:8080:80"), publication("b", "8080"));
+        let v4_only = claims(&a, Some(&[Family::Inet]), &g);
+        let v6_gw = claims(&b, Some(&[Family::Inet6]), &g);
         assert!(!collide(&v4_only, &v6_gw), "IPv4 on em1 and IPv6 on em1 do not collide");
-        let pending = claims(&publication("a", "em1:8080:80"), None, &g);
+        let pending = claims(&a, None, &g);
         assert!(collide(&pending, &v6_gw), "a pending jail claims both families");
     }
 
@@ -122,8 +152,9 @@ mod tests {
             false,
             None,
         );
-        let c = claims(&p, None, &gw("em0", Some("em0")));
+        let g = gw("em0", Some("em0"));
+        let c = claims(&p, None, &g);
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].family, Family::Inet);
+        assert_eq!(c.iter().next().unwrap().family, Family::Inet);
     }
 }

@@ -5,12 +5,14 @@
 //! applying its actions and planning again yields no action.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
 use std::sync::Arc;
 
 use super::address::{Network, select_targets};
-use super::conflict::{self, Claim, ClaimPlace};
+use super::conflict::{self, ClaimPlace, Claims};
 use super::model::{Family, InterfaceName, JailName, Protocol};
 use super::publication::Publication;
 use super::render::{Gateways, Targets, render_anchor};
@@ -83,7 +85,7 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubStatus {
     pub status: Status,
-    pub interfaces: Vec<InterfaceName>,
+    pub interfaces: Arc<[InterfaceName]>,
     pub targets: Targets,
 }
 
@@ -126,12 +128,23 @@ struct RenderInputs {
     items: Vec<(u64, Targets)>,
 }
 
+impl RenderInputs {
+    /// Whether these are the inputs of `jail` with `items` under `gateways`.
+    fn matches(&self, jail: &RunningJail, gateways: &Gateways, items: &[(&Stored, Targets)]) -> bool {
+        self.jid == jail.jid
+            && self.jail == jail.name
+            && &self.gateways == gateways
+            && self.items.len() == items.len()
+            && self.items.iter().zip(items).all(|((seq, t), (s, u))| *seq == s.seq && t == u)
+    }
+}
+
 /// What one anchor rendered to: the anchor (None when it holds no rule) and, per publication,
 /// the interfaces its rules are on and why it has no rule at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RenderOutcome {
     loaded: Option<Arc<Loaded>>,
-    per_pub: Vec<(u64, Vec<InterfaceName>, Option<String>)>,
+    per_pub: Vec<(u64, Arc<[InterfaceName]>, Option<String>)>,
 }
 
 /// Anchors rendered by earlier plans, by component, so that a plan renders only the jails whose
@@ -155,19 +168,16 @@ impl RenderCache {
 /// Held port ranges of one place: start -> (end, owner).
 type HeldRanges<'a> = BTreeMap<u16, (u16, &'a Stored)>;
 
-/// A running jail and its accepted publications with their targets.
-type JailItems<'a> = (&'a RunningJail, Vec<(&'a Stored, Targets)>);
-
 /// Accepted claims, indexed so that a new claim is checked in O(log n): per (protocol, family,
 /// place), the accepted port ranges by start (they never overlap each other).
 #[derive(Default)]
 struct ClaimIndex<'a> {
-    by_place: BTreeMap<(Protocol, Family, ClaimPlace), HeldRanges<'a>>,
+    by_place: HashMap<(Protocol, Family, ClaimPlace<'a>), HeldRanges<'a>>,
 }
 
 impl<'a> ClaimIndex<'a> {
     /// The owner of a held range overlapping any of `claims`.
-    fn owner(&self, claims: &[Claim]) -> Option<&'a Stored> {
+    fn owner(&self, claims: &Claims<'a>) -> Option<&'a Stored> {
         claims.iter().find_map(|c| {
             let ranges = self.by_place.get(&(c.proto, c.family, c.place.clone()))?;
             let (_, (end, owner)) = ranges.range(..=c.ports.end()).next_back()?;
@@ -175,7 +185,7 @@ impl<'a> ClaimIndex<'a> {
         })
     }
 
-    fn hold(&mut self, claims: Vec<Claim>, owner: &'a Stored) {
+    fn hold(&mut self, claims: Claims<'a>, owner: &'a Stored) {
         for c in claims {
             self.by_place
                 .entry((c.proto, c.family, c.place))
@@ -183,6 +193,19 @@ impl<'a> ClaimIndex<'a> {
                 .insert(c.ports.start(), (c.ports.end(), owner));
         }
     }
+}
+
+/// What the planner knows of one jail that has publications.
+struct JailFacts<'a> {
+    name: &'a JailName,
+    component: String,
+    /// Another jail with the same component published first.
+    shadowed_by: Option<&'a JailName>,
+    running: Option<&'a RunningJail>,
+    /// Targets for publications that name no network, computed once.
+    default_targets: Option<Result<Targets, String>>,
+    /// Accepted publications of a running jail, with their targets.
+    items: Vec<(&'a Stored, Targets)>,
 }
 
 /// Plans. `force` names components to load even when the agent believes they are current
@@ -197,116 +220,143 @@ pub fn plan(
     pf_errors: &BTreeMap<String, String>,
     cache: &mut RenderCache,
 ) -> Plan {
-    let running: BTreeMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
+    let running: HashMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
     let mut order: Vec<&Stored> = desired.iter().collect();
     order.sort_by_key(|s| s.seq);
 
-    let mut out = Plan::default();
-    let mut held = ClaimIndex::default();
-    let mut components: BTreeMap<&JailName, String> = BTreeMap::new();
-    let mut owners: BTreeMap<String, &JailName> = BTreeMap::new();
-    // Per component: the running jail and its accepted publications with their targets.
-    let mut per_jail: BTreeMap<String, JailItems> = BTreeMap::new();
-
-    for s in order {
-        let p = &s.publication;
-        let component = components.entry(&p.jail).or_insert_with(|| p.jail.component()).clone();
-        let mut st = PubStatus { status: Status::Active, interfaces: vec![], targets: Targets::default() };
-        if let Some(other) = owners.get(&component).filter(|o| **o != &p.jail) {
-            st.status = Status::Error(format!(
-                "jail {} maps to the same anchor name ({component}) as jail {other}; rename one of them",
-                p.jail
-            ));
-            out.statuses.insert(s.seq, st);
+    // One entry per jail, in the order of its first publication.
+    let mut index: HashMap<&JailName, usize> = HashMap::default();
+    let mut jails: Vec<JailFacts> = Vec::new();
+    let mut owner_of: HashMap<String, usize> = HashMap::default();
+    for s in &order {
+        let name = &s.publication.jail;
+        if index.contains_key(name) {
             continue;
         }
-        owners.insert(component.clone(), &p.jail);
-        let jail = running.get(&p.jail).copied();
-        let (claims, targets) = match jail {
+        let component = name.component();
+        let first = *owner_of.entry(component.clone()).or_insert(jails.len());
+        index.insert(name, jails.len());
+        jails.push(JailFacts {
+            name,
+            component,
+            shadowed_by: (first != jails.len()).then(|| jails[first].name),
+            running: running.get(name).copied(),
+            default_targets: None,
+            items: vec![],
+        });
+    }
+
+    let mut statuses: Vec<(u64, PubStatus)> = Vec::with_capacity(order.len());
+    let mut held = ClaimIndex::default();
+    let no_interfaces: Arc<[InterfaceName]> = Arc::from(Vec::new());
+    for s in &order {
+        let p = &s.publication;
+        let facts = &mut jails[index[&p.jail]];
+        let mut st =
+            PubStatus { status: Status::Active, interfaces: Arc::clone(&no_interfaces), targets: Targets::default() };
+        if let Some(other) = facts.shadowed_by {
+            st.status = Status::Error(format!(
+                "jail {} maps to the same anchor name ({}) as jail {other}; rename one of them",
+                p.jail, facts.component
+            ));
+            statuses.push((s.seq, st));
+            continue;
+        }
+        let targets = facts.running.map(|j| match &p.network {
+            None => facts.default_targets.get_or_insert_with(|| select_targets(&j.addrs, networks, None)).clone(),
+            Some(n) => select_targets(&j.addrs, networks, Some(n)),
+        });
+        let (claims, targets) = match targets {
             None => (conflict::claims(p, None, &observed.gateways), None),
-            Some(j) => match select_targets(&j.addrs, networks, p.network.as_ref()) {
-                Err(why) => {
-                    st.status = Status::Error(why);
-                    out.statuses.insert(s.seq, st);
-                    continue;
-                }
-                Ok(t) => {
-                    let fams: Vec<Family> = Family::BOTH.into_iter().filter(|f| t.get(*f).is_some()).collect();
-                    (conflict::claims(p, Some(&fams), &observed.gateways), Some(t))
-                }
-            },
+            Some(Err(why)) => {
+                st.status = Status::Error(why);
+                statuses.push((s.seq, st));
+                continue;
+            }
+            Some(Ok(t)) => {
+                let fams: &[Family] = match (t.inet.is_some(), t.inet6.is_some()) {
+                    (true, true) => &Family::BOTH,
+                    (true, false) => &Family::BOTH[..1],
+                    (false, true) => &Family::BOTH[1..],
+                    (false, false) => &[],
+                };
+                (conflict::claims(p, Some(fams), &observed.gateways), Some(t))
+            }
         };
         if let Some(owner) = held.owner(&claims) {
             let o = &owner.publication;
             st.status =
                 Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec));
-            out.statuses.insert(s.seq, st);
+            statuses.push((s.seq, st));
             continue;
         }
         held.hold(claims, s);
-        match (jail, targets) {
-            (Some(j), Some(t)) => {
+        match targets {
+            Some(t) => {
                 st.targets = t.clone();
-                per_jail.entry(component).or_insert_with(|| (j, vec![])).1.push((s, t));
+                facts.items.push((s, t));
             }
-            _ => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
+            None => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
         }
-        out.statuses.insert(s.seq, st);
+        statuses.push((s.seq, st));
     }
 
+    let mut out = Plan::default();
     let mut next_cache = RenderCache::default();
-    for (component, (jail, items)) in per_jail {
-        let inputs = RenderInputs {
-            jail: jail.name.clone(),
-            jid: jail.jid,
-            gateways: observed.gateways.clone(),
-            items: items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
+    for facts in jails {
+        let Some(jail) = facts.running.filter(|_| !facts.items.is_empty()) else { continue };
+        let (inputs, outcome) = match cache.entries.remove(&facts.component) {
+            Some((cached, outcome)) if cached.matches(jail, &observed.gateways, &facts.items) => (cached, outcome),
+            _ => {
+                let inputs = RenderInputs {
+                    jail: jail.name.clone(),
+                    jid: jail.jid,
+                    gateways: observed.gateways.clone(),
+                    items: facts.items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
+                };
+                (inputs, render_outcome(jail, &facts.items, &observed.gateways))
+            }
         };
-        let outcome = match cache.entries.remove(&component) {
-            Some((cached, outcome)) if cached == inputs => outcome,
-            _ => render_outcome(jail, &items, &observed.gateways),
-        };
+        let pf_error = pf_errors.get(&facts.component);
         for (seq, interfaces, no_rules) in &outcome.per_pub {
-            let st = out.statuses.get_mut(seq).expect("status recorded above");
-            st.interfaces = interfaces.clone();
-            if let Some(err) = pf_errors.get(&component) {
+            let i = statuses.binary_search_by_key(seq, |(q, _)| *q).expect("status recorded above");
+            let st = &mut statuses[i].1;
+            st.interfaces = Arc::clone(interfaces);
+            if let Some(err) = pf_error {
                 st.status = Status::Error(format!("pf refused the anchor: {err}"));
             } else if let Some(why) = no_rules {
                 st.status = Status::Error(why.clone());
             }
         }
         if let Some(l) = &outcome.loaded {
-            out.wanted.insert(component.clone(), Arc::clone(l));
+            out.wanted.insert(facts.component.clone(), Arc::clone(l));
         }
-        next_cache.entries.insert(component, (inputs, outcome));
+        next_cache.entries.insert(facts.component, (inputs, outcome));
     }
     *cache = next_cache;
+    out.statuses = statuses.into_iter().collect();
 
     for (component, want) in &out.wanted {
         let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
+        let current = loaded.get(component).is_some_and(|l| Arc::ptr_eq(l, want) || **l == **want);
+        if current && present && !force.contains(component) {
+            continue;
+        }
         let (kill_before, kill_after) = match loaded.get(component) {
             Some(l) if l.jid != want.jid => (vec![l.jail.label()], vec![]),
             Some(l) => (vec![], l.labels.difference(&want.labels).cloned().collect()),
             None => (vec![], vec![]),
         };
-        let current = loaded.get(component).is_some_and(|l| Arc::ptr_eq(l, want) || **l == **want);
-        if !current || !present || force.contains(component) {
-            out.actions.push(Action::Load {
-                component: component.clone(),
-                loaded: Arc::clone(want),
-                kill_before,
-                kill_after,
-            });
-        }
+        out.actions.push(Action::Load {
+            component: component.clone(),
+            loaded: Arc::clone(want),
+            kill_before,
+            kill_after,
+        });
     }
-    let mut stale: BTreeSet<&String> = loaded.keys().collect();
-    if let Some(a) = &observed.anchors {
-        stale.extend(a.iter());
-    }
+    let stale = loaded.keys().chain(observed.anchors.iter().flatten()).filter(|c| !out.wanted.contains_key(*c));
+    let stale: BTreeSet<&String> = stale.collect();
     for component in stale {
-        if out.wanted.contains_key(component) {
-            continue;
-        }
         let kill = loaded.get(component).map(|l| vec![l.jail.label()]);
         out.actions.push(Action::Flush { component: component.clone(), kill });
     }
@@ -326,7 +376,7 @@ fn render_outcome(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &G
                     r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
                 why.join("; ")
             });
-            (seq_of[&p.spec], r.interfaces.clone(), why)
+            (seq_of[&p.spec], Arc::from(r.interfaces.clone()), why)
         })
         .collect();
     let loaded = (!anchor.is_empty()).then(|| {

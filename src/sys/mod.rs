@@ -6,3 +6,15 @@ pub mod host;
 pub mod parse;
 pub mod pf;
 pub mod runner;
+
+/// Limits glibc to two malloc arenas. The agent's short-lived threads (one per connection and
+/// per concurrent tool read) would otherwise each get an arena of their own, and freed memory
+/// scattered over many arenas is not returned: the resident size grows with the number of
+/// requests served. FreeBSD's jemalloc needs no such setting.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called once at start, before threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

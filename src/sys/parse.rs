@@ -33,13 +33,23 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Addresses of an `ip4.addr` / `ip6.addr` value. jls prints a JSON array of strings; a single
+/// comma-separated string and libxo's leaf-list form (`{"ipv4_addr": [...]}` items) are read
+/// too, so that a libxo version difference cannot make a jail look address-less.
 fn addr_list(v: Option<&Value>) -> Vec<IpAddr> {
-    let items: Vec<String> = match v {
-        Some(Value::Array(a)) => a.iter().filter_map(as_text).collect(),
-        Some(Value::String(s)) => s.split([',', ' ']).map(str::to_string).collect(),
-        _ => vec![],
-    };
-    items.iter().filter_map(|s| s.trim().parse().ok()).collect()
+    fn collect(v: &Value, out: &mut Vec<IpAddr>) {
+        match v {
+            Value::String(s) => out.extend(s.split([',', ' ']).filter_map(|a| a.trim().parse::<IpAddr>().ok())),
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            Value::Object(m) => m.values().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(v) = v {
+        collect(v, &mut out);
+    }
+    out
 }
 
 /// Parses `jls --libxo json jid name ip4.addr ip6.addr vnet`:
@@ -156,6 +166,10 @@ mod tests {
         assert!(!j[0].vnet);
         assert!(j[1].vnet);
         assert_eq!(parse_jls(r#"{"__version": "2", "jail-information": {"jail": []}}"#).unwrap(), vec![]);
+        let leaf = r#"{"jail-information": {"jail": [{"jid": "4", "name": "db", "ip4.addr": [{"ipv4_addr": ["10.0.0.4", "10.0.0.5"]}], "ip6.addr": "fd00::4", "vnet": "inherit"}]}}"#;
+        let j = parse_jls(leaf).unwrap();
+        assert_eq!(j[0].ip4.len(), 2);
+        assert_eq!(j[0].ip6.len(), 1);
         assert!(parse_jls("not json").is_err());
         assert!(parse_jls("{}").is_err());
     }
