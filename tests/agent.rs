@@ -514,3 +514,23 @@ fn agent_check_validates_without_side_effects() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yml"), "{out:?}");
 }
+
+#[test]
+fn a_publish_reads_only_the_jail_it_concerns() {
+    let h = Host::new();
+    web(&h);
+    let cfg = h.config("poll_interval_ms: 3600000\nverify_interval_ms: 3600000\n");
+    let _a = h.start_agent_with(&cfg);
+    let before = h.calls().len();
+    assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80"]).code, 0);
+    let calls: Vec<_> = h.calls()[before..].to_vec();
+    let jls: Vec<_> = calls.iter().filter(|c| c.tool == "jls").collect();
+    assert_eq!(jls.len(), 1, "{calls:?}");
+    assert_eq!(jls[0].argv, ["--libxo", "json", "-j", "web", "jid", "name", "ip4.addr", "ip6.addr", "vnet"]);
+    assert!(!calls.iter().any(|c| c.argv.contains(&"Anchors".to_string())), "pf's anchor list is read by the polls");
+    let pending = h.ctl(&["publish", "-j", "db", "5432"]);
+    assert_eq!(pending.stdout.trim(), "stored db 5432:5432/tcp: pending: jail db is not running");
+    let missing = h.run_tool("jls", &["--libxo", "json", "-j", "db", "jid"], None);
+    assert_eq!(missing.code, 1);
+    assert_eq!(missing.stderr, "jls: jail \"db\" not found\n");
+}

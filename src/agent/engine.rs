@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use crate::core::address::usable;
 use crate::core::conflict;
+use crate::core::model::InterfaceName;
 use crate::core::model::{Family, JailName, NetworkName};
 use crate::core::plan::{self, Action, Loaded, Observed, Plan, RenderCache, RunningJail, Status, Stored};
 use crate::core::publication::Publication;
 use crate::core::readback;
 use crate::core::spec::{Place, PortSpec};
 use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Response};
-use crate::sys::host::{JailTools, Jails, RouteTool, Routes};
+use crate::sys::host::{JailTools, Jails, RouteTool, Routes, SysError};
+use crate::sys::parse::JailInfo;
 use crate::sys::pf::{Pf, Pfctl, Show};
 
 use super::config::Config;
@@ -140,70 +142,24 @@ impl Engine {
         // thread at a time, since the engine is locked).
         let sys = &self.sys;
         let parent = self.cfg.anchor.as_str();
-        let (jails, gw4, gw6, anchors) = std::thread::scope(|s| {
+        let (jails, gateways, anchors) = std::thread::scope(|s| {
             let jails = s.spawn(|| sys.jails.list());
-            let gw4 = s.spawn(|| sys.routes.gateway(Family::Inet));
-            let gw6 = s.spawn(|| sys.routes.gateway(Family::Inet6));
+            let gateways = s.spawn(|| Self::read_gateways(sys));
             let anchors = sys.pf.anchors(parent);
             let join = "observation threads do not panic";
-            (jails.join().expect(join), gw4.join().expect(join), gw6.join().expect(join), anchors)
+            (jails.join().expect(join), gateways.join().expect(join), anchors)
         });
         match jails {
             Ok(list) => {
                 self.problems.remove("jls");
-                let mut jails = Vec::with_capacity(list.len());
-                for j in list {
-                    let addrs = if j.vnet {
-                        match self.vnet_addrs.get(&j.jid) {
-                            Some(a) => a.clone(),
-                            None => match self.sys.jails.vnet_addrs(j.jid) {
-                                Ok(a) => {
-                                    self.vnet_addrs.insert(j.jid, a.clone());
-                                    a
-                                }
-                                Err(e) => {
-                                    log::warn(&format!(
-                                        "cannot read the addresses of VNET jail {} (jid {}): {e}",
-                                        j.name, j.jid
-                                    ));
-                                    vec![]
-                                }
-                            },
-                        }
-                    } else {
-                        j.ip4.iter().chain(j.ip6.iter()).copied().filter(usable).collect()
-                    };
-                    jails.push(RunningJail { name: j.name, jid: j.jid, addrs });
-                }
+                let jails: Vec<RunningJail> = list.into_iter().map(|j| self.running(j)).collect();
                 let live: BTreeSet<u32> = jails.iter().map(|j| j.jid).collect();
                 self.vnet_addrs.retain(|jid, _| live.contains(jid));
                 self.observed.jails = jails;
             }
             Err(e) => self.problem("jls", format!("cannot list jails: {e}")),
         }
-        for (family, gateway) in [(Family::Inet, gw4), (Family::Inet6, gw6)] {
-            match gateway {
-                Ok(g) => {
-                    let slot = match family {
-                        Family::Inet => &mut self.observed.gateways.inet,
-                        Family::Inet6 => &mut self.observed.gateways.inet6,
-                    };
-                    if *slot != g {
-                        log::info(&format!(
-                            "{} gateway interface: {}",
-                            family.human(),
-                            g.as_ref().map_or("none".to_string(), |i| i.to_string())
-                        ));
-                    }
-                    *slot = g;
-                    self.problems.remove(if family == Family::Inet { "route" } else { "route6" });
-                }
-                Err(e) => self.problem(
-                    if family == Family::Inet { "route" } else { "route6" },
-                    format!("cannot read the {} default route: {e}", family.human()),
-                ),
-            }
-        }
+        self.apply_gateways(gateways);
         let prefix = format!("{}/", self.cfg.anchor);
         match anchors {
             Ok(list) => {
@@ -219,6 +175,93 @@ impl Engine {
             Err(e) => {
                 self.problem("pf", format!("pf is not usable: {}", e.message()));
                 self.observed.anchors = None;
+            }
+        }
+    }
+
+    /// What a request that changes one jail observes: that jail (`jls -j`) and the default
+    /// routes, so that the request costs work proportional to it, not to the host. The full
+    /// jail list and pf's anchors are read every poll.
+    fn observe_jail(&mut self, name: &JailName) {
+        let before = self.observed.clone();
+        let sys = &self.sys;
+        let (jail, gateways) = std::thread::scope(|s| {
+            let gateways = s.spawn(|| Self::read_gateways(sys));
+            let jail = sys.jails.get(name);
+            (jail, gateways.join().expect("observation threads do not panic"))
+        });
+        match jail {
+            Ok(found) => {
+                let fresh = found.map(|j| self.running(j));
+                let at = self.observed.jails.iter().position(|j| &j.name == name);
+                match (at, fresh) {
+                    (Some(i), Some(j)) => self.observed.jails[i] = j,
+                    (Some(i), None) => {
+                        self.observed.jails.remove(i);
+                    }
+                    (None, Some(j)) => self.observed.jails.push(j),
+                    (None, None) => {}
+                }
+            }
+            Err(e) => self.problem("jls", format!("cannot read jail {name}: {e}")),
+        }
+        self.apply_gateways(gateways);
+        if self.observed != before {
+            self.dirty = true;
+        }
+    }
+
+    /// A jail as the planner sees it: its usable addresses (a VNET jail's read inside it, once
+    /// per jid).
+    fn running(&mut self, j: JailInfo) -> RunningJail {
+        let addrs = if j.vnet {
+            match self.vnet_addrs.get(&j.jid) {
+                Some(a) => a.clone(),
+                None => match self.sys.jails.vnet_addrs(j.jid) {
+                    Ok(a) => {
+                        self.vnet_addrs.insert(j.jid, a.clone());
+                        a
+                    }
+                    Err(e) => {
+                        log::warn(&format!("cannot read the addresses of VNET jail {} (jid {}): {e}", j.name, j.jid));
+                        vec![]
+                    }
+                },
+            }
+        } else {
+            j.ip4.iter().chain(j.ip6.iter()).copied().filter(usable).collect()
+        };
+        RunningJail { name: j.name, jid: j.jid, addrs }
+    }
+
+    fn read_gateways(sys: &System) -> [Result<Option<InterfaceName>, SysError>; 2] {
+        std::thread::scope(|s| {
+            let v6 = s.spawn(|| sys.routes.gateway(Family::Inet6));
+            let v4 = sys.routes.gateway(Family::Inet);
+            [v4, v6.join().expect("observation threads do not panic")]
+        })
+    }
+
+    fn apply_gateways(&mut self, gateways: [Result<Option<InterfaceName>, SysError>; 2]) {
+        for (family, gateway) in Family::BOTH.into_iter().zip(gateways) {
+            let source = if family == Family::Inet { "route" } else { "route6" };
+            match gateway {
+                Ok(g) => {
+                    let slot = match family {
+                        Family::Inet => &mut self.observed.gateways.inet,
+                        Family::Inet6 => &mut self.observed.gateways.inet6,
+                    };
+                    if *slot != g {
+                        log::info(&format!(
+                            "{} gateway interface: {}",
+                            family.human(),
+                            g.as_ref().map_or("none".to_string(), |i| i.to_string())
+                        ));
+                    }
+                    *slot = g;
+                    self.problems.remove(source);
+                }
+                Err(e) => self.problem(source, format!("cannot read the {} default route: {e}", family.human())),
             }
         }
     }
@@ -509,7 +552,7 @@ impl Engine {
             ));
         }
 
-        self.observe();
+        self.observe_jail(&jail);
         // The candidate state is the current one plus the new publications, appended in place
         // (cloning the whole state would cost work proportional to the host); every refusal
         // below takes them out again.
@@ -640,7 +683,7 @@ impl Engine {
             .map_err(|e| Refusal(ErrorKind::Internal, format!("{e:#}; nothing was unpublished")))?;
         self.state.publications.retain(|s| !remove.contains(&s.seq));
         self.dirty = true;
-        self.observe();
+        self.observe_jail(&jail);
         let failed = self.reconcile();
         let msg = format!("unpublished {jail} {}", removed.join(", "));
         match failed.get(&jail.component()) {

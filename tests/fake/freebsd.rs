@@ -759,10 +759,24 @@ fn jls(state: &Path, args: &[String]) -> i32 {
         eprintln!("jls: unknown parameter: {p}");
         return 1;
     }
+    // -j takes a jid when the argument is a number, else a name (jls.c).
+    let by_jid = only.as_ref().and_then(|o| o.parse::<u32>().ok().filter(|n| *n != 0));
     let list: Vec<FakeJail> = jails(state)
         .into_iter()
-        .filter(|j| only.as_ref().is_none_or(|o| *o == j.name || *o == j.jid.to_string()))
+        .filter(|j| match (&only, by_jid) {
+            (None, _) => true,
+            (Some(_), Some(jid)) => j.jid == jid,
+            (Some(name), None) => j.name == *name,
+        })
         .collect();
+    if let (Some(o), true) = (&only, list.is_empty()) {
+        if by_jid.is_some() {
+            eprintln!("jls: jail {o} not found");
+        } else {
+            eprintln!("jls: jail \"{o}\" not found");
+        }
+        return 1;
+    }
     let value = |j: &FakeJail, p: &str| -> serde_json::Value {
         match p {
             "jid" => j.jid.to_string().into(),
