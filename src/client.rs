@@ -33,11 +33,17 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(unreachable)?;
     let mut line = serde_json::to_string(req).expect("requests serialise");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| protocol(format!("cannot send the request: {e}")))?;
+    // The agent may answer before reading the request (over max_connections, refused
+    // credentials) and close: then the write fails but its answer is there to read.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(|e| protocol(format!("cannot read the answer: {e}")))?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
-        return Err(protocol("it closed the connection without answering".into()));
+        return Err(match (sent, read) {
+            (Err(e), _) => protocol(format!("cannot send the request: {e}")),
+            (_, Err(e)) => protocol(format!("cannot read the answer: {e}")),
+            _ => protocol("it closed the connection without answering".into()),
+        });
     }
     serde_json::from_str(answer.trim_end()).map_err(|e| protocol(e.to_string()))
 }
