@@ -4,7 +4,7 @@
 //! client stalls nobody; connections beyond `max_connections` get an error reply at once. Every
 //! peer's credentials are checked against the access policy before its request is read.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::FileTypeExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -104,36 +104,38 @@ fn reply(stream: &UnixStream, response: &Response) {
     let _ = (&*stream).write_all(text.as_bytes());
 }
 
-/// Reads one line, within the deadline and the size limit.
+/// Reads one line, within the deadline and the size limit. A read interrupted by a signal (the
+/// agent's tools exiting send SIGCHLD) goes on with what is left of the deadline: std's
+/// line readers would retry with the full socket timeout each time, and a client could then stay
+/// connected for as long as signals keep coming.
 fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + timeout;
-    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    let late = || format!("no complete request within {} ms", timeout.as_millis());
     let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
     loop {
+        if let Some(end) = line.iter().position(|b| *b == b'\n') {
+            line.truncate(end);
+            return Ok(line);
+        }
+        if line.len() > MAX_REQUEST {
+            return Ok(line);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("no complete request within {} ms", timeout.as_millis()));
+            return Err(late());
         }
         let _ = stream.set_read_timeout(Some(left));
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) if line.ends_with(b"\n") => break,
-            Ok(_) => {
-                if line.len() > MAX_REQUEST {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(format!("no complete request within {} ms", timeout.as_millis()));
-            }
+        match (&*stream).read(&mut chunk) {
+            Ok(0) => return Ok(line),
+            Ok(n) => line.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late());
+            }
             Err(e) => return Err(format!("cannot read the request: {e}")),
         }
     }
-    if line.ends_with(b"\n") {
-        line.pop();
-    }
-    Ok(line)
 }
 
 fn handle(stream: &UnixStream, engine: &Mutex<Engine>, policy: &Policy, timeout: Duration) {
