@@ -183,6 +183,8 @@ fn a_silent_client_stalls_nobody_and_times_out() {
             "the dawdlers are still waiting, so ls did not wait for them: {early:?}"
         );
         s.set_nonblocking(false).unwrap();
+    }
+    for s in [&silent, &half] {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();

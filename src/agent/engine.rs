@@ -346,7 +346,7 @@ impl Engine {
             None => match self.sys.pf.show(Some(&path), Show::Rules) {
                 Ok(text) => {
                     // An anchor of this agent carries jail labels (`kleene/...`): one kill each.
-                    let all = labels_in(&text);
+                    let all: Vec<String> = readback::labels(&text).into_iter().collect();
                     let jail: Vec<String> = all.iter().filter(|l| l.starts_with("kleene/")).cloned().collect();
                     if jail.is_empty() { all } else { jail }
                 }
@@ -846,32 +846,5 @@ impl Engine {
     /// A response for a refusal.
     pub fn refused(r: Refusal) -> Response {
         Response::err(r.0, r.1)
-    }
-}
-
-/// The labels in `pfctl -s rules` output (`label "..."`).
-fn labels_in(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find("label \"")? + 7..];
-            Some(rest[..rest.find('"')?].to_string())
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_read_from_pfctl_output() {
-        let text = "pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\"\n\
-                    pass in quick on em0 inet proto udp from any to 10.13.37.2 port = 80 keep state\n\
-                    pass in quick on em1 inet proto tcp from any to 10.13.37.2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\"\n";
-        assert_eq!(labels_in(text), vec!["kleene:web:8080:80/tcp"]);
     }
 }

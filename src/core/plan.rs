@@ -15,6 +15,7 @@ use super::address::{Network, select_targets};
 use super::conflict::{self, ClaimPlace, Claims};
 use super::model::{Family, InterfaceName, JailName, Protocol};
 use super::publication::Publication;
+use super::readback;
 use super::render::{Gateways, Targets, render_anchor};
 use super::spec::PortSpec;
 
@@ -48,9 +49,8 @@ pub struct Observed {
 pub struct Loaded {
     pub jail: JailName,
     pub jid: u32,
+    /// The anchor's rules; its labels are read from it when needed (`readback::labels`).
     pub text: String,
-    /// Publication labels of the pass rules in `text` (each rule also has the jail's label).
-    pub labels: BTreeSet<String>,
 }
 
 /// The state of one publication.
@@ -344,7 +344,7 @@ pub fn plan(
         }
         let (kill_before, kill_after) = match loaded.get(component) {
             Some(l) if l.jid != want.jid => (vec![l.jail.label()], vec![]),
-            Some(l) => (vec![], l.labels.difference(&want.labels).cloned().collect()),
+            Some(l) => (vec![], readback::labels(&l.text).difference(&readback::labels(&want.text)).cloned().collect()),
             None => (vec![], vec![]),
         };
         out.actions.push(Action::Load {
@@ -367,6 +367,7 @@ pub fn plan(
 fn render_outcome(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gateways) -> RenderOutcome {
     let seq_of: BTreeMap<&PortSpec, u64> = items.iter().map(|(s, _)| (&s.publication.spec, s.seq)).collect();
     let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), gateways);
+    let mut shared: Vec<Arc<[InterfaceName]>> = Vec::new();
     let per_pub = anchor
         .publications
         .iter()
@@ -376,17 +377,20 @@ fn render_outcome(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &G
                     r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
                 why.join("; ")
             });
-            (seq_of[&p.spec], Arc::from(r.interfaces.clone()), why)
+            // Publications of one jail mostly share their interface list: share it too.
+            let interfaces = match shared.iter().find(|l| l[..] == r.interfaces[..]) {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let l: Arc<[InterfaceName]> = Arc::from(r.interfaces.clone());
+                    shared.push(Arc::clone(&l));
+                    l
+                }
+            };
+            (seq_of[&p.spec], interfaces, why)
         })
         .collect();
-    let loaded = (!anchor.is_empty()).then(|| {
-        Arc::new(Loaded {
-            jail: jail.name.clone(),
-            jid: jail.jid,
-            text: anchor.text(),
-            labels: anchor.publications.iter().filter(|(_, r)| r.is_active()).map(|(p, _)| p.label()).collect(),
-        })
-    });
+    let loaded =
+        (!anchor.is_empty()).then(|| Arc::new(Loaded { jail: jail.name.clone(), jid: jail.jid, text: anchor.text() }));
     RenderOutcome { loaded, per_pub }
 }
 

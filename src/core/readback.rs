@@ -7,6 +7,8 @@
 
 use std::net::IpAddr;
 
+use std::collections::BTreeSet;
+
 use super::model::{Cidr, PortRange};
 
 /// Normalised keys of rule text, sorted: of what `pfctl -P -a ANCHOR -s nat` and `-s rules`
@@ -22,6 +24,22 @@ pub fn readback_keys(text: &str) -> Vec<String> {
     }
     keys.sort();
     keys
+}
+
+/// Every label in rule text (`label "..."`, any number per rule), sorted and de-duplicated: the
+/// labels of what the agent loaded, or of what pfctl printed.
+pub fn labels(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(i) = rest.find("label \"") {
+            rest = &rest[i + 7..];
+            let Some(end) = rest.find('"') else { break };
+            out.insert(rest[..end].to_string());
+            rest = &rest[end + 1..];
+        }
+    }
+    out
 }
 
 fn norm_addr(s: &str) -> Option<String> {
@@ -188,6 +206,15 @@ mod tests {
             pass in log quick on em0 inet proto tcp from 192.0.2.0/24 to 10.13.37.2 port = 80 flags S/SA keep state label \"l\"\n\
             pass in log quick on em0 inet proto tcp from 198.51.100.7 to 10.13.37.2 port = 80 flags S/SA keep state label \"l\"\n";
         assert_eq!(readback_keys(printed), readback_keys(&rules));
+    }
+
+    #[test]
+    fn labels_are_read_from_rules() {
+        let text = "pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n\
+                    pass in quick on em0 inet proto udp from any to 10.13.37.2 port = 80 keep state\n\
+                    pass in quick on em1 inet proto tcp from any to 10.13.37.2 port = 80 label \"kleene:web:em1:8080:80/tcp\" label \"kleene/web\"\n";
+        let got: Vec<String> = labels(text).into_iter().collect();
+        assert_eq!(got, ["kleene/web", "kleene:web:8080:80/tcp", "kleene:web:em1:8080:80/tcp"]);
     }
 
     #[test]
