@@ -446,6 +446,15 @@ mod tests {
         }
     }
 
+    /// Plans and applies once: the host the tests change starts settled.
+    fn settle(desired: &[Stored], obs: &mut Observed) -> BTreeMap<String, Arc<Loaded>> {
+        let (f, e) = none();
+        let mut loaded = BTreeMap::new();
+        let first = plan(desired, obs, &loaded, &[], &f, &e);
+        apply(&first, &mut loaded, obs);
+        loaded
+    }
+
     #[test]
     fn publish_loads_then_idle_does_nothing() {
         let desired = vec![stored(1, "web", "em1:8080:80/udp")];
@@ -469,8 +478,7 @@ mod tests {
         let desired = vec![stored(1, "web", "8080:80"), stored(2, "web", "8081:81")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
         let (f, e) = none();
-        let mut loaded = BTreeMap::new();
-        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        let mut loaded = settle(&desired, &mut obs);
         obs.jails.clear();
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         assert_eq!(p.actions, vec![Action::Flush { component: "web".into(), kill: Some(vec!["kleene/web".into()]) }]);
@@ -484,8 +492,7 @@ mod tests {
         let desired = vec![stored(1, "web", "8080:80")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
         let (f, e) = none();
-        let mut loaded = BTreeMap::new();
-        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        let mut loaded = settle(&desired, &mut obs);
         obs.jails = vec![jail("web", 4, &["10.13.37.9"])];
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         let [Action::Load { loaded: l, kill_before, kill_after, .. }] = &p.actions[..] else {
@@ -506,8 +513,7 @@ mod tests {
         let mut desired = vec![stored(1, "web", "8080:80"), stored(2, "web", "8081:81")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
         let (f, e) = none();
-        let mut loaded = BTreeMap::new();
-        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        let mut loaded = settle(&desired, &mut obs);
         desired.remove(1);
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         let [Action::Load { loaded: l, kill_before, kill_after, .. }] = &p.actions[..] else {
@@ -537,8 +543,7 @@ mod tests {
         let desired = vec![stored(1, "web", "8080:80")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
         let (f, e) = none();
-        let mut loaded = BTreeMap::new();
-        apply(&plan(&desired, &obs, &loaded, &[], &f, &e), &mut loaded, &mut obs);
+        let loaded = settle(&desired, &mut obs);
         obs.anchors = Some(BTreeSet::new());
         let p = plan(&desired, &obs, &loaded, &[], &f, &e);
         assert!(
