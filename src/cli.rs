@@ -178,14 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(print_message(&r))
         }
         Command::Ls { jail, json } => {
-            if let Some(j) = &jail {
-                check_jail(j)?;
-            }
-            let r = ask(&socket, &Request::List { jail })?;
-            if !r.ok {
-                return Ok(print_message(&r));
-            }
-            let views: Vec<PublicationView> = r.decode().context("the agent's list")?;
+            let views: Vec<PublicationView> = match ask_data(&socket, jail.as_deref(), |jail| Request::List { jail })? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &views)?;
@@ -196,14 +192,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Rules { jail } => {
-            if let Some(j) = &jail {
-                check_jail(j)?;
-            }
-            let r = ask(&socket, &Request::Rules { jail })?;
-            if !r.ok {
-                return Ok(print_message(&r));
-            }
-            let anchors: Vec<AnchorView> = r.decode().context("the agent's rules")?;
+            let anchors: Vec<AnchorView> = match ask_data(&socket, jail.as_deref(), |jail| Request::Rules { jail })? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             let mut out = std::io::stdout().lock();
             for a in anchors {
                 writeln!(out, "# {}", a.anchor)?;
@@ -231,6 +223,23 @@ fn check_jail(jail: &str) -> Result<JailName, InvalidValue> {
 
 fn ask(socket: &std::path::Path, req: &Request) -> anyhow::Result<Response> {
     Ok(client::request(socket, req)?)
+}
+
+/// A read-only request about one jail or all: validates the jail, asks, and decodes the data;
+/// `Err(status)` when the agent refused (its message is printed).
+fn ask_data<T: serde::de::DeserializeOwned>(
+    socket: &std::path::Path,
+    jail: Option<&str>,
+    request: impl FnOnce(Option<String>) -> Request,
+) -> anyhow::Result<Result<T, i32>> {
+    if let Some(j) = jail {
+        check_jail(j)?;
+    }
+    let r = ask(socket, &request(jail.map(str::to_string)))?;
+    if !r.ok {
+        return Ok(Err(print_message(&r)));
+    }
+    Ok(Ok(r.decode().context("the agent's answer")?))
 }
 
 /// Prints a response's message (stdout when ok, an error on stderr) and returns the exit status.

@@ -241,22 +241,23 @@ impl Host {
             .collect()
     }
 
-    /// pfctl loads (`-f -`) recorded so far, as the anchor each went to.
-    pub fn loads(&self) -> Vec<String> {
+    /// The anchors of the pfctl calls recorded so far that carry `flag` `value`.
+    fn pfctl_anchors(&self, flag: &str, value: &str) -> Vec<String> {
         self.calls()
             .into_iter()
-            .filter(|c| c.tool == "pfctl" && c.argv.windows(2).any(|w| w == ["-f", "-"]))
+            .filter(|c| c.tool == "pfctl" && c.argv.windows(2).any(|w| w == [flag, value]))
             .map(|c| c.argv[c.argv.iter().position(|a| a == "-a").unwrap() + 1].clone())
             .collect()
     }
 
+    /// pfctl loads (`-f -`) recorded so far, as the anchor each went to.
+    pub fn loads(&self) -> Vec<String> {
+        self.pfctl_anchors("-f", "-")
+    }
+
     /// Flushes (`-F all`) recorded so far, as the anchor each went to.
     pub fn flushes(&self) -> Vec<String> {
-        self.calls()
-            .into_iter()
-            .filter(|c| c.tool == "pfctl" && c.argv.windows(2).any(|w| w == ["-F", "all"]))
-            .map(|c| c.argv[c.argv.iter().position(|a| a == "-a").unwrap() + 1].clone())
-            .collect()
+        self.pfctl_anchors("-F", "all")
     }
 
     pub fn log(&self) -> String {
