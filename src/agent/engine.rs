@@ -18,6 +18,7 @@ use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Response};
 use crate::sys::host::{JailTools, Jails, RouteTool, Routes, SysError};
 use crate::sys::parse::JailInfo;
 use crate::sys::pf::{Pf, Pfctl, Show};
+use crate::sys::runner::Limits;
 
 use super::config::Config;
 use super::log;
@@ -34,9 +35,13 @@ impl System {
     /// The real tools at the configured paths.
     pub fn from_config(cfg: &Config) -> System {
         System {
-            pf: Box::new(Pfctl { path: cfg.tools.pfctl.clone() }),
-            jails: Box::new(JailTools { jls: cfg.tools.jls.clone(), jexec: cfg.tools.jexec.clone() }),
-            routes: Box::new(RouteTool { route: cfg.tools.route.clone() }),
+            pf: Box::new(Pfctl { path: cfg.tools.pfctl.clone(), limits: Limits::default() }),
+            jails: Box::new(JailTools {
+                jls: cfg.tools.jls.clone(),
+                jexec: cfg.tools.jexec.clone(),
+                limits: Limits::default(),
+            }),
+            routes: Box::new(RouteTool { route: cfg.tools.route.clone(), limits: Limits::default() }),
         }
     }
 }

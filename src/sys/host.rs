@@ -42,12 +42,18 @@ pub trait Routes: Send + Sync {
 pub struct JailTools {
     pub jls: PathBuf,
     pub jexec: PathBuf,
+    pub limits: runner::Limits,
 }
 
 impl Jails for JailTools {
     fn list(&self) -> Result<Vec<JailInfo>, SysError> {
-        let out =
-            runner::run(&self.jls, &["--libxo", "json", "jid", "name", "ip4.addr", "ip6.addr", "vnet"], None, false)?;
+        let out = runner::run(
+            &self.jls,
+            &["--libxo", "json", "jid", "name", "ip4.addr", "ip6.addr", "vnet"],
+            None,
+            false,
+            self.limits,
+        )?;
         Ok(parse::parse_jls(&out.stdout)?)
     }
 
@@ -57,7 +63,7 @@ impl Jails for JailTools {
             return Ok(self.list()?.into_iter().find(|j| &j.name == name));
         }
         let args = ["--libxo", "json", "-j", name.as_str(), "jid", "name", "ip4.addr", "ip6.addr", "vnet"];
-        let out = runner::run(&self.jls, &args, None, true)?;
+        let out = runner::run(&self.jls, &args, None, true, self.limits)?;
         if !out.status.success() {
             if out.stderr.contains("not found") {
                 return Ok(None);
@@ -69,7 +75,7 @@ impl Jails for JailTools {
 
     fn vnet_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError> {
         let jid = jid.to_string();
-        let out = runner::run(&self.jexec, &[&jid, "/sbin/ifconfig", "-a"], None, false)?;
+        let out = runner::run(&self.jexec, &[&jid, "/sbin/ifconfig", "-a"], None, false, self.limits)?;
         Ok(parse::parse_ifconfig(&out.stdout))
     }
 }
@@ -77,6 +83,7 @@ impl Jails for JailTools {
 /// route at a configured path.
 pub struct RouteTool {
     pub route: PathBuf,
+    pub limits: runner::Limits,
 }
 
 impl Routes for RouteTool {
@@ -85,7 +92,7 @@ impl Routes for RouteTool {
             Family::Inet => &["-n", "get", "default"],
             Family::Inet6 => &["-n", "get", "-inet6", "default"],
         };
-        let out = runner::run(&self.route, args, None, true)?;
+        let out = runner::run(&self.route, args, None, true, self.limits)?;
         if parse::route_not_found(&out.stderr) {
             return Ok(None);
         }

@@ -46,11 +46,12 @@ pub trait Pf: Send + Sync {
 /// The real pf, through the pfctl binary at `path`.
 pub struct Pfctl {
     pub path: PathBuf,
+    pub limits: runner::Limits,
 }
 
 impl Pfctl {
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<runner::Output, CmdError> {
-        runner::run(&self.path, args, stdin, false)
+        runner::run(&self.path, args, stdin, false, self.limits)
     }
 }
 
@@ -68,7 +69,7 @@ impl Pf for Pfctl {
     }
 
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
-        let out = runner::run(&self.path, &["-a", parent, "-s", "Anchors"], None, true)?;
+        let out = runner::run(&self.path, &["-a", parent, "-s", "Anchors"], None, true, self.limits)?;
         if out.stderr.contains("not found") {
             return Ok(vec![]);
         }
@@ -84,7 +85,7 @@ impl Pf for Pfctl {
             args.extend(["-a", a]);
         }
         args.extend(["-s", what.modifier()]);
-        let out = runner::run(&self.path, &args, None, true)?;
+        let out = runner::run(&self.path, &args, None, true, self.limits)?;
         // pfctl warns about a missing anchor on stderr and may still exit 0.
         if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
             return Err(runner::failure(&self.path, &args, out));

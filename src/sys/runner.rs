@@ -13,8 +13,25 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
-/// How long any one tool may run.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long any one tool may run, its output pipes included, unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most a tool may print on stdout (and, separately, on stderr) unless told otherwise.
+pub const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
+
+/// The bounds of one command: a deadline for the whole command, its pipes included, and the
+/// most it may print on each of stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout: DEFAULT_TIMEOUT, max_output: DEFAULT_MAX_OUTPUT }
+    }
+}
 
 /// What a finished command printed.
 #[derive(Debug, Clone)]
@@ -38,8 +55,11 @@ pub struct CmdError {
 pub enum CmdErrorKind {
     /// The program could not be started (missing, not executable, ...).
     Spawn(String),
-    /// It ran longer than the time limit and was killed.
+    /// It (or a process holding its output pipes) ran past the deadline; its process group was
+    /// killed.
     Timeout(Duration),
+    /// It printed more than the limit on stdout or stderr; its process group was killed.
+    TooMuchOutput { limit: usize },
     /// It exited non-zero (or by a signal).
     Failed { status: Option<i32>, stderr: String, stdout: String },
 }
@@ -50,7 +70,10 @@ impl CmdError {
         match &self.kind {
             CmdErrorKind::Spawn(e) => format!("cannot run {}: {e}", self.argv[0]),
             CmdErrorKind::Timeout(d) => {
-                format!("{} did not finish within {}s and was killed", self.argv[0], d.as_secs())
+                format!("{} did not finish within {} ms and was killed", self.argv[0], d.as_millis())
+            }
+            CmdErrorKind::TooMuchOutput { limit } => {
+                format!("{} printed more than {limit} bytes and was killed", self.argv[0])
             }
             CmdErrorKind::Failed { stderr, stdout, .. } => {
                 let s = stderr.trim();
@@ -72,7 +95,10 @@ impl fmt::Display for CmdError {
             if self.stdin_len > 0 { format!(" (with {} bytes on stdin)", self.stdin_len) } else { String::new() };
         match &self.kind {
             CmdErrorKind::Spawn(e) => write!(f, "`{line}`{stdin}: cannot run: {e}"),
-            CmdErrorKind::Timeout(d) => write!(f, "`{line}`{stdin}: killed after {}s", d.as_secs()),
+            CmdErrorKind::Timeout(d) => write!(f, "`{line}`{stdin}: killed after {} ms", d.as_millis()),
+            CmdErrorKind::TooMuchOutput { limit } => {
+                write!(f, "`{line}`{stdin}: killed after printing more than {limit} bytes")
+            }
             CmdErrorKind::Failed { status, stderr, .. } => {
                 let st = status.map_or("a signal".to_string(), |c| format!("status {c}"));
                 write!(f, "`{line}`{stdin}: exited with {st}: {}", stderr.trim())
@@ -92,20 +118,16 @@ pub fn failure(prog: &Path, args: &[&str], out: Output) -> CmdError {
     }
 }
 
-/// Runs `prog args...`, feeding `stdin` if given, with the default time limit. A non-zero exit
-/// is an error unless `allow_failure` is set (callers that read meaning from stderr).
-pub fn run(prog: &Path, args: &[&str], stdin: Option<&[u8]>, allow_failure: bool) -> Result<Output, CmdError> {
-    run_with_timeout(prog, args, stdin, allow_failure, DEFAULT_TIMEOUT)
-}
-
-/// As [`run`], with an explicit time limit.
-pub fn run_with_timeout(
+/// Runs `prog args...`, feeding `stdin` if given, within `limits`. A non-zero exit is an error
+/// unless `allow_failure` is set (callers that read meaning from stderr).
+pub fn run(
     prog: &Path,
     args: &[&str],
     stdin: Option<&[u8]>,
     allow_failure: bool,
-    timeout: Duration,
+    limits: Limits,
 ) -> Result<Output, CmdError> {
+    let timeout = limits.timeout;
     let argv: Vec<String> =
         std::iter::once(prog.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     let err = |kind| CmdError { argv: argv.clone(), stdin_len: stdin.map_or(0, <[u8]>::len), kind };
@@ -161,7 +183,8 @@ mod tests {
 
     #[test]
     fn records_argv_status_and_stderr() {
-        let e = run(Path::new("/bin/sh"), &["-c", "echo oops >&2; exit 3"], None, false).unwrap_err();
+        let e =
+            run(Path::new("/bin/sh"), &["-c", "echo oops >&2; exit 3"], None, false, Limits::default()).unwrap_err();
         assert_eq!(e.argv, ["/bin/sh", "-c", "echo oops >&2; exit 3"]);
         assert_eq!(e.message(), "oops");
         assert!(e.to_string().contains("exited with status 3: oops"), "{e}");
@@ -169,13 +192,13 @@ mod tests {
 
     #[test]
     fn feeds_stdin() {
-        let o = run(Path::new("/bin/sh"), &["-c", "wc -c"], Some(b"hello"), false).unwrap();
+        let o = run(Path::new("/bin/sh"), &["-c", "wc -c"], Some(b"hello"), false, Limits::default()).unwrap();
         assert_eq!(o.stdout.trim(), "5");
     }
 
     #[test]
     fn missing_program() {
-        let e = run(Path::new("/nonexistent/pfctl"), &["-s", "info"], None, false).unwrap_err();
+        let e = run(Path::new("/nonexistent/pfctl"), &["-s", "info"], None, false, Limits::default()).unwrap_err();
         assert!(e.is_missing());
         assert!(e.message().contains("cannot run /nonexistent/pfctl"), "{}", e.message());
     }
@@ -183,15 +206,20 @@ mod tests {
     #[test]
     fn time_limit() {
         // The child must not keep stderr open past the kill: exec replaces the shell.
-        let e =
-            run_with_timeout(Path::new("/bin/sh"), &["-c", "exec sleep 5"], None, false, Duration::from_millis(100))
-                .unwrap_err();
+        let e = run(
+            Path::new("/bin/sh"),
+            &["-c", "exec sleep 5"],
+            None,
+            false,
+            Limits { timeout: Duration::from_millis(100), ..Limits::default() },
+        )
+        .unwrap_err();
         assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
     }
 
     #[test]
     fn allowed_failure_returns_output() {
-        let o = run(Path::new("/bin/sh"), &["-c", "echo x; exit 1"], None, true).unwrap();
+        let o = run(Path::new("/bin/sh"), &["-c", "echo x; exit 1"], None, true, Limits::default()).unwrap();
         assert!(!o.status.success());
         assert_eq!(o.stdout, "x\n");
     }
