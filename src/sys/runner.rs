@@ -1,17 +1,39 @@
 //! The one command runner every external tool goes through.
 //!
 //! It records argv, stdin, exit status and stderr; its error carries all of them, so a failure
-//! in the log says exactly what was run and what the tool answered. Every command has a time
-//! limit: a hung pfctl must not hang the agent.
+//! in the log says exactly what was run and what the tool answered.
+//!
+//! It also bounds every command, because a tool that hangs or floods would take the agent with it:
+//!
+//! - One deadline covers the whole command: writing its stdin, reading its stdout and stderr to
+//!   end of file, and reaping it. Waiting for the tool alone is not enough: a process it left
+//!   behind (`sleep 3000 &`) keeps its output pipes open after the tool itself has exited.
+//! - The tool is the leader of its own process group. At the deadline, or when it prints too much,
+//!   the whole group gets SIGKILL, so nothing it started keeps running or keeps the pipes open;
+//!   only the tool itself is then reaped (its orphans go to init).
+//! - Each of stdout and stderr is capped at [`Limits::max_output`]: a tool that prints without end
+//!   is killed instead of filling the agent's memory.
+//! - No thread is started: the caller's thread drives the non-blocking pipes with poll(2). A
+//!   helper thread blocked on a pipe that a stray process holds open can be neither joined nor
+//!   stopped; here every pipe end is closed and the tool reaped before [`run`] returns, whatever
+//!   happened.
+//!
+//! A signal that interrupts poll (one the agent handles, or SIGCHLD if anything in the process
+//! handles it) only makes it wait again, for what is left of the deadline. A tool that exits without reading all its stdin makes the write fail
+//! with EPIPE (Rust ignores SIGPIPE); that only ends the input, and the exit status says whether
+//! the tool failed.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use wait_timeout::ChildExt;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 /// How long any one tool may run, its output pipes included, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +92,11 @@ impl CmdError {
         match &self.kind {
             CmdErrorKind::Spawn(e) => format!("cannot run {}: {e}", self.argv[0]),
             CmdErrorKind::Timeout(d) => {
-                format!("{} did not finish within {} ms and was killed", self.argv[0], d.as_millis())
+                format!(
+                    "{} did not finish within {} ms (its output included) and was killed",
+                    self.argv[0],
+                    d.as_millis()
+                )
             }
             CmdErrorKind::TooMuchOutput { limit } => {
                 format!("{} printed more than {limit} bytes and was killed", self.argv[0])
@@ -95,9 +121,13 @@ impl fmt::Display for CmdError {
             if self.stdin_len > 0 { format!(" (with {} bytes on stdin)", self.stdin_len) } else { String::new() };
         match &self.kind {
             CmdErrorKind::Spawn(e) => write!(f, "`{line}`{stdin}: cannot run: {e}"),
-            CmdErrorKind::Timeout(d) => write!(f, "`{line}`{stdin}: killed after {} ms", d.as_millis()),
+            CmdErrorKind::Timeout(d) => write!(
+                f,
+                "`{line}`{stdin}: did not finish within {} ms (its output included); its process group was killed",
+                d.as_millis()
+            ),
             CmdErrorKind::TooMuchOutput { limit } => {
-                write!(f, "`{line}`{stdin}: killed after printing more than {limit} bytes")
+                write!(f, "`{line}`{stdin}: printed more than {limit} bytes; its process group was killed")
             }
             CmdErrorKind::Failed { status, stderr, .. } => {
                 let st = status.map_or("a signal".to_string(), |c| format!("status {c}"));
@@ -120,6 +150,10 @@ pub fn failure(prog: &Path, args: &[&str], out: Output) -> CmdError {
 
 /// Runs `prog args...`, feeding `stdin` if given, within `limits`. A non-zero exit is an error
 /// unless `allow_failure` is set (callers that read meaning from stderr).
+///
+/// The deadline covers the command and its pipes: past it, or once stdout or stderr holds more
+/// than `limits.max_output` bytes, the tool's process group is killed and the error says which
+/// limit it hit. A process the tool leaves running with its pipes closed is left alone.
 pub fn run(
     prog: &Path,
     args: &[&str],
@@ -127,59 +161,270 @@ pub fn run(
     allow_failure: bool,
     limits: Limits,
 ) -> Result<Output, CmdError> {
-    let timeout = limits.timeout;
     let argv: Vec<String> =
         std::iter::once(prog.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     let err = |kind| CmdError { argv: argv.clone(), stdin_len: stdin.map_or(0, <[u8]>::len), kind };
+    let start = Instant::now();
+    let deadline = start.checked_add(limits.timeout).unwrap_or_else(|| start + FOREVER);
     let mut cmd = Command::new(prog);
-    cmd.args(args.iter().map(OsString::from))
+    cmd.args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("LC_ALL", "C");
-    let mut child = cmd.spawn().map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
-    let writer = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let bytes = bytes.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let mut out_pipe = child.stdout.take().expect("stdout is piped");
-    let mut err_pipe = child.stderr.take().expect("stderr is piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let status = match child.wait_timeout(timeout) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(err(CmdErrorKind::Timeout(timeout)));
+        .env("LC_ALL", "C")
+        .process_group(0);
+    let child = cmd.spawn().map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
+    let mut job = Job::new(child, stdin.unwrap_or_default());
+    let status = match job.drive(deadline, limits.max_output) {
+        Ok(status) => status,
+        Err(stop) => {
+            job.abort();
+            return Err(err(match stop {
+                Stop::Timeout => CmdErrorKind::Timeout(limits.timeout),
+                Stop::TooMuchOutput => CmdErrorKind::TooMuchOutput { limit: limits.max_output },
+                Stop::Io(what, e) => CmdErrorKind::Spawn(format!("{what} failed while it ran: {e}")),
+            }));
         }
-        Err(e) => return Err(err(CmdErrorKind::Spawn(e.to_string()))),
     };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    let stdout = String::from_utf8_lossy(&job.out).into_owned();
+    let stderr = String::from_utf8_lossy(&job.err).into_owned();
     if !status.success() && !allow_failure {
         return Err(err(CmdErrorKind::Failed { status: status.code(), stderr, stdout }));
     }
     Ok(Output { status, stdout, stderr })
 }
 
+/// Stands in for a deadline too far away for `Instant` to hold.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The most read from a pipe at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The first and the longest nap while waiting for a tool that has closed its pipes to exit.
+const FIRST_NAP: Duration = Duration::from_micros(20);
+const MAX_NAP: Duration = Duration::from_millis(20);
+
+/// Why a command was stopped before it finished.
+enum Stop {
+    Timeout,
+    TooMuchOutput,
+    /// A system call on its pipes failed (not expected on pipes; kept for the error message).
+    Io(&'static str, io::Error),
+}
+
+/// A started tool: the child (leader of its own process group), our ends of its pipes and what
+/// it printed so far. Dropping it without reaping the child kills the group, so no path (a panic
+/// included) leaves a process, a zombie or a descriptor behind.
+struct Job<'a> {
+    child: Child,
+    /// Whether `child` was waited for: from then on its pid and group id are not ours to signal.
+    reaped: bool,
+    input: Option<ChildStdin>,
+    /// What to write to stdin, and how much of it was written.
+    data: &'a [u8],
+    written: usize,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl<'a> Job<'a> {
+    fn new(mut child: Child, data: &'a [u8]) -> Self {
+        let (input, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        Job { child, reaped: false, input, data, written: 0, stdout, stderr, out: Vec::new(), err: Vec::new() }
+    }
+
+    /// Feeds stdin, reads stdout and stderr to end of file, then reaps the tool, all before
+    /// `deadline`.
+    fn drive(&mut self, deadline: Instant, max_output: usize) -> Result<ExitStatus, Stop> {
+        self.set_nonblocking().map_err(|e| Stop::Io("fcntl", e))?;
+        if self.data.is_empty() {
+            self.input = None;
+        }
+        let mut chunk = vec![0u8; CHUNK];
+        while self.input.is_some() || self.stdout.is_some() || self.stderr.is_some() {
+            let [input, stdout, stderr] = self.ready(time_left(deadline).ok_or(Stop::Timeout)?)?;
+            if input {
+                self.write_some()?;
+            }
+            if stdout {
+                read_some(&mut self.stdout, &mut self.out, max_output, &mut chunk)?;
+            }
+            if stderr {
+                read_some(&mut self.stderr, &mut self.err, max_output, &mut chunk)?;
+            }
+        }
+        // All pipes are closed: the tool has exited or is about to (it closes them as it exits, a
+        // moment before it can be reaped). Nothing says when without a signal handler or a
+        // thread, so look again after naps that start short (a first nap of 1 ms made every
+        // command half a millisecond slower) and grow.
+        let mut nap = FIRST_NAP;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| Stop::Io("waitpid", e))? {
+                self.reaped = true;
+                return Ok(status);
+            }
+            std::thread::sleep(nap.min(time_left(deadline).ok_or(Stop::Timeout)?));
+            nap = (nap * 2).min(MAX_NAP);
+        }
+    }
+
+    /// Our ends of stdin, stdout and stderr, None once closed.
+    fn pipes(&self) -> [Option<BorrowedFd<'_>>; 3] {
+        [
+            self.input.as_ref().map(AsFd::as_fd),
+            self.stdout.as_ref().map(AsFd::as_fd),
+            self.stderr.as_ref().map(AsFd::as_fd),
+        ]
+    }
+
+    /// Makes our pipe ends non-blocking (the tool's ends are separate open files, untouched).
+    fn set_nonblocking(&self) -> io::Result<()> {
+        for fd in self.pipes().into_iter().flatten() {
+            let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        }
+        Ok(())
+    }
+
+    /// Waits at most `left` for the open pipes; says which of stdin, stdout and stderr can go on
+    /// (ready, at end of file or broken). A signal ends the wait early with nothing ready.
+    fn ready(&self, left: Duration) -> Result<[bool; 3], Stop> {
+        // poll(2) ignores a negative descriptor: that is a pipe already closed.
+        let [input, stdout, stderr] = self.pipes();
+        let watch = |fd: Option<BorrowedFd<'_>>, events| libc::pollfd {
+            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+            events,
+            revents: 0,
+        };
+        let mut fds = [watch(input, libc::POLLOUT), watch(stdout, libc::POLLIN), watch(stderr, libc::POLLIN)];
+        let nfds: libc::nfds_t = 3;
+        // Round up, so that less than a millisecond left waits instead of spinning.
+        let ms = libc::c_int::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is an array of `nfds` pollfd structures that lives across the call, and
+        // its descriptors belong to `self`, which is borrowed for as long.
+        if unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) } < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok([false; 3]) } else { Err(Stop::Io("poll", e)) };
+        }
+        Ok(fds.map(|p| p.fd >= 0 && p.revents != 0))
+    }
+
+    /// Writes what the stdin pipe takes; closes it when all is written or the tool stopped
+    /// reading (EPIPE: not an error by itself, the exit status tells).
+    fn write_some(&mut self) -> Result<(), Stop> {
+        let Some(pipe) = &mut self.input else { return Ok(()) };
+        match pipe.write(&self.data[self.written..]) {
+            Ok(n) => {
+                self.written += n;
+                if self.written == self.data.len() {
+                    self.input = None;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.input = None,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(Stop::Io("write to stdin", e)),
+        }
+        Ok(())
+    }
+
+    /// Kills the tool's process group, closes our pipe ends and reaps the tool, which does not
+    /// wait long: it was just sent SIGKILL. Processes it started are not waited for.
+    fn abort(&mut self) {
+        (self.input, self.stdout, self.stderr) = (None, None, None);
+        if self.reaped {
+            return;
+        }
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        // In case the tool moved itself out of its group.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// What is left until `deadline`, or None once it has passed.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+}
+
+/// Reads what one output pipe has into `buf`; closes the pipe at end of file. Stops with
+/// `TooMuchOutput` as soon as `buf` holds more than `max` bytes, so it never holds more than
+/// `max + 1`.
+fn read_some<R: Read>(pipe: &mut Option<R>, buf: &mut Vec<u8>, max: usize, chunk: &mut [u8]) -> Result<(), Stop> {
+    let Some(p) = pipe else { return Ok(()) };
+    let room = max.saturating_add(1).saturating_sub(buf.len()).clamp(1, chunk.len());
+    match p.read(&mut chunk[..room]) {
+        Ok(0) => *pipe = None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > max {
+                return Err(Stop::TooMuchOutput);
+            }
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+        Err(e) => return Err(Stop::Io("read", e)),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use nix::sys::signal::kill;
+
+    /// Generous: proves that a call did not hang, not that it was fast.
+    const PROMPT: Duration = Duration::from_secs(5);
+
+    fn sh(script: &str, stdin: Option<&[u8]>, limits: Limits) -> Result<Output, CmdError> {
+        run(Path::new("/bin/sh"), &["-c", script], stdin, false, limits)
+    }
+
+    fn within(ms: u64) -> Limits {
+        Limits { timeout: Duration::from_millis(ms), ..Limits::default() }
+    }
+
+    /// Printable bytes with newlines, so what comes back through from_utf8_lossy compares equal.
+    fn text(len: usize) -> Vec<u8> {
+        (0..len).map(|i| if i % 64 == 63 { b'\n' } else { b'a' + (i % 26) as u8 }).collect()
+    }
+
+    /// Whether `pid` is gone: no such process, or (Linux) a zombie that only waits for init.
+    fn dead(pid: i32) -> bool {
+        kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    }
+
+    /// Waits (a while: init reaps the killed orphans) for `pid` to be gone.
+    fn assert_dies(pid: i32, what: &str) {
+        let start = Instant::now();
+        while !dead(pid) {
+            assert!(start.elapsed() < PROMPT, "{what} (pid {pid}) still runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The shell's pid (its process group) and its background sleep's pid, which the script wrote.
+    fn pids(file: &Path) -> (i32, i32) {
+        let s = std::fs::read_to_string(file).expect("the script wrote its pids");
+        let v: Vec<i32> = s.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(v.len(), 2, "pids file: {s:?}");
+        (v[0], v[1])
+    }
 
     #[test]
     fn records_argv_status_and_stderr() {
@@ -205,16 +450,10 @@ mod tests {
 
     #[test]
     fn time_limit() {
-        // The child must not keep stderr open past the kill: exec replaces the shell.
-        let e = run(
-            Path::new("/bin/sh"),
-            &["-c", "exec sleep 5"],
-            None,
-            false,
-            Limits { timeout: Duration::from_millis(100), ..Limits::default() },
-        )
-        .unwrap_err();
-        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        let e = sh("exec sleep 5", None, within(100)).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(d) if d == Duration::from_millis(100)), "{e}");
+        assert_eq!(e.message(), "/bin/sh did not finish within 100 ms (its output included) and was killed");
+        assert!(!e.is_missing());
     }
 
     #[test]
@@ -222,5 +461,253 @@ mod tests {
         let o = run(Path::new("/bin/sh"), &["-c", "echo x; exit 1"], None, true, Limits::default()).unwrap();
         assert!(!o.status.success());
         assert_eq!(o.stdout, "x\n");
+    }
+
+    /// The tool exits at once, but the sleep it left behind holds stdout open: the deadline still
+    /// ends the command, and the sleep is killed with the group.
+    #[test]
+    fn grandchild_holding_stdout_is_killed_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pids");
+        let script = format!("sleep 30 & echo $$ $! > '{}'; echo 10.0.0.1; exit 0", file.display());
+        let start = Instant::now();
+        let e = sh(&script, None, within(300)).unwrap_err();
+        assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        let (_, sleeper) = pids(&file);
+        assert_dies(sleeper, "the background sleep");
+    }
+
+    /// The tool itself still runs (it waits for its background sleep): the whole group is killed,
+    /// not just the tool, or the sleep would keep the pipes open.
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pids");
+        let script = format!("sleep 30 & echo $$ $! > '{}'; wait", file.display());
+        let start = Instant::now();
+        let e = sh(&script, None, within(300)).unwrap_err();
+        assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        let (shell, sleeper) = pids(&file);
+        assert_dies(shell, "the shell");
+        assert_dies(sleeper, "the background sleep");
+    }
+
+    #[test]
+    fn endless_stdout_is_cut_off() {
+        let start = Instant::now();
+        let e = sh("yes", None, Limits { max_output: 64 * 1024, ..Limits::default() }).unwrap_err();
+        assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+        assert!(matches!(e.kind, CmdErrorKind::TooMuchOutput { limit: 65536 }), "{e}");
+        assert_eq!(e.message(), "/bin/sh printed more than 65536 bytes and was killed");
+    }
+
+    #[test]
+    fn endless_stderr_is_cut_off() {
+        let start = Instant::now();
+        let e = sh("yes >&2", None, Limits { max_output: 64 * 1024, ..Limits::default() }).unwrap_err();
+        assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+        assert!(matches!(e.kind, CmdErrorKind::TooMuchOutput { limit: 65536 }), "{e}");
+    }
+
+    /// Exactly the limit is fine; one byte more is not.
+    #[test]
+    fn output_limit_is_exact() {
+        let limits = Limits { max_output: 4, ..Limits::default() };
+        assert_eq!(sh("printf abcd", None, limits).unwrap().stdout, "abcd");
+        let e = sh("printf abcde", None, limits).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::TooMuchOutput { limit: 4 }), "{e}");
+    }
+
+    #[test]
+    fn slow_exit_within_the_deadline() {
+        let o = sh("sleep 0.2; echo done", None, within(5000)).unwrap();
+        assert_eq!(o.stdout, "done\n");
+    }
+
+    /// The tool closes its pipes and exits a little later: it is still reaped and its status kept.
+    #[test]
+    fn exit_after_closing_the_pipes() {
+        let e = sh("echo bye; exec >&- 2>&-; sleep 0.2; exit 4", None, within(5000)).unwrap_err();
+        assert!(matches!(&e.kind, CmdErrorKind::Failed { status: Some(4), stdout, .. } if stdout == "bye\n"), "{e}");
+    }
+
+    #[test]
+    fn large_stdin_is_counted() {
+        let input = vec![b'x'; 2 * 1024 * 1024];
+        let o = sh("wc -c", Some(&input), Limits::default()).unwrap();
+        assert_eq!(o.stdout.trim(), "2097152");
+    }
+
+    /// 2 MiB each way through pipes of 64 KiB: it only finishes if writes and reads interleave.
+    #[test]
+    fn large_stdin_round_trips_through_cat() {
+        let input = text(2 * 1024 * 1024);
+        let o =
+            run(Path::new("/bin/cat"), &[], Some(&input), false, Limits { max_output: 4 << 20, ..Limits::default() })
+                .unwrap();
+        assert!(o.stdout.as_bytes() == input, "{} bytes came back", o.stdout.len());
+    }
+
+    #[test]
+    fn tool_that_ignores_its_stdin_succeeds() {
+        let input = vec![b'x'; 1024 * 1024];
+        let o = run(Path::new("/bin/sh"), &["-c", "true"], Some(&input), false, within(5000)).unwrap();
+        assert!(o.status.success());
+    }
+
+    /// Each of these runs in a fresh copy of this test binary, alone: what it counts is
+    /// process-wide, and the harness runs the other tests on threads of their own.
+    const PROBE_ENV: &str = "KLEENE_RDR_RUNNER_PROBE";
+
+    fn in_own_process(probe: &str) {
+        let name = format!("{}::{probe}", module_path!().split_once("::").expect("crate::module").1);
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", &name, "--test-threads=1", "--nocapture"])
+            .env(PROBE_ENV, "1")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && all.contains("1 passed"), "{name} in its own process:\n{all}");
+        for line in all.lines().filter(|l| l.contains("SKIPPED")) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn probing(probe: &str) -> bool {
+        let on = std::env::var_os(PROBE_ENV).is_some();
+        if !on {
+            eprintln!("SKIPPED: {probe} only runs in a process of its own (started by the test of the same name)");
+        }
+        on
+    }
+
+    fn open_descriptors() -> Option<usize> {
+        std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
+    }
+
+    fn threads() -> Option<usize> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Every way a run can end, so that each path closes what it opened.
+    fn every_ending() {
+        let input = text(200 * 1024);
+        assert_eq!(sh("cat", Some(&input), Limits::default()).unwrap().stdout.len(), input.len());
+        let e = sh("sleep 30 & exec sleep 30", Some(b"x"), within(50)).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        let e = sh("yes", None, Limits { max_output: 4096, ..Limits::default() }).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::TooMuchOutput { .. }), "{e}");
+        let e = sh("echo no >&2; exit 2", None, Limits::default()).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::Failed { .. }), "{e}");
+        let e = run(Path::new("/nonexistent/route"), &[], Some(b"x"), false, Limits::default()).unwrap_err();
+        assert!(e.is_missing(), "{e}");
+    }
+
+    #[test]
+    fn no_descriptor_leak() {
+        if open_descriptors().is_none() {
+            eprintln!("SKIPPED: no /proc/self/fd");
+            return;
+        }
+        in_own_process("probe_descriptors");
+    }
+
+    #[test]
+    #[ignore = "run in a process of its own by no_descriptor_leak"]
+    fn probe_descriptors() {
+        if !probing("probe_descriptors") {
+            return;
+        }
+        every_ending();
+        let before = open_descriptors().expect("/proc/self/fd");
+        for _ in 0..10 {
+            every_ending();
+        }
+        assert_eq!(open_descriptors(), Some(before), "descriptors open before and after 50 runs");
+    }
+
+    /// The runner has no `thread::spawn`; this proves it from outside: the tool reports its
+    /// parent's (this process's) thread count while `run` feeds and reads it, and a timeout whose
+    /// pipes a leftover process held open leaves no thread behind.
+    #[test]
+    fn no_thread_is_started() {
+        if threads().is_none() {
+            eprintln!("SKIPPED: no /proc/self/status");
+            return;
+        }
+        in_own_process("probe_threads");
+    }
+
+    #[test]
+    #[ignore = "run in a process of its own by no_thread_is_started"]
+    fn probe_threads() {
+        if !probing("probe_threads") {
+            return;
+        }
+        let before = threads().expect("/proc/self/status");
+        let input = text(256 * 1024);
+        let o = sh("cat >/dev/null; grep '^Threads:' /proc/$PPID/status", Some(&input), Limits::default()).unwrap();
+        assert_eq!(o.stdout.trim(), format!("Threads:\t{before}"), "threads while run() works");
+        let e = sh("sleep 30 & exec sleep 30", None, within(100)).unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        assert_eq!(threads(), Some(before), "threads after a timeout");
+    }
+
+    /// Signals keep interrupting poll, reads and writes (as SIGCHLD does in the agent): the
+    /// output still comes back whole, and the deadline still holds.
+    #[test]
+    fn signals_do_not_break_the_deadline() {
+        in_own_process("probe_signals");
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// This thread, to be signalled from another.
+    struct Target(libc::pthread_t);
+    // SAFETY: a pthread_t is only an id; the other thread only passes it to pthread_kill while
+    // the target thread runs (it is joined first).
+    unsafe impl Send for Target {}
+
+    #[test]
+    #[ignore = "run in a process of its own by signals_do_not_break_the_deadline"]
+    fn probe_signals() {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+        if !probing("probe_signals") {
+            return;
+        }
+        // No SA_RESTART: every system call the signal lands in fails with EINTR.
+        let action = SigAction::new(SigHandler::Handler(ignore), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let target = Target(unsafe { libc::pthread_self() });
+        let stop = Arc::new(AtomicBool::new(false));
+        let pest = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let target = target;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: the target thread is alive until this thread is joined.
+                    unsafe { libc::pthread_kill(target.0, libc::SIGUSR1) };
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let input = text(1024 * 1024);
+        let o =
+            run(Path::new("/bin/cat"), &[], Some(&input), false, Limits { max_output: 2 << 20, ..Limits::default() });
+        let slow = sh("sleep 0.2; echo done", None, within(5000));
+        let start = Instant::now();
+        let late = sh("exec sleep 30", None, within(300));
+        let took = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        pest.join().unwrap();
+        assert!(o.unwrap().stdout.as_bytes() == input);
+        assert_eq!(slow.unwrap().stdout, "done\n");
+        assert!(matches!(late.unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert!(took < PROMPT, "took {took:?}");
     }
 }
