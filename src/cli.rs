@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,16 @@ struct Cli {
     /// The agent's socket.
     #[arg(long, global = true, env = "KLEENE_RDR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
+    /// How long to wait for the agent, in seconds (1-3600): connecting, sending and the whole
+    /// answer. Default 60; 30 for `reconcile --quiet-if-down`.
+    #[arg(
+        long,
+        global = true,
+        env = "KLEENE_RDR_TIMEOUT",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,7 +108,10 @@ enum Command {
         /// Also read every loaded anchor back and reload what differs.
         #[arg(long)]
         verify: bool,
-        /// When the agent is down, warn and exit 0 (for exec.poststart / exec.poststop).
+        /// When the agent gives no answer (down, busy past the deadline, or broken), warn and
+        /// exit 0: for exec.poststart / exec.poststop, which must never fail a jail's start or
+        /// stop. The deadline is then 30 s unless --timeout is given: jail(8) waits for the hook,
+        /// and the agent's own polling catches up with the jail anyway.
         #[arg(long)]
         quiet_if_down: bool,
     },
@@ -155,8 +169,28 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     if usage { 2 } else { 1 }
 }
 
+/// The deadline of a request when --timeout is not given.
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// The deadline of `reconcile --quiet-if-down` (the jail.conf hooks) when --timeout is not given.
+const HOOK_TIMEOUT_SECS: u64 = 30;
+
+/// Where the agent is, and how long to wait for it.
+struct AgentSocket {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl AgentSocket {
+    fn request(&self, req: &Request) -> Result<Response, ClientError> {
+        client::request_within(&self.socket, req, self.timeout)
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let socket = cli.socket;
+    let hook = matches!(cli.command, Command::Reconcile { quiet_if_down: true, .. });
+    let default = if hook { HOOK_TIMEOUT_SECS } else { DEFAULT_TIMEOUT_SECS };
+    let socket = AgentSocket { socket: cli.socket, timeout: Duration::from_secs(cli.timeout.unwrap_or(default)) };
     match cli.command {
         Command::Agent { config, check: true } => crate::agent::check(&config).map(|()| 0),
         Command::Agent { config, check: false } => crate::agent::run(&config).map(|()| 0),
@@ -204,16 +238,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check => check(&socket),
-        Command::Reconcile { verify, quiet_if_down } => {
-            match client::request(&socket, &Request::Reconcile { verify }) {
-                Err(e @ ClientError::Unreachable { .. }) if quiet_if_down => {
-                    eprintln!("kleenectl: warning: {e}");
-                    Ok(0)
-                }
-                Err(e) => Err(e.into()),
-                Ok(r) => Ok(print_message(&r)),
+        Command::Reconcile { verify, quiet_if_down } => match socket.request(&Request::Reconcile { verify }) {
+            // Any failure to get an answer (down, past the deadline, a broken connection or
+            // answer): a hook must not fail the jail's start or stop, and the agent's polling
+            // reconciles the jail anyway. An answer, even a refusal, keeps its status.
+            Err(e) if quiet_if_down => {
+                eprintln!("kleenectl: warning: {e}");
+                Ok(0)
             }
-        }
+            Err(e) => Err(e.into()),
+            Ok(r) => Ok(print_message(&r)),
+        },
     }
 }
 
@@ -221,14 +256,14 @@ fn check_jail(jail: &str) -> Result<JailName, InvalidValue> {
     jail.parse()
 }
 
-fn ask(socket: &std::path::Path, req: &Request) -> anyhow::Result<Response> {
-    Ok(client::request(socket, req)?)
+fn ask(socket: &AgentSocket, req: &Request) -> anyhow::Result<Response> {
+    Ok(socket.request(req)?)
 }
 
 /// A read-only request about one jail or all: validates the jail, asks, and decodes the data;
 /// `Err(status)` when the agent refused (its message is printed).
 fn ask_data<T: serde::de::DeserializeOwned>(
-    socket: &std::path::Path,
+    socket: &AgentSocket,
     jail: Option<&str>,
     request: impl FnOnce(Option<String>) -> Request,
 ) -> anyhow::Result<Result<T, i32>> {
@@ -302,8 +337,8 @@ pub fn ls_table(views: &[PublicationView]) -> String {
     out
 }
 
-fn check(socket: &std::path::Path) -> anyhow::Result<i32> {
-    let findings: Vec<Finding> = match client::request(socket, &Request::Check) {
+fn check(socket: &AgentSocket) -> anyhow::Result<i32> {
+    let findings: Vec<Finding> = match socket.request(&Request::Check) {
         Err(e) => vec![Finding {
             ok: false,
             what: "agent".into(),

@@ -298,7 +298,7 @@ fn credentials_are_checked_even_when_the_socket_mode_is_loosened() {
         assert_eq!(out.code, 1, "{args:?}: {out:?}");
         assert!(out.stderr.contains("permission denied: only root may use the agent (you are uid 65534)"), "{out:?}");
     }
-    assert!(h.log().contains("permission denied: publish from uid 65534"), "{}", h.log());
+    assert!(h.log().contains("permission denied: refused a connection from uid 65534"), "{}", h.log());
     assert!(h.ls().is_empty());
     assert!(h.loads().is_empty());
 }
