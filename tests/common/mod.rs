@@ -1,5 +1,5 @@
 //! Test harness: a fake FreeBSD host in a temporary directory (the fake tools of
-//! tests/fake/freebsd.rs behind symlinks named pfctl, jls, jexec and route), an agent running
+//! tests/fake/freebsd.rs behind symlinks named pfctl, jls, jexec, route and ifconfig), an agent running
 //! the real `kleenectl` binary against it, and helpers to drive and inspect both.
 
 #![allow(dead_code)]
@@ -54,13 +54,16 @@ impl Host {
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::create_dir_all(root.join("state/pf/anchors")).unwrap();
         fs::create_dir_all(root.join("db")).unwrap();
-        for tool in ["pfctl", "jls", "jexec", "route"] {
+        // The agent refuses a state directory others may write, whatever the umask is.
+        fs::set_permissions(root.join("db"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        for tool in ["pfctl", "jls", "jexec", "route", "ifconfig"] {
             std::os::unix::fs::symlink(fake_tools(), root.join("bin").join(tool)).unwrap();
         }
         let h = Host { dir };
         h.set_jails(serde_json::json!([]));
         h.set_gateway(Some("em0"));
         h.write_state("pf/main.conf", "rdr-anchor \"kleene/*\"\nanchor \"kleene/*\"\n");
+        h.set_host_ifconfig(serde_json::json!([{"name": "em0", "addrs": ["192.0.2.10/24"]}]));
         h
     }
 
@@ -131,13 +134,14 @@ impl Host {
     pub fn config(&self, extra: &str) -> PathBuf {
         let poll = if extra.contains("poll_interval_ms") { "" } else { "poll_interval_ms: 100\n" };
         let text = format!(
-            "socket: {}\nstate_dir: {}\n{poll}tools:\n  pfctl: {}\n  jls: {}\n  route: {}\n  jexec: {}\n{extra}",
+            "socket: {}\nstate_dir: {}\n{poll}tools:\n  pfctl: {}\n  jls: {}\n  route: {}\n  jexec: {}\n  ifconfig: {}\n{extra}",
             self.socket().display(),
             self.root().join("db").display(),
             self.tool("pfctl").display(),
             self.tool("jls").display(),
             self.tool("route").display(),
             self.tool("jexec").display(),
+            self.tool("ifconfig").display(),
         );
         let path = self.root().join("kleene-rdr.yml");
         fs::write(&path, text).unwrap();
@@ -277,6 +281,49 @@ impl Host {
         while !cond() {
             assert!(Instant::now() < deadline, "timed out waiting for: {what}\nagent log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replaces the host's interfaces that `ifconfig -a` prints after lo0:
+    /// `[{"name": "em0", "addrs": ["192.0.2.10/24", "2001:db8::10/64"]}]`.
+    pub fn set_host_ifconfig(&self, ifaces: Value) {
+        self.write_state("host_ifconfig.json", &ifaces.to_string());
+    }
+
+    /// One running VNET jail whose own stack holds `addrs` (`"10.13.37.5"`, `"fd00::5/64"`).
+    pub fn vnet_jail(name: &str, jid: u32, addrs: &[&str]) -> Value {
+        serde_json::json!({"jid": jid, "name": name, "vnet": true, "vnet_addrs": addrs})
+    }
+
+    /// Makes `route get [-inet6] default` print `text` verbatim and exit 0 (`None`: back to
+    /// the normal answer). `family` is "inet" or "inet6".
+    pub fn route_raw(&self, family: &str, text: Option<&str>) {
+        let file = match family {
+            "inet" => "route4.raw",
+            "inet6" => "route6.raw",
+            other => panic!("route_raw: family {other:?} is neither inet nor inet6"),
+        };
+        match text {
+            Some(t) => self.write_state(file, t),
+            None => {
+                let _ = fs::remove_file(self.root().join("state").join(file));
+            }
+        }
+    }
+
+    /// Sets the counters `pfctl -a ANCHOR -s labels` prints: one line of eight numbers
+    /// (evaluations packets bytes in-packets in-bytes out-packets out-bytes state-creations) per
+    /// filter rule of the anchor, in order (`None`: all zeros). A load or flush of the anchor
+    /// clears them, as pf does.
+    pub fn set_counters(&self, anchor: &str, lines: Option<&str>) {
+        let dir = self.root().join("state/pf/counters");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(anchor.replace('/', "%"));
+        match lines {
+            Some(t) => fs::write(path, t).unwrap(),
+            None => {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 }
