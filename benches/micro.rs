@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kleene_rdr::core::plan::{Observed, RenderCache, RunningJail, Stored, plan};
+use kleene_rdr::core::plan::{Observed, RenderCache, RunningJail, Settings, Stored, plan};
+
+const SETTINGS: Settings = Settings { networks: &[], anchor: "kleene" };
 use kleene_rdr::core::publication::Publication;
 use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
 
@@ -36,11 +38,13 @@ fn observed(jails: usize) -> Observed {
             .map(|i| RunningJail {
                 name: format!("j{i}").parse().unwrap(),
                 jid: 100 + i as u32,
-                addrs: vec![format!("10.{}.{}.2", 1 + i / 250, i % 250).parse().unwrap()],
+                vnet: false,
+                addrs: Ok(vec![format!("10.{}.{}.2", 1 + i / 250, i % 250).parse().unwrap()]),
             })
             .collect(),
         gateways: gateways(),
         anchors: Some(BTreeSet::new()),
+        ..Observed::default()
     }
 }
 
@@ -54,15 +58,15 @@ fn bench(c: &mut Criterion) {
     let obs = observed(1000);
     let (force, errors) = (BTreeSet::new(), BTreeMap::new());
     let mut cache = RenderCache::default();
-    let first = plan(&desired, &obs, &BTreeMap::new(), &[], &force, &errors, &mut cache);
+    let first = plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut cache);
     let loaded = first.wanted.clone();
     let mut current = obs.clone();
     current.anchors = Some(loaded.keys().cloned().collect());
     c.bench_function("plan 1000 jails x 10 publications, nothing changed (cached)", |b| {
-        b.iter(|| plan(&desired, &current, &loaded, &[], &force, &errors, &mut cache))
+        b.iter(|| plan(&desired, &current, &loaded, &SETTINGS, &force, &errors, &mut cache))
     });
     c.bench_function("plan 1000 jails x 10 publications, cold (no cache)", |b| {
-        b.iter(|| plan(&desired, &obs, &BTreeMap::new(), &[], &force, &errors, &mut RenderCache::default()))
+        b.iter(|| plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut RenderCache::default()))
     });
 }
 

@@ -7,21 +7,26 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::core::address::Network;
-use crate::core::model::is_safe_component;
+use crate::core::model::{MAX_ANCHOR_PATH, MAX_PARENT_ANCHOR, is_safe_component};
 
 /// Where the agent reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/usr/local/etc/kleene-rdr.yml";
 /// The agent's socket unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/kleene-rdr.sock";
 
-/// Absolute paths of the FreeBSD tools.
+/// Absolute paths of the FreeBSD tools: the host's own binaries, never one a jail controls.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tools {
     pub pfctl: PathBuf,
     pub jls: PathBuf,
     pub route: PathBuf,
-    pub jexec: PathBuf,
+    /// Reads the host's addresses (`ifconfig -a`) and a VNET jail's (`ifconfig -j JID -a`: the
+    /// host's binary attached to the jail's vnet; FreeBSD 13.3 and later).
+    pub ifconfig: PathBuf,
+    /// No longer used: earlier releases ran the jail's own ifconfig through jexec(8). Still
+    /// accepted, so that their configuration files load unchanged.
+    pub jexec: Option<PathBuf>,
 }
 
 impl Default for Tools {
@@ -30,7 +35,8 @@ impl Default for Tools {
             pfctl: "/sbin/pfctl".into(),
             jls: "/usr/sbin/jls".into(),
             route: "/sbin/route".into(),
-            jexec: "/usr/sbin/jexec".into(),
+            ifconfig: "/sbin/ifconfig".into(),
+            jexec: None,
         }
     }
 }
@@ -55,6 +61,10 @@ pub struct Config {
     pub request_timeout_ms: u64,
     pub max_publications_per_jail: usize,
     pub max_publications: usize,
+    /// The deadline of every external command, its output included.
+    pub tool_timeout_ms: u64,
+    /// How often a VNET jail's addresses are read again (also on `reconcile` and a new jid).
+    pub vnet_refresh_ms: u64,
 }
 
 impl Default for Config {
@@ -73,6 +83,8 @@ impl Default for Config {
             request_timeout_ms: 5000,
             max_publications_per_jail: 1024,
             max_publications: 65536,
+            tool_timeout_ms: 10_000,
+            vnet_refresh_ms: 60_000,
         }
     }
 }
@@ -109,15 +121,17 @@ impl Config {
             ("tools.pfctl", &self.tools.pfctl),
             ("tools.jls", &self.tools.jls),
             ("tools.route", &self.tools.route),
-            ("tools.jexec", &self.tools.jexec),
+            ("tools.ifconfig", &self.tools.ifconfig),
         ] {
             if !p.is_absolute() {
                 bail!("{key}: {} is not an absolute path", p.display());
             }
         }
-        if !is_safe_component(&self.anchor) {
+        if !is_safe_component(&self.anchor) || self.anchor.len() > MAX_PARENT_ANCHOR {
             bail!(
-                "anchor: {:?} is not a valid anchor name (1-63 letters, digits, '_', '.' or '-', starting with a letter or digit)",
+                "anchor: {:?} is not a valid anchor name: 1-{MAX_PARENT_ANCHOR} letters, digits, '_', '.' or '-', \
+                 starting with a letter or digit (pf takes anchor paths of at most {MAX_ANCHOR_PATH} characters, \
+                 and each jail's anchor <anchor>/<jail> must fit)",
                 self.anchor
             );
         }
@@ -144,6 +158,8 @@ impl Config {
             ("request_timeout_ms", self.request_timeout_ms, 100, 600_000),
             ("max_publications_per_jail", self.max_publications_per_jail as u64, 1, 1 << 20),
             ("max_publications", self.max_publications as u64, 1, 1 << 24),
+            ("tool_timeout_ms", self.tool_timeout_ms, 100, 600_000),
+            ("vnet_refresh_ms", self.vnet_refresh_ms, 1000, 86_400_000),
         ] {
             if !(lo..=hi).contains(&v) {
                 bail!("{key}: {v} is out of range {lo}-{hi}");
@@ -179,8 +195,8 @@ mod tests {
             subnet: 10.13.37.0/24\n    subnet6: fd00:13:37::/64\ntools:\n  pfctl: /sbin/pfctl\n  jls: /usr/sbin/jls\n  \
             route: /sbin/route\n  jexec: /usr/sbin/jexec\n";
         let c = Config::parse(text).unwrap();
-        assert_eq!(c.networks.len(), 1);
-        assert_eq!(c.tools, Tools::default());
+        assert_eq!(c.networks.len(), 1, "the previous release's example loads unchanged");
+        assert_eq!(c.tools, Tools { jexec: Some("/usr/sbin/jexec".into()), ..Tools::default() });
     }
 
     #[test]
@@ -197,6 +213,10 @@ mod tests {
             ("tools:\n  pfctl: sbin/pfctl\n", "tools.pfctl"),
             ("tools:\n  ipfw: /sbin/ipfw\n", "unknown field `ipfw`"),
             ("anchor: _kleene\n", "anchor:"),
+            ("anchor: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "must fit"),
+            ("tools:\n  ifconfig: ifconfig\n", "tools.ifconfig"),
+            ("tool_timeout_ms: 50\n", "tool_timeout_ms: 50 is out of range"),
+            ("vnet_refresh_ms: 10\n", "vnet_refresh_ms"),
             ("poll_interval_ms: 0\n", "poll_interval_ms"),
             ("poll_interval_ms: fast\n", "poll_interval_ms"),
             ("verify_interval_ms: 10\n", "verify_interval_ms"),

@@ -7,16 +7,24 @@ pub mod engine;
 pub mod log;
 pub mod server;
 pub mod state;
+pub mod vnet;
 
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use config::Config;
 use engine::{Engine, System};
+
+/// What wakes the agent's main loop besides its poll timer.
+enum Event {
+    Signal(i32),
+    /// A background read finished.
+    Read,
+}
 
 /// `kleenectl agent --check`: validates the configuration and the state file, changing nothing.
 pub fn check(config_path: &Path) -> anyhow::Result<()> {
@@ -44,13 +52,26 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         max_connections: cfg.max_connections,
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
     };
-    let mut engine = Engine::new(cfg, sys)?;
-    let listener = server::bind(&socket, &policy)?;
     let (tx, rx) = mpsc::channel();
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let mut engine = Engine::new(cfg, sys, wake_tx)?;
+    let listener = server::bind(&socket, &policy)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signal_tx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            if tx.send(sig).is_err() {
+            if signal_tx.send(Event::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+    // A finished background read (a VNET jail's addresses) plans again at once, without a
+    // full observation.
+    std::thread::spawn(move || {
+        while wake_rx.recv().is_ok() {
+            // Many reads may finish together: they are taken in at once.
+            while wake_rx.try_recv().is_ok() {}
+            if tx.send(Event::Read).is_err() {
                 break;
             }
         }
@@ -61,11 +82,21 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let serving = Arc::clone(&engine);
     std::thread::spawn(move || server::serve(listener, serving, policy, limits));
     let mut poll = poll;
+    let mut next_tick = Instant::now() + poll;
     loop {
-        match rx.recv_timeout(poll) {
-            Err(RecvTimeoutError::Timeout) => engine.lock().unwrap_or_else(|p| p.into_inner()).tick(),
+        match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {
+                engine.lock().unwrap_or_else(|p| p.into_inner()).tick();
+                next_tick = Instant::now() + poll;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
-            Ok(SIGHUP) => match Config::load(config_path) {
+            Ok(Event::Read) => {
+                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+                if e.refresh_vnet() {
+                    e.reconcile();
+                }
+            }
+            Ok(Event::Signal(SIGHUP)) => match Config::load(config_path) {
                 Ok(cfg) => {
                     log::info("SIGHUP: configuration re-read");
                     poll = Duration::from_millis(cfg.poll_interval_ms);
@@ -74,7 +105,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
                 Err(e) => log::warn(&format!("SIGHUP: keeping the old configuration: {e:#}")),
             },
-            Ok(_) => break,
+            Ok(Event::Signal(_)) => break,
         }
     }
     let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,8 +1,13 @@
 //! The agent's Unix socket: one JSON request line in, one JSON response line out.
 //!
-//! Each connection has its own thread, a read deadline and a size limit, so a slow or silent
-//! client stalls nobody; connections beyond `max_connections` get an error reply at once. Every
-//! peer's credentials are checked against the access policy before its request is read.
+//! Every peer's credentials are checked against the access policy in the accept loop, before
+//! anything is read and before it takes a connection slot: a refused peer gets its error reply at
+//! once and is closed, so peers that may open the socket (its mode loosened by hand) but may not
+//! use the agent can never fill the slots and lock root out. Refusals are logged at most once per
+//! uid every few seconds.
+//!
+//! Each admitted connection has its own thread, a read deadline and a size limit, so a slow or
+//! silent client stalls nobody; connections beyond `max_connections` get an error reply at once.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::FileTypeExt as _;
@@ -16,8 +21,8 @@ use anyhow::{Context as _, bail};
 
 use crate::proto::{ErrorKind, MAX_REQUEST, Request, Response, decode_request};
 
-use super::access::{self, Policy};
-use super::engine::Engine;
+use super::access::{self, Peer, Policy, RefusalLog};
+use super::engine::{self, Engine};
 use super::log;
 
 /// Limits of the server, fixed at start.
@@ -61,10 +66,20 @@ pub fn bind(path: &Path, policy: &Policy) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long a reply to a turned-away peer may take to write: the accept loop waits for it, and a
+/// peer that never reads must not hold the loop up.
+const TURN_AWAY_WRITE: Duration = Duration::from_millis(200);
+
+/// At most one log line per refused uid this often; the refusals in between are counted.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How many refused uids the refusal log tracks at once.
+const REFUSAL_LOG_PEERS: usize = 64;
+
 /// Serves connections until the process exits.
 pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy, limits: Limits) {
     let active = Arc::new(AtomicUsize::new(0));
-    let policy = Arc::new(policy);
+    let mut refusals = RefusalLog::new(REFUSAL_LOG_EVERY, REFUSAL_LOG_PEERS);
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -74,10 +89,17 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
                 continue;
             }
         };
+        // Credentials first: a refused peer never takes a slot, and nothing of it is read.
+        if let Err(refusal) = admit(&stream, &policy) {
+            if let Some(unlogged) = refusals.refused(refusal.peer.map(|p| p.uid), Instant::now()) {
+                log::warn(&refusal.log_line(unlogged));
+            }
+            turn_away(&stream, &refusal.reply);
+            continue;
+        }
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            reply(
+            turn_away(
                 &stream,
                 &Response::err(
                     ErrorKind::Limit,
@@ -89,13 +111,66 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
             );
             continue;
         }
-        let (engine, policy, active, timeout) =
-            (Arc::clone(&engine), Arc::clone(&policy), Arc::clone(&active), limits.request_timeout);
+        let (engine, active, timeout) = (Arc::clone(&engine), Arc::clone(&active), limits.request_timeout);
         std::thread::spawn(move || {
-            handle(&stream, &engine, &policy, timeout);
+            handle(&stream, &engine, timeout);
             active.fetch_sub(1, Ordering::SeqCst);
         });
     }
+}
+
+/// Why a peer was turned away before its request was read.
+struct Refusal {
+    /// None when its credentials could not be read.
+    peer: Option<Peer>,
+    /// What the peer is told.
+    reply: Response,
+}
+
+impl Refusal {
+    /// The log line, with what the rate limit kept out of the log since the last one.
+    fn log_line(&self, unlogged: access::Unlogged) -> String {
+        let mut line = match self.peer {
+            Some(p) => format!("permission denied: refused a connection from uid {} gid {}", p.uid, p.gid),
+            None => "refused a connection whose credentials cannot be read".to_string(),
+        };
+        let mut counts = Vec::new();
+        if unlogged.same > 0 {
+            let whom = self.peer.map_or("such peers".to_string(), |p| format!("uid {}", p.uid));
+            counts.push(format!("{} more refusals from {whom} since the last message", unlogged.same));
+        }
+        if unlogged.others > 0 {
+            counts.push(format!("{} more refusals from other uids", unlogged.others));
+        }
+        if !counts.is_empty() {
+            line.push_str(&format!(" (and {})", counts.join("; and ")));
+        }
+        line
+    }
+}
+
+/// Checks the peer's credentials against the policy (getgrouplist(3) may be called).
+fn admit(stream: &UnixStream, policy: &Policy) -> Result<(), Refusal> {
+    match access::peer(stream) {
+        Ok(peer) if policy.allows(peer) => Ok(()),
+        Ok(peer) => Err(Refusal {
+            peer: Some(peer),
+            reply: Response::err(
+                ErrorKind::Denied,
+                format!("permission denied: {} (you are uid {})", policy.describe(), peer.uid),
+            ),
+        }),
+        Err(e) => Err(Refusal {
+            peer: None,
+            reply: Response::err(ErrorKind::Denied, format!("permission denied: cannot read your credentials ({e})")),
+        }),
+    }
+}
+
+/// Answers a peer that is not served, from the accept loop, and closes the connection.
+fn turn_away(stream: &UnixStream, response: &Response) {
+    let _ = stream.set_write_timeout(Some(TURN_AWAY_WRITE));
+    reply(stream, response);
 }
 
 fn reply(stream: &UnixStream, response: &Response) {
@@ -138,28 +213,9 @@ fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, Strin
     }
 }
 
-fn handle(stream: &UnixStream, engine: &Mutex<Engine>, policy: &Policy, timeout: Duration) {
+fn handle(stream: &UnixStream, engine: &Mutex<Engine>, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let peer = match access::peer(stream) {
-        Ok(p) => p,
-        Err(e) => {
-            log::warn(&format!("refused a connection whose credentials cannot be read: {e}"));
-            return reply(stream, &Response::err(ErrorKind::Denied, "permission denied: cannot read your credentials"));
-        }
-    };
-    let request = read_request(stream, timeout).and_then(|bytes| decode_request(&bytes));
-    if !policy.allows(peer) {
-        let op = request.as_ref().map_or("unreadable request", Request::op);
-        log::warn(&format!("permission denied: {op} from uid {} gid {}", peer.uid, peer.gid));
-        return reply(
-            stream,
-            &Response::err(
-                ErrorKind::Denied,
-                format!("permission denied: {} (you are uid {})", policy.describe(), peer.uid),
-            ),
-        );
-    }
-    let response = match request {
+    let response = match read_request(stream, timeout).and_then(|bytes| decode_request(&bytes)) {
         Err(e) => Response::err(ErrorKind::Invalid, e),
         Ok(req) => dispatch(req, engine),
     };
@@ -168,19 +224,18 @@ fn handle(stream: &UnixStream, engine: &Mutex<Engine>, policy: &Policy, timeout:
 
 /// Runs one request against the engine.
 pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
-    let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+    // publish and reconcile may wait for background reads of VNET jails' addresses: they take
+    // the engine's lock themselves and let go of it while they wait.
+    let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     let result = match req {
         Request::Publish { jail, specs, sources, log, network } => {
-            e.publish(&jail, &specs, &sources, log, network.as_deref())
+            engine::publish(engine, &jail, &specs, &sources, log, network.as_deref())
         }
-        Request::Unpublish { jail, specs, all } => e.unpublish(&jail, &specs, all),
-        Request::List { jail } => e.list(jail.as_deref()).map(|v| Response::with_data(&v)),
-        Request::Rules { jail } => e.rules(jail.as_deref()).map(|v| Response::with_data(&v)),
-        Request::Check => {
-            let findings = e.check();
-            Ok(Response::with_data(&findings))
-        }
-        Request::Reconcile { verify } => Ok(e.reconcile_now(verify)),
+        Request::Reconcile { verify } => Ok(engine::reconcile(engine, verify)),
+        Request::Unpublish { jail, specs, all } => lock().unpublish(&jail, &specs, all),
+        Request::List { jail } => lock().list(jail.as_deref()).map(|v| Response::with_data(&v)),
+        Request::Rules { jail } => lock().rules(jail.as_deref()).map(|v| Response::with_data(&v)),
+        Request::Check => Ok(Response::with_data(&lock().check())),
     };
     result.unwrap_or_else(Engine::refused)
 }

@@ -204,6 +204,165 @@ impl FromStr for InterfaceName {
     }
 }
 
+impl InterfaceName {
+    /// The name as pf rule text: quoted when it is a word of pf's grammar (an interface named
+    /// `any` or `inet6` is a syntax error bare, and parses quoted), bare otherwise.
+    pub fn pf(&self) -> std::borrow::Cow<'_, str> {
+        if PF_KEYWORDS.binary_search(&self.0.as_str()).is_ok() {
+            std::borrow::Cow::Owned(format!("\"{}\"", self.0))
+        } else {
+            std::borrow::Cow::Borrowed(&self.0)
+        }
+    }
+}
+
+/// The keywords of pf.conf's grammar (the `keywords[]` table of sbin/pfctl/parse.y, FreeBSD 14.3,
+/// with the words later releases added), sorted for binary search. A bare keyword where pf
+/// expects an interface name is a syntax error.
+const PF_KEYWORDS: &[&str] = &[
+    "af-to",
+    "all",
+    "allow-opts",
+    "altq",
+    "anchor",
+    "antispoof",
+    "any",
+    "bandwidth",
+    "binat",
+    "binat-anchor",
+    "binat-to",
+    "bitmask",
+    "block",
+    "block-policy",
+    "bridge-to",
+    "buckets",
+    "cbq",
+    "code",
+    "codelq",
+    "debug",
+    "divert-reply",
+    "divert-to",
+    "dnpipe",
+    "dnqueue",
+    "drop",
+    "dup-to",
+    "ether",
+    "fail-policy",
+    "fairq",
+    "fastroute",
+    "file",
+    "fingerprints",
+    "flags",
+    "floating",
+    "flush",
+    "for",
+    "fragment",
+    "from",
+    "global",
+    "group",
+    "hfsc",
+    "hogs",
+    "hostid",
+    "icmp-type",
+    "icmp6-type",
+    "if-bound",
+    "in",
+    "include",
+    "inet",
+    "inet6",
+    "interval",
+    "keep",
+    "keepcounters",
+    "l3",
+    "label",
+    "limit",
+    "linkshare",
+    "load",
+    "log",
+    "loginterface",
+    "map-e-portset",
+    "match",
+    "max",
+    "max-mss",
+    "max-pkt-rate",
+    "max-pkt-size",
+    "max-src-conn",
+    "max-src-conn-rate",
+    "max-src-nodes",
+    "max-src-states",
+    "min-ttl",
+    "modulate",
+    "nat",
+    "nat-anchor",
+    "nat-to",
+    "no",
+    "no-df",
+    "no-route",
+    "no-sync",
+    "on",
+    "once",
+    "optimization",
+    "os",
+    "out",
+    "overload",
+    "pass",
+    "port",
+    "prio",
+    "priority",
+    "priq",
+    "probability",
+    "proto",
+    "qlimit",
+    "queue",
+    "quick",
+    "random",
+    "random-id",
+    "rdr",
+    "rdr-anchor",
+    "rdr-to",
+    "realtime",
+    "reassemble",
+    "reply-to",
+    "require-order",
+    "return",
+    "return-icmp",
+    "return-icmp6",
+    "return-rst",
+    "ridentifier",
+    "round-robin",
+    "route",
+    "route-to",
+    "rtable",
+    "rule",
+    "ruleset-optimization",
+    "scrub",
+    "set",
+    "set-tos",
+    "skip",
+    "sloppy",
+    "source-hash",
+    "source-track",
+    "state",
+    "state-defaults",
+    "state-policy",
+    "static-port",
+    "sticky-address",
+    "syncookies",
+    "synproxy",
+    "table",
+    "tag",
+    "tagged",
+    "target",
+    "tbrsize",
+    "timeout",
+    "to",
+    "tos",
+    "ttl",
+    "upperlimit",
+    "urpf-failed",
+    "user",
+];
+
 impl fmt::Display for InterfaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -259,13 +418,41 @@ impl JailName {
         &self.0
     }
 
-    /// The one place a jail's name becomes a pf anchor component (and the stem of its labels).
+    /// The jail's stable key: the name of its state file and the stem of its labels, and the
+    /// base of its anchor component ([`JailName::anchor_component`]).
     ///
     /// A name that is already a safe component is used as is; any other name maps to `j-` plus
     /// 16 hex digits of its FNV-1a 64-bit hash. The mapping never changes between versions,
     /// because anchors loaded by an earlier agent must be found again.
     pub fn component(&self) -> String {
-        if is_safe_component(&self.0) { self.0.clone() } else { format!("j-{:016x}", fnv1a64(self.0.as_bytes())) }
+        if is_safe_component(&self.0) { self.0.clone() } else { self.hashed() }
+    }
+}
+
+/// The longest anchor path pf accepts: pfctl copies `-a PATH` into a 64-byte field, and a
+/// longer path fails with `pfctl_rules: strlcpy`.
+pub const MAX_ANCHOR_PATH: usize = 63;
+
+/// The length of a hashed component: `j-` and 16 hex digits.
+const HASHED_COMPONENT: usize = 18;
+
+/// The longest parent anchor (the config's `anchor`): it must leave room for `/` and a hashed
+/// component, so that every jail has an anchor path pf accepts.
+pub const MAX_PARENT_ANCHOR: usize = MAX_ANCHOR_PATH - 1 - HASHED_COMPONENT;
+
+impl JailName {
+    /// The component of this jail's anchor below `parent`, chosen so that `parent/component`
+    /// fits pf's [`MAX_ANCHOR_PATH`]: [`JailName::component`] when it fits, else the hashed form
+    /// (`j-` and 16 hex digits). `parent` is at most [`MAX_PARENT_ANCHOR`] long (the config
+    /// checks it).
+    pub fn anchor_component(&self, parent: &str) -> String {
+        let room = MAX_ANCHOR_PATH.saturating_sub(parent.len() + 1);
+        let c = self.component();
+        if c.len() <= room { c } else { self.hashed() }
+    }
+
+    fn hashed(&self) -> String {
+        format!("j-{:016x}", fnv1a64(self.0.as_bytes()))
     }
 }
 
@@ -441,6 +628,36 @@ mod tests {
             assert!(bad.parse::<JailName>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(256).parse::<JailName>().is_err());
+    }
+
+    #[test]
+    fn anchor_components_fit_pf() {
+        let fits: JailName = "a".repeat(56).parse().unwrap();
+        assert_eq!(fits.anchor_component("kleene"), "a".repeat(56));
+        for n in 57..=63 {
+            let j: JailName = "a".repeat(n).parse().unwrap();
+            let c = j.anchor_component("kleene");
+            assert!(c.starts_with("j-") && format!("kleene/{c}").len() <= MAX_ANCHOR_PATH, "{n}: {c}");
+            assert_eq!(j.component(), "a".repeat(n), "the state key does not change");
+        }
+        let parent = "p".repeat(MAX_PARENT_ANCHOR);
+        let j: JailName = "web".parse().unwrap();
+        assert_eq!(format!("{parent}/{}", j.anchor_component(&parent)).len(), 48);
+        let odd: JailName = "a b".replace(' ', "_").parse().unwrap();
+        assert_eq!(odd.anchor_component(&parent), "a_b");
+        let long: JailName = "x".repeat(40).parse().unwrap();
+        assert_eq!(format!("{parent}/{}", long.anchor_component(&parent)).len(), MAX_ANCHOR_PATH);
+    }
+
+    #[test]
+    fn keywords_are_quoted_in_rule_text() {
+        assert!(PF_KEYWORDS.windows(2).all(|w| w[0] < w[1]), "sorted, for binary search");
+        for kw in ["any", "all", "on", "log", "inet", "inet6", "label", "no", "tag", "quick", "in", "out", "port"] {
+            assert_eq!(kw.parse::<InterfaceName>().unwrap().pf(), format!("\"{kw}\""));
+        }
+        for plain in ["em0", "self", "bridge0", "lo0", "wan"] {
+            assert_eq!(plain.parse::<InterfaceName>().unwrap().pf(), plain);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use std::sync::Arc;
 
-use super::address::{Network, select_targets};
+use super::address::{self, Context, Network, select_targets};
 use super::conflict::{self, ClaimPlace, Claims};
 use super::model::{Family, InterfaceName, JailName, Protocol};
 use super::publication::Publication;
@@ -31,7 +31,19 @@ pub struct Stored {
 pub struct RunningJail {
     pub name: JailName,
     pub jid: u32,
-    pub addrs: Vec<IpAddr>,
+    /// Whether the jail has its own network stack (its addresses are whatever it says).
+    pub vnet: bool,
+    /// Every address the jail has (jls for a non-VNET jail, the jail's vnet for a VNET jail),
+    /// or why they are not known.
+    pub addrs: Result<Vec<IpAddr>, AddrsUnknown>,
+}
+
+/// Why a jail's addresses are not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrsUnknown {
+    pub reason: String,
+    /// A first read is under way (pending), as opposed to the last read having failed (error).
+    pub pending: bool,
 }
 
 /// What the agent observed on the host.
@@ -42,6 +54,19 @@ pub struct Observed {
     /// Components of the anchors below the parent that pf holds; `None` when pf could not be
     /// asked.
     pub anchors: Option<BTreeSet<String>>,
+    /// Components of anchors below the parent that hold rules this agent did not write (none
+    /// carries its labels): never flushed, never loaded into.
+    pub foreign: BTreeSet<String>,
+    /// The host's own addresses (a VNET jail may not claim one).
+    pub host_addrs: BTreeSet<IpAddr>,
+}
+
+/// What the planner takes from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub networks: &'a [Network],
+    /// The parent anchor (`kleene`): a jail's anchor component is chosen to fit below it.
+    pub anchor: &'a str,
 }
 
 /// What the agent loaded into one anchor.
@@ -204,6 +229,8 @@ struct JailFacts<'a> {
     running: Option<&'a RunningJail>,
     /// Targets for publications that name no network, computed once.
     default_targets: Option<Result<Targets, String>>,
+    /// The running jail's addresses, when known.
+    addrs: Result<&'a [IpAddr], &'a AddrsUnknown>,
     /// Accepted publications of a running jail, with their targets.
     items: Vec<(&'a Stored, Targets)>,
 }
@@ -215,12 +242,16 @@ pub fn plan(
     desired: &[Stored],
     observed: &Observed,
     loaded: &BTreeMap<String, Arc<Loaded>>,
-    networks: &[Network],
+    settings: &Settings,
     force: &BTreeSet<String>,
     pf_errors: &BTreeMap<String, String>,
     cache: &mut RenderCache,
 ) -> Plan {
     let running: HashMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
+    let contested = address::contested(
+        observed.jails.iter().filter_map(|j| j.addrs.as_ref().ok().map(|a| (&j.name, a.as_slice()))),
+    );
+    let ctx = Context { networks: settings.networks, contested: &contested, host: &observed.host_addrs };
     let mut order: Vec<&Stored> = desired.iter().collect();
     order.sort_by_key(|s| s.seq);
 
@@ -233,15 +264,17 @@ pub fn plan(
         if index.contains_key(name) {
             continue;
         }
-        let component = name.component();
+        let component = name.anchor_component(settings.anchor);
         let first = *owner_of.entry(component.clone()).or_insert(jails.len());
         index.insert(name, jails.len());
+        let running = running.get(name).copied();
         jails.push(JailFacts {
             name,
             component,
             shadowed_by: (first != jails.len()).then(|| jails[first].name),
-            running: running.get(name).copied(),
+            running,
             default_targets: None,
+            addrs: running.map_or(Ok(&[][..]), |j| j.addrs.as_ref().map(Vec::as_slice)),
             items: vec![],
         });
     }
@@ -262,14 +295,57 @@ pub fn plan(
             statuses.push((s.seq, st));
             continue;
         }
-        let targets = facts.running.map(|j| match &p.network {
-            None => facts.default_targets.get_or_insert_with(|| select_targets(&j.addrs, networks, None)).clone(),
-            Some(n) => select_targets(&j.addrs, networks, Some(n)),
-        });
+        if let Some(other) = observed.foreign.get(&facts.component) {
+            st.status = Status::Error(format!(
+                "the anchor {}/{other} holds rules this agent did not write; it is left alone: rename the jail, \
+                 or remove those rules (pfctl -a {}/{other} -F all) if they are stale",
+                settings.anchor, settings.anchor
+            ));
+            statuses.push((s.seq, st));
+            continue;
+        }
+        let addrs = match facts.addrs {
+            Ok(a) => Ok(a),
+            Err(unknown) => Err(if unknown.pending {
+                Status::Pending(unknown.reason.clone())
+            } else {
+                Status::Error(unknown.reason.clone())
+            }),
+        };
+        let targets = match (facts.running, addrs) {
+            (None, _) => None,
+            (Some(_), Err(status)) => Some(Err(status)),
+            (Some(j), Ok(addrs)) => {
+                let jail = address::Jail { name: &j.name, vnet: j.vnet, addrs };
+                Some(
+                    match &p.network {
+                        None => facts.default_targets.get_or_insert_with(|| select_targets(&jail, &ctx, None)).clone(),
+                        Some(n) => select_targets(&jail, &ctx, Some(n)),
+                    }
+                    .map_err(Status::Error),
+                )
+            }
+        };
         let (claims, targets) = match targets {
             None => (conflict::claims(p, None, &observed.gateways), None),
-            Some(Err(why)) => {
-                st.status = Status::Error(why);
+            Some(Err(status @ Status::Pending(_))) => {
+                // The port stays claimed while the jail's addresses are being read.
+                let claims = conflict::claims(p, None, &observed.gateways);
+                if let Some(owner) = held.owner(&claims) {
+                    let o = &owner.publication;
+                    st.status = Status::Conflict(format!(
+                        "the host port is already published by jail {} as {}",
+                        o.jail, o.spec
+                    ));
+                } else {
+                    held.hold(claims, s);
+                    st.status = status;
+                }
+                statuses.push((s.seq, st));
+                continue;
+            }
+            Some(Err(status)) => {
+                st.status = status;
                 statuses.push((s.seq, st));
                 continue;
             }
@@ -354,7 +430,10 @@ pub fn plan(
             kill_after,
         });
     }
-    let stale = loaded.keys().chain(observed.anchors.iter().flatten()).filter(|c| !out.wanted.contains_key(*c));
+    let stale = loaded
+        .keys()
+        .chain(observed.anchors.iter().flatten().filter(|c| !observed.foreign.contains(*c)))
+        .filter(|c| !out.wanted.contains_key(*c));
     let stale: BTreeSet<&String> = stale.collect();
     for component in stale {
         let kill = loaded.get(component).map(|l| vec![l.jail.label()]);
@@ -407,15 +486,23 @@ mod tests {
         force: &BTreeSet<String>,
         pf_errors: &BTreeMap<String, String>,
     ) -> Plan {
-        super::plan(desired, observed, loaded, networks, force, pf_errors, &mut RenderCache::default())
+        let settings = Settings { networks, anchor: "kleene" };
+        super::plan(desired, observed, loaded, &settings, force, pf_errors, &mut RenderCache::default())
     }
+
+    const SETTINGS: Settings = Settings { networks: &[], anchor: "kleene" };
 
     fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
         Stored { seq, publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None) }
     }
 
     fn jail(name: &str, jid: u32, addrs: &[&str]) -> RunningJail {
-        RunningJail { name: name.parse().unwrap(), jid, addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+        RunningJail {
+            name: name.parse().unwrap(),
+            jid,
+            vnet: false,
+            addrs: Ok(addrs.iter().map(|a| a.parse().unwrap()).collect()),
+        }
     }
 
     fn observed(jails: Vec<RunningJail>, anchors: &[&str]) -> Observed {
@@ -423,6 +510,7 @@ mod tests {
             jails,
             gateways: Gateways { inet: Some("em0".parse().unwrap()), inet6: None },
             anchors: Some(anchors.iter().map(|s| s.to_string()).collect()),
+            ..Observed::default()
         }
     }
 
@@ -652,24 +740,91 @@ mod tests {
     }
 
     #[test]
+    fn foreign_anchors_are_never_flushed_nor_loaded_into() {
+        let desired = vec![stored(1, "22", "8022:22")];
+        let mut obs = observed(vec![jail("22", 3, &["10.13.37.2"])], &["22", "old", "ssh"]);
+        obs.foreign = ["22".to_string(), "ssh".to_string()].into();
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.actions, vec![Action::Flush { component: "old".into(), kill: None }], "only the unknown one");
+        assert!(
+            matches!(&p.statuses[&1].status, Status::Error(r) if r.contains("holds rules this agent did not write")),
+            "{:?}",
+            p.statuses[&1]
+        );
+    }
+
+    #[test]
+    fn unknown_addresses_are_pending_or_an_error_and_keep_the_port() {
+        let desired = vec![stored(1, "web", "8080:80"), stored(2, "db", "8080:80")];
+        let mut web = jail("web", 3, &[]);
+        web.vnet = true;
+        web.addrs = Err(AddrsUnknown { reason: "reading its addresses".into(), pending: true });
+        let obs = observed(vec![web.clone(), jail("db", 4, &["10.13.37.3"])], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Pending("reading its addresses".into()));
+        assert!(matches!(p.statuses[&2].status, Status::Conflict(_)), "the older publication keeps its port");
+        assert!(p.actions.is_empty());
+        web.addrs = Err(AddrsUnknown { reason: "/sbin/ifconfig did not finish".into(), pending: false });
+        let obs = observed(vec![web], &[]);
+        let p = plan(&desired[..1], &obs, &BTreeMap::new(), &[], &f, &e);
+        assert_eq!(p.statuses[&1].status, Status::Error("/sbin/ifconfig did not finish".into()));
+    }
+
+    #[test]
+    fn a_vnet_jail_cannot_take_another_jails_address() {
+        let net = [Network {
+            name: "kleenet".parse().unwrap(),
+            subnet: Some("10.13.37.0/24".parse().unwrap()),
+            subnet6: None,
+        }];
+        let desired = vec![stored(1, "web", "8080:80"), stored(2, "evil", "9090:80")];
+        let mut evil = jail("evil", 4, &["10.13.37.2"]);
+        evil.vnet = true;
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"]), evil], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &net, &f, &e);
+        for seq in [1, 2] {
+            assert!(
+                matches!(&p.statuses[&seq].status, Status::Error(r) if r.contains("10.13.37.2 is also claimed by jail")),
+                "{:?}",
+                p.statuses[&seq]
+            );
+        }
+        assert!(p.actions.is_empty(), "neither gets the address");
+    }
+
+    #[test]
+    fn long_jail_names_get_anchor_paths_pf_accepts() {
+        let name = "a".repeat(60);
+        let desired = vec![stored(1, &name, "8080:80")];
+        let obs = observed(vec![jail(&name, 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let p = plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e);
+        let [Action::Load { component, .. }] = &p.actions[..] else { panic!("{:?}", p.actions) };
+        assert!(format!("kleene/{component}").len() <= crate::core::model::MAX_ANCHOR_PATH, "{component}");
+    }
+
+    #[test]
     fn the_cache_renders_only_what_changed() {
         let desired = vec![stored(1, "web", "8080:80"), stored(2, "db", "5432")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
         let (f, e) = none();
         let mut cache = RenderCache::default();
-        let first = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        let first = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
         assert_eq!(cache.len(), 2);
         obs.jails[1] = jail("db", 5, &["10.13.37.9"]);
-        let second = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        let second = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
         assert!(Arc::ptr_eq(&first.wanted["web"], &second.wanted["web"]), "web was not rendered again");
         assert!(!Arc::ptr_eq(&first.wanted["db"], &second.wanted["db"]));
         assert!(second.wanted["db"].text.contains("10.13.37.9"));
         assert_eq!(second, plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e), "the same plan as without a cache");
         obs.gateways.inet = Some("em9".parse().unwrap());
-        let third = super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        let third = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
         assert!(third.wanted["web"].text.contains("(em9)"), "a gateway change renders again");
         obs.jails.remove(1);
-        super::plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e, &mut cache);
+        super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
         assert_eq!(cache.len(), 1, "stopped jails leave the cache");
     }
 

@@ -116,12 +116,12 @@ impl fmt::Display for Rule {
             Rule::Rdr { on, family, proto, from, to, port, target, target_port } => {
                 f.write_str("rdr ")?;
                 if let Some(i) = on {
-                    write!(f, "on {i} ")?;
+                    write!(f, "on {} ", i.pf())?;
                 }
                 write!(f, "{family} proto {proto} ")?;
                 write_from(f, from)?;
                 match to {
-                    Dest::Interface(i) => write!(f, " to ({i})")?,
+                    Dest::Interface(i) => write!(f, " to ({})", i.pf())?,
                     Dest::Address(a) => write!(f, " to {a}")?,
                 }
                 let tp = if port.is_single() { target_port.pf() } else { format!("{}:*", target_port.start()) };
@@ -130,7 +130,7 @@ impl fmt::Display for Rule {
             Rule::Pass { log, on, family, proto, from, to, port, labels } => {
                 f.write_str(if *log { "pass in log quick " } else { "pass in quick " })?;
                 if let Some(i) = on {
-                    write!(f, "on {i} ")?;
+                    write!(f, "on {} ", i.pf())?;
                 }
                 write!(f, "{family} proto {proto} ")?;
                 write_from(f, from)?;
@@ -402,6 +402,17 @@ mod tests {
         let a = render_uniform(&pubs, &both, &g);
         assert!(a.text().contains("rdr on em1 inet6"));
         assert_eq!(a.publications[0].1.interfaces.len(), 2);
+    }
+
+    #[test]
+    fn interface_names_that_are_pf_keywords_are_quoted() {
+        let t = text(&["any:8080:80", "inet6:53:53/udp"], &v4(), &em0());
+        assert!(
+            t.contains("rdr on \"any\" inet proto tcp from any to (\"any\") port 8080 -> 10.13.37.2 port 80\n"),
+            "{t}"
+        );
+        assert!(t.contains("pass in quick on \"inet6\" inet proto udp"), "{t}");
+        assert!(text(&["em1:8080:80"], &v4(), &em0()).contains("rdr on em1 inet"));
     }
 
     #[test]

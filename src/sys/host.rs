@@ -1,9 +1,16 @@
-//! The jails and the routing table, through jls(8), jexec(8) and route(8).
+//! The jails, the host's interfaces and the routing table, through jls(8), ifconfig(8) and
+//! route(8): always the host's own binaries, never one a jail controls.
 //!
 //! - `jls --libxo json jid name ip4.addr ip6.addr vnet`: the running jails (jls(8)); with
-//!   `-j NAME`, one jail (`jls: jail "NAME" not found` and exit 1 when it is not running).
-//! - `jexec JID /sbin/ifconfig -a`: the addresses inside a VNET jail's own stack (jexec(8)).
+//!   `-j NAME`, one jail (`jls: jail "NAME" not found`, or `... is dying` for a jail being
+//!   removed, and exit 1 when it is not running).
+//! - `ifconfig -a`: the host's own addresses; `ifconfig -j JID -a`: the addresses inside a VNET
+//!   jail's network stack, read by the host's ifconfig attached to the jail's vnet (FreeBSD 13.3
+//!   and later). A jail's root can configure as many addresses as it likes, so this output is
+//!   capped tighter than the others.
 //! - `route -n get default` / `route -n get -inet6 default`: the gateway interface (route(8)).
+//!   Only route's own "not found" answer means "no default route"; FreeBSD 14 prints it with
+//!   exit status 0.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -11,7 +18,7 @@ use std::path::PathBuf;
 use crate::core::model::{Family, InterfaceName, JailName};
 
 use super::parse::{self, JailInfo, ParseError};
-use super::runner::{self, CmdError};
+use super::runner::{self, CmdError, Limits};
 
 /// A tool that failed, or printed what could not be understood.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,10 +33,16 @@ pub enum SysError {
 pub trait Jails: Send + Sync {
     /// Every running jail.
     fn list(&self) -> Result<Vec<JailInfo>, SysError>;
-    /// The running jail named `name`, if there is one.
+    /// The running jail named `name`, if there is one (a dying jail is not running).
     fn get(&self, name: &JailName) -> Result<Option<JailInfo>, SysError>;
-    /// The addresses configured inside a VNET jail.
-    fn vnet_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError>;
+}
+
+/// Addresses configured on interfaces: the host's, and those inside a VNET jail.
+pub trait Interfaces: Send + Sync {
+    /// The host's own addresses.
+    fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError>;
+    /// The addresses inside the network stack of the VNET jail `jid`.
+    fn jail_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError>;
 }
 
 /// The host's routing table.
@@ -38,22 +51,18 @@ pub trait Routes: Send + Sync {
     fn gateway(&self, family: Family) -> Result<Option<InterfaceName>, SysError>;
 }
 
-/// jls and jexec at configured paths.
+/// jls at a configured path.
 pub struct JailTools {
     pub jls: PathBuf,
-    pub jexec: PathBuf,
-    pub limits: runner::Limits,
+    pub limits: Limits,
 }
+
+const JLS_PARAMS: [&str; 5] = ["jid", "name", "ip4.addr", "ip6.addr", "vnet"];
 
 impl Jails for JailTools {
     fn list(&self) -> Result<Vec<JailInfo>, SysError> {
-        let out = runner::run(
-            &self.jls,
-            &["--libxo", "json", "jid", "name", "ip4.addr", "ip6.addr", "vnet"],
-            None,
-            false,
-            self.limits,
-        )?;
+        let args: Vec<&str> = ["--libxo", "json"].into_iter().chain(JLS_PARAMS).collect();
+        let out = runner::run(&self.jls, &args, None, false, self.limits)?;
         Ok(parse::parse_jls(&out.stdout)?)
     }
 
@@ -62,20 +71,36 @@ impl Jails for JailTools {
         if name.as_str().bytes().all(|b| b.is_ascii_digit()) {
             return Ok(self.list()?.into_iter().find(|j| &j.name == name));
         }
-        let args = ["--libxo", "json", "-j", name.as_str(), "jid", "name", "ip4.addr", "ip6.addr", "vnet"];
+        let args: Vec<&str> = ["--libxo", "json", "-j", name.as_str()].into_iter().chain(JLS_PARAMS).collect();
         let out = runner::run(&self.jls, &args, None, true, self.limits)?;
         if !out.status.success() {
-            if out.stderr.contains("not found") {
+            if parse::jail_not_running(&out.stderr) {
                 return Ok(None);
             }
             return Err(runner::failure(&self.jls, &args, out).into());
         }
         Ok(parse::parse_jls(&out.stdout)?.into_iter().find(|j| &j.name == name))
     }
+}
 
-    fn vnet_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError> {
+/// ifconfig at a configured path.
+pub struct IfconfigTool {
+    pub ifconfig: PathBuf,
+    /// For the host's own interfaces.
+    pub limits: Limits,
+    /// For a VNET jail's interfaces, which the jail's root may multiply at will.
+    pub jail_limits: Limits,
+}
+
+impl Interfaces for IfconfigTool {
+    fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError> {
+        let out = runner::run(&self.ifconfig, &["-a"], None, false, self.limits)?;
+        Ok(parse::parse_ifconfig(&out.stdout))
+    }
+
+    fn jail_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError> {
         let jid = jid.to_string();
-        let out = runner::run(&self.jexec, &[&jid, "/sbin/ifconfig", "-a"], None, false, self.limits)?;
+        let out = runner::run(&self.ifconfig, &["-j", &jid, "-a"], None, false, self.jail_limits)?;
         Ok(parse::parse_ifconfig(&out.stdout))
     }
 }
@@ -83,7 +108,7 @@ impl Jails for JailTools {
 /// route at a configured path.
 pub struct RouteTool {
     pub route: PathBuf,
-    pub limits: runner::Limits,
+    pub limits: Limits,
 }
 
 impl Routes for RouteTool {
@@ -99,6 +124,14 @@ impl Routes for RouteTool {
         if !out.status.success() {
             return Err(runner::failure(&self.route, args, out).into());
         }
-        Ok(parse::parse_route_interface(&out.stdout))
+        match parse::parse_route_interface(&out.stdout) {
+            Some(i) => Ok(Some(i)),
+            None => Err(ParseError(format!(
+                "`{} {}` printed no valid `interface:` line (and did not say there is no such route)",
+                self.route.display(),
+                args.join(" ")
+            ))
+            .into()),
+        }
     }
 }

@@ -89,6 +89,12 @@ pub fn parse_route_interface(text: &str) -> Option<InterfaceName> {
     })
 }
 
+/// Whether jls(8)'s stderr says the jail asked for is not running: `jls: jail "NAME" not found`,
+/// or `jls: jail "NAME" is dying` for one being removed (jls.c).
+pub fn jail_not_running(stderr: &str) -> bool {
+    stderr.contains("not found") || stderr.contains("is dying")
+}
+
 /// Whether route(8)'s stderr says there is no such route.
 pub fn route_not_found(stderr: &str) -> bool {
     stderr.contains("not in table") || stderr.contains("has not been found")
@@ -129,9 +135,15 @@ pub fn parse_ifconfig(text: &str) -> Vec<IpAddr> {
     out
 }
 
-/// Child anchor paths printed by `pfctl -a PARENT -s Anchors`, one per line, indented.
+/// Child anchor paths printed by `pfctl -a PARENT -s Anchors` on stdout, one per line, indented
+/// (`  kleene/web`). What pfctl prints on stderr (`Anchor 'kleene' not found.`, from its
+/// Ethernet-anchor lookup, even when children exist) is not read here.
 pub fn parse_anchors(text: &str) -> Vec<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains(char::is_whitespace))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The `Status:` line of `pfctl -s info`: `Some(true)` for Enabled.
@@ -182,6 +194,10 @@ mod tests {
         assert_eq!(parse_route_interface("  interface: em0;rm\n"), None);
         assert!(route_not_found("route: route has not been found\n"));
         assert!(route_not_found("route: writing to routing socket: No such process\nroute: route has not been found"));
+        assert!(route_not_found("route: route has not been found: No such process\n"));
+        assert!(jail_not_running("jls: jail \"web\" not found\n"));
+        assert!(jail_not_running("jls: jail \"web\" is dying\n"));
+        assert!(!jail_not_running("jls: sysctl: Operation not permitted\n"));
     }
 
     #[test]
