@@ -57,3 +57,29 @@ fn a_state_dir_others_can_write_is_refused() {
     let out = agent(&["--check"], &h);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn a_seq_that_would_wrap_stops_the_agent_instead_of_reassigning_publications() {
+    let h = Host::new();
+    std::fs::create_dir_all(h.root().join("db/publications")).unwrap();
+    std::fs::write(
+        h.root().join("db/publications/web.yml"),
+        "version: 1\njail: web\npublications:\n- seq: 18446744073709551615\n  spec: 8080:80/tcp\n",
+    )
+    .unwrap();
+    std::fs::write(
+        h.root().join("db/publications/db.yml"),
+        "version: 1\njail: db\npublications:\n- seq: 1\n  spec: 5432:5432/tcp\n",
+    )
+    .unwrap();
+    let out = agent(&[], &h);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("publications/web.yml") && err.contains("seq is out of range"), "{err}");
+    assert!(!err.contains("18446744073709551615"), "the number is not echoed: {err}");
+    assert_eq!(
+        std::fs::read_to_string(h.root().join("db/publications/db.yml")).unwrap(),
+        "version: 1\njail: db\npublications:\n- seq: 1\n  spec: 5432:5432/tcp\n",
+        "nothing was rewritten"
+    );
+}
