@@ -46,6 +46,13 @@ struct Entry {
     queued: bool,
 }
 
+impl Entry {
+    /// A jail not read yet: due now.
+    fn new(name: &JailName, now: Instant) -> Entry {
+        Entry { name: name.clone(), addrs: None, error: None, failures: 0, due: now, in_flight: false, queued: false }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<u32, Entry>,
@@ -94,26 +101,10 @@ impl VnetAddrs {
     pub fn lookup(self: &Arc<Self>, jid: u32, name: &JailName) -> Result<Vec<IpAddr>, AddrsUnknown> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let entry = inner.entries.entry(jid).or_insert_with(|| Entry {
-            name: name.clone(),
-            addrs: None,
-            error: None,
-            failures: 0,
-            due: now,
-            in_flight: false,
-            queued: false,
-        });
+        let entry = inner.entries.entry(jid).or_insert_with(|| Entry::new(name, now));
         if entry.name != *name {
             // A jid is reused only after its jail is gone: this is another jail.
-            *entry = Entry {
-                name: name.clone(),
-                addrs: None,
-                error: None,
-                failures: 0,
-                due: now,
-                in_flight: false,
-                queued: false,
-            };
+            *entry = Entry::new(name, now);
         }
         let answer = match (&entry.addrs, &entry.error) {
             (Some(a), _) => Ok(a.clone()),
