@@ -2,6 +2,7 @@
 //! publications and the jails' lives.
 
 pub mod access;
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod log;
