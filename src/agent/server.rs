@@ -19,9 +19,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::proto::{ErrorKind, MAX_REQUEST, Request, Response, decode_request};
+use crate::core::model::{Cidr, JailName, NetworkName};
+use crate::core::spec::{Place, PortSpec};
+use crate::proto::{AnchorView, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, decode_request};
 
 use super::access::{self, Peer, Policy, RefusalLog};
+use super::api::{
+    Answer, Diagnostic, LoadedAnchor, PublicationState, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest,
+};
 use super::engine::{self, Engine};
 use super::log;
 
@@ -90,11 +95,11 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
             }
         };
         // Credentials first: a refused peer never takes a slot, and nothing of it is read.
-        if let Err(refusal) = admit(&stream, &policy) {
-            if let Some(unlogged) = refusals.refused(refusal.peer.map(|p| p.uid), Instant::now()) {
-                log::warn(&refusal.log_line(unlogged));
+        if let Err(rejection) = admit(&stream, &policy) {
+            if let Some(unlogged) = refusals.refused(rejection.peer.map(|p| p.uid), Instant::now()) {
+                log::warn(&rejection.log_line(unlogged));
             }
-            turn_away(&stream, &refusal.reply);
+            turn_away(&stream, &rejection.reply);
             continue;
         }
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
@@ -120,14 +125,14 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
 }
 
 /// Why a peer was turned away before its request was read.
-struct Refusal {
+struct Rejection {
     /// None when its credentials could not be read.
     peer: Option<Peer>,
     /// What the peer is told.
     reply: Response,
 }
 
-impl Refusal {
+impl Rejection {
     /// The log line, with what the rate limit kept out of the log since the last one.
     fn log_line(&self, unlogged: access::Unlogged) -> String {
         let mut line = match self.peer {
@@ -150,17 +155,17 @@ impl Refusal {
 }
 
 /// Checks the peer's credentials against the policy (getgrouplist(3) may be called).
-fn admit(stream: &UnixStream, policy: &Policy) -> Result<(), Refusal> {
+fn admit(stream: &UnixStream, policy: &Policy) -> Result<(), Rejection> {
     match access::peer(stream) {
         Ok(peer) if policy.allows(peer) => Ok(()),
-        Ok(peer) => Err(Refusal {
+        Ok(peer) => Err(Rejection {
             peer: Some(peer),
             reply: Response::err(
                 ErrorKind::Denied,
                 format!("permission denied: {} (you are uid {})", policy.describe(), peer.uid),
             ),
         }),
-        Err(e) => Err(Refusal {
+        Err(e) => Err(Rejection {
             peer: None,
             reply: Response::err(ErrorKind::Denied, format!("permission denied: cannot read your credentials ({e})")),
         }),
@@ -227,15 +232,120 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     // publish and reconcile may wait for background reads of VNET jails' addresses: they take
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
-    let result = match req {
-        Request::Publish { jail, specs, sources, log, network } => {
-            engine::publish(engine, &jail, &specs, &sources, log, network.as_deref())
+    match req {
+        Request::Publish { jail, specs, sources, log, network } => answer(
+            publish_request(&jail, &specs, &sources, log, network.as_deref()).and_then(|r| engine::publish(engine, &r)),
+        ),
+        Request::Unpublish { jail, specs, all } => {
+            answer(unpublish_request(&jail, &specs, all).and_then(|r| lock().unpublish(&r)))
         }
-        Request::Reconcile { verify } => Ok(engine::reconcile(engine, verify)),
-        Request::Unpublish { jail, specs, all } => lock().unpublish(&jail, &specs, all),
-        Request::List { jail } => lock().list(jail.as_deref()).map(|v| Response::with_data(&v)),
-        Request::Rules { jail } => lock().rules(jail.as_deref()).map(|v| Response::with_data(&v)),
-        Request::Check => Ok(Response::with_data(&lock().check())),
+        Request::List { jail } => match jail_filter(jail.as_deref()) {
+            Ok(jail) => {
+                Response::with_data(&lock().list(jail.as_ref()).iter().map(publication_view).collect::<Vec<_>>())
+            }
+            Err(r) => refused(r),
+        },
+        Request::Rules { jail } => match jail_filter(jail.as_deref()) {
+            Ok(jail) => {
+                Response::with_data(&lock().rules(jail.as_ref()).into_iter().map(anchor_view).collect::<Vec<_>>())
+            }
+            Err(r) => refused(r),
+        },
+        Request::Check => Response::with_data(&lock().check().into_iter().map(finding).collect::<Vec<_>>()),
+        Request::Reconcile { verify } => answer(engine::reconcile(engine, verify)),
+    }
+}
+
+// From the wire's strings to the engine's requests: an invalid value is refused as invalid, with
+// its parser's message.
+
+fn invalid(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(RefusalKind::Invalid, e.to_string())
+}
+
+fn parse_jail(jail: &str) -> Result<JailName, Refusal> {
+    jail.parse().map_err(invalid)
+}
+
+fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Refusal> {
+    specs.iter().map(|s| PortSpec::parse(s).map_err(invalid)).collect()
+}
+
+fn publish_request(
+    jail: &str,
+    specs: &[String],
+    sources: &[String],
+    log: bool,
+    network: Option<&str>,
+) -> Result<PublishRequest, Refusal> {
+    Ok(PublishRequest {
+        jail: parse_jail(jail)?,
+        specs: parse_specs(specs)?,
+        sources: sources.iter().map(|s| s.parse::<Cidr>().map_err(invalid)).collect::<Result<_, _>>()?,
+        log,
+        network: network.map(|n| n.parse::<NetworkName>().map_err(invalid)).transpose()?,
+    })
+}
+
+fn unpublish_request(jail: &str, specs: &[String], all: bool) -> Result<UnpublishRequest, Refusal> {
+    let jail = parse_jail(jail)?;
+    if all != specs.is_empty() {
+        return Err(Removal::missing());
+    }
+    let removal = if all { Removal::All } else { Removal::Specs(parse_specs(specs)?) };
+    Ok(UnpublishRequest { jail, removal })
+}
+
+/// The jail `ls` and `rules` are limited to, if any.
+fn jail_filter(jail: Option<&str>) -> Result<Option<JailName>, Refusal> {
+    jail.map(parse_jail).transpose()
+}
+
+// From the engine's answers to the wire's responses.
+
+fn refused(r: Refusal) -> Response {
+    let kind = match r.kind {
+        RefusalKind::Invalid => ErrorKind::Invalid,
+        RefusalKind::Conflict => ErrorKind::Conflict,
+        RefusalKind::NotFound => ErrorKind::NotFound,
+        RefusalKind::Pf => ErrorKind::Pf,
+        RefusalKind::Limit => ErrorKind::Limit,
+        RefusalKind::Internal => ErrorKind::Internal,
     };
-    result.unwrap_or_else(Engine::refused)
+    Response::err(kind, r.message)
+}
+
+fn answer(a: Answer) -> Response {
+    a.map_or_else(refused, Response::ok)
+}
+
+fn publication_view(s: &PublicationState) -> PublicationView {
+    let p = &s.publication;
+    PublicationView {
+        jail: p.jail.to_string(),
+        spec: p.spec.to_string(),
+        protocol: p.spec.proto.to_string(),
+        host_ports: p.spec.host.to_string(),
+        jail_ports: p.spec.jail.to_string(),
+        interfaces: s.interfaces.iter().map(|i| i.to_string()).collect(),
+        address: match &p.spec.place {
+            Place::Address(a) => Some(a.to_string()),
+            _ => None,
+        },
+        ipv4: s.targets.inet.map(|a| a.to_string()),
+        ipv6: s.targets.inet6.map(|a| a.to_string()),
+        state: s.standing.word().to_string(),
+        reason: s.reason.clone(),
+        sources: p.sources.iter().map(|c| c.to_string()).collect(),
+        log: p.log,
+        network: p.network.as_ref().map(|n| n.to_string()),
+    }
+}
+
+fn anchor_view(a: LoadedAnchor) -> AnchorView {
+    AnchorView { anchor: a.anchor, jail: a.jail.to_string(), text: a.text }
+}
+
+fn finding(d: Diagnostic) -> Finding {
+    Finding { ok: d.ok, what: d.what, detail: d.detail, fix: d.fix }
 }

@@ -1,0 +1,393 @@
+//! Requests that change what is published: `publish` and `unpublish`, from typed requests to
+//! domain answers.
+//!
+//! Each is checked first against the configuration and the stored publications (pure checks
+//! below, which change nothing), then applied as one transaction over pf and the state on disk.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::core::address::Network;
+use crate::core::conflict;
+use crate::core::model::{JailName, NetworkName};
+use crate::core::plan::{Action, Plan, Status, Stored};
+use crate::core::publication::Publication;
+use crate::core::render::Gateways;
+use crate::core::spec::Place;
+
+use super::super::api::{Answer, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest};
+use super::Engine;
+use super::executor::{AnchorFailure, Bypass, Outcome};
+
+/// What undoes a change to the state in memory.
+enum Undo {
+    /// Publications were appended: truncate to `len`, and hand out `next_seq` again.
+    Appended { len: usize, next_seq: u64 },
+}
+
+/// Why a change was not made.
+enum Failed {
+    /// pf did not take the change; it holds what it held.
+    Pf(AnchorFailure),
+    /// pf took the change but the state could not be written; pf was put back, unless
+    /// `put_back` says why not.
+    Persist { error: anyhow::Error, put_back: Option<AnchorFailure> },
+}
+
+impl Failed {
+    /// The refusal for the user: `done` is what did not happen (`published`).
+    fn refusal(&self, jail: &JailName, done: &str) -> Refusal {
+        match self {
+            Failed::Pf(f) => {
+                let (what, e) = f.describe(jail);
+                Refusal::new(
+                    RefusalKind::Pf,
+                    format!(
+                        "{what}, so nothing was {done}: {e}\nCheck that pf is loaded and pfctl works (kleenectl check)."
+                    ),
+                )
+            }
+            Failed::Persist { error, put_back } => {
+                let mut msg = format!("{error:#}; nothing was {done}");
+                if let Some(f) = put_back {
+                    let (what, e) = f.describe(jail);
+                    msg.push_str(&format!(
+                        "; putting pf back failed too ({what}: {e}): the agent retries with backoff until pf holds \
+                         what the state says (kleenectl check)"
+                    ));
+                }
+                Refusal::new(RefusalKind::Internal, msg)
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// `kleenectl publish`: stores and applies the request's publications, all or none. The
+    /// caller observed the jail first ([`super::publish`]).
+    pub fn publish(&mut self, request: &PublishRequest) -> Answer {
+        let PublishRequest { jail, specs, sources, log, network } = request;
+        if specs.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "give at least one port spec"));
+        }
+        configured(&self.cfg.networks, network.as_ref())?;
+        let new: Vec<Publication> = specs
+            .iter()
+            .map(|s| Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone()))
+            .collect();
+        apart(&new, &self.observer.observed().gateways)?;
+        own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
+        let (fresh, already) = split_known(&self.state.publications, new)?;
+        let mut lines: Vec<String> =
+            already.iter().map(|p| format!("{} {}: already published, nothing changed", p.jail, p.spec)).collect();
+        if fresh.is_empty() {
+            return Ok(lines.join("\n"));
+        }
+        within_limits(
+            &self.state.publications,
+            jail,
+            fresh.len(),
+            self.cfg.max_publications_per_jail,
+            self.cfg.max_publications,
+        )?;
+
+        // The candidate state is the current one plus the new publications, appended in place
+        // (cloning the whole state would cost work proportional to the host); every refusal
+        // below takes them out again.
+        let undo = Undo::Appended { len: self.state.publications.len(), next_seq: self.state.next_seq };
+        let mut seqs = Vec::new();
+        for p in fresh {
+            let seq = match self.state.take_seq() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    self.abort(undo);
+                    return Err(Refusal::new(RefusalKind::Limit, format!("{e:#}")));
+                }
+            };
+            seqs.push(seq);
+            self.state.publications.push(Stored { seq, publication: p });
+        }
+        let plan = self.plan_current();
+        for seq in &seqs {
+            if let Status::Conflict(why) = &plan.statuses[seq].status {
+                let spec = &self.publication(*seq).spec;
+                let msg = format!("cannot publish {spec} for jail {jail}: {why}");
+                self.abort(undo);
+                return Err(Refusal::new(RefusalKind::Conflict, msg));
+            }
+        }
+        self.commit(jail, plan, undo).map_err(|f| f.refusal(jail, "published"))?;
+        lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
+        Ok(lines.join("\n"))
+    }
+
+    /// `kleenectl unpublish`: removes the request's publications, or every one of the jail's.
+    pub fn unpublish(&mut self, request: &UnpublishRequest) -> Answer {
+        let jail = &request.jail;
+        let remove = chosen(&self.state.publications, jail, &request.removal)?;
+        let removed: Vec<Publication> =
+            self.state.publications.iter().filter(|s| remove.contains(&s.seq)).map(|s| s.publication.clone()).collect();
+        let remaining: Vec<&Stored> = self.stored_of(jail).filter(|s| !remove.contains(&s.seq)).collect();
+        self.store
+            .save_jail(jail, &remaining)
+            .map_err(|e| Refusal::new(RefusalKind::Internal, format!("{e:#}; nothing was unpublished")))?;
+        self.state.publications.retain(|s| !remove.contains(&s.seq));
+        self.dirty = true;
+        self.observe_jail(jail);
+        let component = self.component(jail);
+        let outcome = self.reconcile_with(Bypass::Component(&component));
+        let specs: Vec<String> = removed.iter().map(|p| p.spec.to_string()).collect();
+        let msg = format!("unpublished {jail} {}", specs.join(", "));
+        let mut left: Vec<String> = Vec::new();
+        if let Some(e) = outcome.refused_loads.get(&component) {
+            left.push(format!("pf refused the jail's new rules ({e}), so the old ones are still loaded"));
+        }
+        if let Some(e) = outcome.refused_flushes.get(&component) {
+            left.push(format!("pf did not flush the jail's anchor ({e}), so its rules are still loaded"));
+        }
+        left.extend(unkilled(&outcome, &removed, jail));
+        for p in removed {
+            self.executor.mark_removing(p);
+        }
+        if left.is_empty() {
+            return Ok(msg);
+        }
+        Err(Refusal::new(
+            RefusalKind::Pf,
+            format!(
+                "{msg} (the publications are removed from the state), but pf did not complete the change: {}; \
+                 the agent retries with backoff until pf does (kleenectl check, kleenectl ls)",
+                left.join("; ")
+            ),
+        ))
+    }
+
+    /// Applies the candidate state (already in `self.state`) for `jail`: pf first, then the
+    /// disk (see the module documentation of `engine`). On failure the state in memory is
+    /// undone with `undo`, and pf holds what the state on disk says.
+    fn commit(&mut self, jail: &JailName, plan: Plan, undo: Undo) -> Result<Outcome, Failed> {
+        let component = self.component(jail);
+        let refused_before = self.executor.refused_loads().clone();
+        let (mine, others): (Vec<Action>, Vec<Action>) =
+            plan.actions.iter().cloned().partition(|a| a.component() == component);
+        let mut outcome = self.apply(&mine, Bypass::Component(&component));
+        if let Some(failure) = outcome.anchor_failure(&component) {
+            // pf holds what it held, which is what the state says once undone.
+            self.executor.forget_anchor_failure(&component);
+            self.abort(undo);
+            return Err(Failed::Pf(failure));
+        }
+        if let Err(error) = self.save_jail(jail) {
+            // The states of rules about to be put back are wanted again.
+            self.executor.forget_kills(outcome.refused_kills.keys());
+            self.undo(undo);
+            let put_back = self.put_back(&component);
+            self.last = self.plan_current();
+            return Err(Failed::Persist { error, put_back });
+        }
+        outcome.merge(self.apply(&others, Bypass::None));
+        self.settle(plan, &refused_before);
+        Ok(outcome)
+    }
+
+    /// Loads the anchor `component` as the state says again, after pf took a change the disk
+    /// did not; says why pf did not take it back, if it did not.
+    fn put_back(&mut self, component: &str) -> Option<AnchorFailure> {
+        let plan = self.plan_current();
+        let mine: Vec<Action> = plan.actions.into_iter().filter(|a| a.component() == component).collect();
+        self.apply(&mine, Bypass::Component(component)).anchor_failure(component)
+    }
+
+    /// Undoes a change to the state in memory; what the rest of the plan would have done is
+    /// left to the next reconcile.
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Appended { len, next_seq } => {
+                self.state.publications.truncate(len);
+                self.state.next_seq = next_seq;
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Undoes a change that pf was not asked to make (or did not make), and plans again.
+    fn abort(&mut self, undo: Undo) {
+        self.undo(undo);
+        self.last = self.plan_current();
+    }
+
+    fn publication(&self, seq: u64) -> &Publication {
+        &self.state.publications.iter().find(|s| s.seq == seq).expect("stored").publication
+    }
+
+    /// Writes `jail`'s publications as the state has them.
+    fn save_jail(&self, jail: &JailName) -> anyhow::Result<()> {
+        let mine: Vec<&Stored> = self.stored_of(jail).collect();
+        self.store.save_jail(jail, &mine)
+    }
+
+    /// What became of the publication `seq`: where it is published, or why it is not.
+    fn describe(&self, seq: u64) -> String {
+        let p = self.publication(seq);
+        let st = &self.last.statuses[&seq];
+        match &st.status {
+            Status::Active => {
+                let on = match &p.spec.place {
+                    Place::Address(a) => format!("address {a}"),
+                    _ => {
+                        let i: Vec<String> = st.interfaces.iter().map(|i| i.to_string()).collect();
+                        i.join(", ")
+                    }
+                };
+                let to: Vec<String> =
+                    [st.targets.inet, st.targets.inet6].iter().flatten().map(IpAddr::to_string).collect();
+                format!("published {} {} on {on} -> {}", p.jail, p.spec, to.join(", "))
+            }
+            other => format!("stored {} {}: {}: {}", p.jail, p.spec, other.word(), other.reason().unwrap_or_default()),
+        }
+    }
+}
+
+/// The state kills pf refused for the `removed` publications of `jail`, for the answer.
+fn unkilled<'a>(outcome: &'a Outcome, removed: &[Publication], jail: &JailName) -> impl Iterator<Item = String> + 'a {
+    let labels: BTreeSet<String> = removed.iter().map(Publication::label).chain([jail.label()]).collect();
+    outcome.refused_kills.iter().filter(move |(l, _)| labels.contains(*l)).map(|(label, e)| {
+        format!("pf did not kill the states of {label} ({e}), so established connections still reach the jail")
+    })
+}
+
+/// Refuses a network that is not configured.
+fn configured(networks: &[Network], network: Option<&NetworkName>) -> Result<(), Refusal> {
+    let Some(n) = network else { return Ok(()) };
+    if networks.iter().any(|c| &c.name == n) {
+        return Ok(());
+    }
+    let names: Vec<String> = networks.iter().map(|c| c.name.to_string()).collect();
+    Err(Refusal::new(
+        RefusalKind::Invalid,
+        format!(
+            "network {n} is not configured (configured: {})",
+            if names.is_empty() { "none".into() } else { names.join(", ") }
+        ),
+    ))
+}
+
+/// Refuses a request whose publications repeat a spec or claim the same host port.
+fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
+    for (i, p) in new.iter().enumerate() {
+        if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
+            return Err(Refusal::new(RefusalKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
+        }
+        let mine = conflict::claims(p, None, gateways);
+        if let Some(q) = new[..i].iter().find(|q| conflict::collide(&mine, &conflict::claims(q, None, gateways))) {
+            return Err(Refusal::new(
+                RefusalKind::Conflict,
+                format!("{} and {} claim the same host port", q.spec, p.spec),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `jail` when another stored jail maps to the same anchor below `parent`.
+fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<(), Refusal> {
+    let component = jail.anchor_component(parent);
+    let other = publications
+        .iter()
+        .map(|s| &s.publication.jail)
+        .find(|j| *j != jail && (j.anchor_component(parent) == component || j.component() == jail.component()));
+    match other {
+        None => Ok(()),
+        Some(other) => Err(Refusal::new(
+            RefusalKind::Conflict,
+            format!("jail {jail} maps to the same anchor name ({component}) as jail {other}; rename one of them"),
+        )),
+    }
+}
+
+/// Splits `new` into the publications not stored yet and those stored as they are; refuses a
+/// spec stored with other options.
+fn split_known(
+    publications: &[Stored],
+    new: Vec<Publication>,
+) -> Result<(Vec<Publication>, Vec<Publication>), Refusal> {
+    let mut fresh = Vec::new();
+    let mut already = Vec::new();
+    for p in new {
+        match publications.iter().find(|s| s.publication.jail == p.jail && s.publication.spec == p.spec) {
+            Some(s) if s.publication == p => already.push(p),
+            Some(_) => {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "jail {} already publishes {} with other options; unpublish it first (kleenectl unpublish -j {} {})",
+                        p.jail, p.spec, p.jail, p.spec
+                    ),
+                ));
+            }
+            None => fresh.push(p),
+        }
+    }
+    Ok((fresh, already))
+}
+
+/// Refuses `more` publications for `jail` past either limit.
+fn within_limits(
+    publications: &[Stored],
+    jail: &JailName,
+    more: usize,
+    per_jail_max: usize,
+    total_max: usize,
+) -> Result<(), Refusal> {
+    let per_jail = publications.iter().filter(|s| &s.publication.jail == jail).count() + more;
+    if per_jail > per_jail_max {
+        return Err(Refusal::new(
+            RefusalKind::Limit,
+            format!("jail {jail} would have {per_jail} publications; max_publications_per_jail is {per_jail_max}"),
+        ));
+    }
+    let total = publications.len() + more;
+    if total > total_max {
+        return Err(Refusal::new(
+            RefusalKind::Limit,
+            format!("the agent would hold {total} publications; max_publications is {total_max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The seqs of `jail`'s publications that `removal` names; refuses a spec the jail does not
+/// publish, and a jail that publishes nothing.
+fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result<BTreeSet<u64>, Refusal> {
+    let mine = |s: &&Stored| &s.publication.jail == jail;
+    let seqs: BTreeSet<u64> = match removal {
+        Removal::All => publications.iter().filter(mine).map(|s| s.seq).collect(),
+        Removal::Specs(specs) if specs.is_empty() => return Err(Removal::missing()),
+        Removal::Specs(specs) => {
+            let mut seqs = BTreeSet::new();
+            let mut missing = Vec::new();
+            for spec in specs {
+                match publications.iter().filter(mine).find(|s| &s.publication.spec == spec) {
+                    Some(s) => {
+                        seqs.insert(s.seq);
+                    }
+                    None => missing.push(spec.to_string()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(Refusal::new(
+                    RefusalKind::NotFound,
+                    format!(
+                        "jail {jail} does not publish {}; nothing was changed (see kleenectl ls -j {jail})",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            seqs
+        }
+    };
+    if seqs.is_empty() {
+        return Err(Refusal::new(RefusalKind::NotFound, format!("jail {jail} publishes nothing; nothing was changed")));
+    }
+    Ok(seqs)
+}
