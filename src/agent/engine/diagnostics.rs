@@ -154,3 +154,64 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::agent::engine::testing::{Harness, PfOp, jail};
+
+    #[test]
+    fn a_healthy_host_is_all_ok() {
+        let h = Harness::new();
+        h.start();
+        let what: Vec<String> = h.engine().check().into_iter().map(|d| d.what).collect();
+        assert_eq!(what, ["agent", "pf device", "pf enabled", "main ruleset rdr-anchor", "main ruleset anchor"]);
+        assert!(h.problems().is_empty());
+    }
+
+    #[test]
+    fn a_main_ruleset_without_the_anchors_gets_the_line_to_add() {
+        let h = Harness::new();
+        h.pf().set_main("anchor \"kleene/*\" all\n");
+        h.start();
+        let problems = h.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].what, "main ruleset rdr-anchor");
+        assert_eq!(problems[0].detail, "has no rdr-anchor \"kleene/*\": rules in kleene/* are never evaluated");
+        assert_eq!(
+            problems[0].fix.as_deref(),
+            Some(
+                "add `rdr-anchor \"kleene/*\"` to the translation (after any nat/rdr rules) section of /etc/pf.conf, \
+                 then service pf reload"
+            )
+        );
+    }
+
+    #[test]
+    fn everything_pf_has_not_done_is_listed_with_the_next_try() {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        h.start();
+        h.publish("web", &["8080:80"]).unwrap();
+        h.publish("db", &["5432"]).unwrap();
+        h.pf().refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Invalid argument");
+        h.fakes.jails.set(vec![jail("db", 5, &["10.13.37.3"])]);
+        h.tick();
+        let problems: Vec<(String, String)> = h.problems().into_iter().map(|d| (d.what, d.detail)).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].0, "anchor kleene/db");
+        assert!(problems[0].1.starts_with("pf refused it: pfctl: DIOCADDRULENV: Invalid argument; retrying in"));
+        assert_eq!(problems[1].0, "anchor kleene/web");
+        assert!(problems[1].1.starts_with("pf did not flush it, so rules the agent no longer wants are loaded"));
+    }
+
+    #[test]
+    fn pf_not_answering_is_the_only_pf_finding() {
+        let h = Harness::new();
+        h.pf().refuse(PfOp::Show, "pfctl: /dev/pf: Permission denied");
+        let check = h.engine().check();
+        assert_eq!(check.len(), 2, "{check:?}");
+        assert_eq!((check[1].what.as_str(), check[1].detail.as_str()), ("pf", "pfctl: /dev/pf: Permission denied"));
+        assert!(check[1].fix.as_deref().unwrap().starts_with("load pf: kldload pf"));
+    }
+}

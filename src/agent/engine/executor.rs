@@ -487,3 +487,154 @@ fn ownership(pf: &dyn Pf, path: &str) -> Result<Ownership, String> {
         Ownership::Foreign
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{FakePf, PfOp};
+
+    const POLL: Duration = Duration::from_secs(1);
+
+    fn loaded(jail: &str, jid: u32, specs: &[&str]) -> Arc<Loaded> {
+        let text: String = specs
+            .iter()
+            .map(|s| format!("pass in quick on em0 all label \"kleene:{jail}:{s}\" label \"kleene/{jail}\"\n"))
+            .collect();
+        Arc::new(Loaded { jail: jail.parse().unwrap(), jid, text })
+    }
+
+    fn load(l: &Arc<Loaded>, kill_before: &[&str], kill_after: &[&str]) -> Action {
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        Action::Load {
+            component: l.jail.component(),
+            loaded: Arc::clone(l),
+            kill_before: labels(kill_before),
+            kill_after: labels(kill_after),
+        }
+    }
+
+    fn flush(component: &str, kill: Option<&[&str]>) -> Action {
+        Action::Flush { component: component.into(), kill: kill.map(|k| k.iter().map(|s| s.to_string()).collect()) }
+    }
+
+    #[test]
+    fn kills_before_a_load_come_first_and_kills_after_it_only_when_pf_took_it() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        let web = loaded("web", 4, &["8080:80/tcp"]);
+        let out = x.apply(&pf, &[load(&web, &["kleene/web"], &["kleene:web:8081:81/tcp"])], Bypass::None);
+        assert_eq!(pf.changes(), ["kill kleene/web", "load kleene/web", "kill kleene:web:8081:81/tcp"]);
+        assert_eq!(out.loaded, ["web".to_string()].into());
+        assert_eq!(out.killed.len(), 2);
+        assert!(x.loaded().contains_key("web"));
+
+        pf.clear_calls();
+        pf.refuse(PfOp::Load, "stdin:1: syntax error");
+        let out = x.apply(&pf, &[load(&loaded("web", 4, &[]), &[], &["kleene:web:8080:80/tcp"])], Bypass::None);
+        assert_eq!(pf.changes(), ["load kleene/web"], "no kill for rules pf still holds");
+        assert_eq!(out.anchor_failure("web"), Some(AnchorFailure::Load("stdin:1: syntax error".into())));
+        assert_eq!(x.loaded()["web"], web, "what pf holds is what it held");
+    }
+
+    #[test]
+    fn a_refused_load_is_returned_kept_and_backed_off_unless_bypassed() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        pf.refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let action = [load(&loaded("web", 3, &["8080:80/tcp"]), &[], &[])];
+        let out = x.apply(&pf, &action, Bypass::None);
+        assert_eq!(out.refused_loads["web"], "pfctl: DIOCADDRULENV: Device busy");
+        assert_eq!(x.refused_loads()["web"], "pfctl: DIOCADDRULENV: Device busy");
+        assert!(matches!(x.unfinished()[..], [Unfinished::Load { component: "web", retry: Some(_), .. }]));
+        assert!(!x.retries_due(false) && x.retries_due(true));
+
+        pf.clear_calls();
+        let out = x.apply(&pf, &action, Bypass::None);
+        assert!(pf.calls().is_empty() && out.waiting.contains("web"), "waits out its backoff");
+        x.apply(&pf, &action, Bypass::Component("other"));
+        assert!(pf.calls().is_empty());
+        x.apply(&pf, &action, Bypass::Component("web"));
+        assert_eq!(pf.changes(), ["load kleene/web"], "the request's own anchor is tried at once");
+
+        pf.allow(PfOp::Load);
+        let out = x.apply(&pf, &action, Bypass::All);
+        assert!(out.refused_loads.is_empty() && x.unfinished().is_empty());
+    }
+
+    #[test]
+    fn a_refused_kill_is_kept_shown_as_removing_and_retried_until_pf_does_it() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        let web = loaded("web", 3, &["8080:80/tcp", "8081:81/tcp"]);
+        x.apply(&pf, &[load(&web, &[], &[])], Bypass::None);
+        pf.refuse(PfOp::Kill, "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let out =
+            x.apply(&pf, &[load(&loaded("web", 3, &["8080:80/tcp"]), &[], &["kleene:web:8081:81/tcp"])], Bypass::None);
+        assert!(out.anchor_failure("web").is_none(), "the rules are gone");
+        assert_eq!(out.refused_kills["kleene:web:8081:81/tcp"], "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let gone = Publication::new("web".parse().unwrap(), "8081:81".parse().unwrap(), vec![], false, None);
+        x.mark_removing(gone.clone());
+        let kept = Publication::new("web".parse().unwrap(), "8080:80".parse().unwrap(), vec![], false, None);
+        x.mark_removing(kept);
+        let removing: Vec<&Publication> = x.removing().map(|(p, _)| p).collect();
+        assert_eq!(removing, [&gone], "only what pf has not finished");
+        assert!(matches!(x.unfinished()[..], [Unfinished::Kill { label: "kleene:web:8081:81/tcp", .. }]));
+
+        pf.clear_calls();
+        let out = x.retry_kills(&pf, false);
+        assert!(pf.calls().is_empty() && out.refused_kills.is_empty(), "not due yet");
+        let out = x.retry_kills(&pf, true);
+        assert_eq!(pf.changes(), ["kill kleene:web:8081:81/tcp"]);
+        assert!(out.refused_kills.contains_key("kleene:web:8081:81/tcp"), "still refused, and said so");
+        pf.allow(PfOp::Kill);
+        let out = x.retry_kills(&pf, true);
+        assert!(out.killed.contains("kleene:web:8081:81/tcp"));
+        assert!(x.unfinished().is_empty() && x.removing().next().is_none());
+    }
+
+    #[test]
+    fn an_anchor_it_did_not_load_is_flushed_only_when_its_rules_carry_its_labels() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        pf.set_anchor("kleene/old", &loaded("old", 9, &["8080:80/tcp"]).text);
+        pf.set_anchor("kleene/theirs", "rdr on em0 proto tcp to port 22 -> 10.0.0.1\npass in all label \"ssh\"\n");
+        let out = x.apply(&pf, &[flush("old", None), flush("theirs", None)], Bypass::None);
+        assert_eq!(pf.changes(), ["flush kleene/old", "kill kleene/old"], "one kill: the jail's label");
+        assert_eq!(out.flushed, ["old".to_string()].into());
+        assert_eq!(out.foreign, ["theirs".to_string()].into());
+        assert!(pf.anchor("kleene/theirs").is_some());
+
+        pf.clear_calls();
+        pf.refuse(PfOp::Show, "pfctl: DIOCGETRULES: Device busy");
+        pf.set_anchor("kleene/stale", "pass in all label \"kleene/stale\"\n");
+        let out = x.apply(&pf, &[flush("stale", None)], Bypass::None);
+        assert!(pf.changes().is_empty(), "not flushed unread");
+        assert_eq!(out.anchor_failure("stale"), Some(AnchorFailure::Read("pfctl: DIOCGETRULES: Device busy".into())));
+    }
+
+    #[test]
+    fn a_refused_flush_is_kept_and_reported_until_pf_flushes() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        x.apply(&pf, &[load(&loaded("web", 3, &["8080:80/tcp"]), &[], &[])], Bypass::None);
+        pf.refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        let out = x.apply(&pf, &[flush("web", Some(&["kleene/web"]))], Bypass::None);
+        assert_eq!(out.anchor_failure("web"), Some(AnchorFailure::Flush("pfctl: DIOCXBEGIN: Device busy".into())));
+        assert!(!pf.changes().contains(&"kill kleene/web".to_string()), "no kill while the rules are loaded");
+        assert!(matches!(x.anchor_unfinished("web"), Some(Unfinished::Flush { retry: Some(_), .. })));
+        pf.allow(PfOp::Flush);
+        let out = x.apply(&pf, &[flush("web", Some(&["kleene/web"]))], Bypass::All);
+        assert!(out.flushed.contains("web") && out.killed.contains("kleene/web"));
+        assert!(x.unfinished().is_empty() && x.loaded().is_empty());
+    }
+
+    #[test]
+    fn reparenting_flushes_below_the_old_parent_and_forgets_its_failures() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        x.apply(&pf, &[load(&loaded("web", 3, &["8080:80/tcp"]), &[], &[])], Bypass::None);
+        pf.refuse(PfOp::Load, "busy");
+        x.apply(&pf, &[load(&loaded("db", 4, &["5432/tcp"]), &[], &[])], Bypass::None);
+        pf.allow(PfOp::Load);
+        pf.clear_calls();
+        x.reparent(&pf, "rdr");
+        assert_eq!(pf.changes(), ["flush kleene/web", "kill kleene/web"]);
+        assert!(x.loaded().is_empty() && x.unfinished().is_empty());
+        x.apply(&pf, &[load(&loaded("web", 3, &["8080:80/tcp"]), &[], &[])], Bypass::None);
+        assert!(pf.anchor("rdr/web").is_some());
+    }
+}

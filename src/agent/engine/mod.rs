@@ -25,6 +25,8 @@ mod diagnostics;
 mod executor;
 mod observe;
 mod requests;
+#[cfg(test)]
+mod testing;
 mod verify;
 mod views;
 
@@ -364,4 +366,137 @@ pub fn reconcile(engine: &Mutex<Engine>, verify: bool) -> Answer {
     drop(e);
     vnet.wait_idle(deadline);
     lock(engine).reconcile_now(verify)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Harness, PfCall, PfOp, jail};
+    use crate::agent::api::RefusalKind;
+    use crate::core::model::Family;
+
+    /// An engine started with `web` running on 10.13.37.2 and publishing 8080:80.
+    fn web() -> Harness {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.start();
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
+        h.pf().clear_calls();
+        h
+    }
+
+    #[test]
+    fn start_loads_every_stored_anchor_and_flushes_those_of_ours_it_does_not_know() {
+        let h = web();
+        h.pf().set_anchor("kleene/old", "pass in quick on em0 all label \"kleene/old\"\n");
+        h.pf().set_anchor("kleene/theirs", "pass in quick on em0 all label \"mine\"\n");
+        let h = h.reopen();
+        h.start();
+        let mut changes = h.pf().changes();
+        changes.sort();
+        assert_eq!(changes, ["flush kleene/old", "kill kleene/old", "load kleene/web"]);
+        assert!(h.pf().anchor("kleene/theirs").is_some(), "someone else's rules are left alone");
+        let theirs = h.problems().into_iter().find(|d| d.what == "anchor kleene/theirs").expect("and reported");
+        assert!(theirs.detail.contains("did not write"), "{theirs:?}");
+    }
+
+    #[test]
+    fn an_idle_tick_only_observes() {
+        let h = web();
+        let routes = h.fakes.routes.calls().len();
+        h.tick();
+        assert_eq!(h.pf().calls(), [PfCall::Anchors("kleene".into())]);
+        assert_eq!(h.fakes.routes.calls().len(), routes + 2, "one route per family");
+    }
+
+    #[test]
+    fn a_jail_restarting_with_a_new_address_is_reloaded_after_its_old_states_are_killed() {
+        let h = web();
+        h.fakes.jails.set(vec![jail("web", 4, &["10.13.37.9"])]);
+        h.tick();
+        assert_eq!(h.pf().changes(), ["kill kleene/web", "load kleene/web"], "the old incarnation's label first");
+        assert!(h.pf().anchor("kleene/web").unwrap().contains("-> 10.13.37.9 port 80"));
+        let (standing, _) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(standing, "active");
+    }
+
+    #[test]
+    fn a_jail_stopping_is_flushed_and_its_states_killed() {
+        let h = web();
+        h.fakes.jails.set(vec![]);
+        h.tick();
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web"]);
+        assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "pending");
+    }
+
+    #[test]
+    fn the_gateway_moving_reloads_the_gateway_publications() {
+        let h = web();
+        h.fakes.routes.set(Family::Inet, Some("em1"));
+        h.tick();
+        assert_eq!(h.pf().changes(), ["load kleene/web"], "same labels: nothing to kill");
+        let anchor = h.pf().anchor("kleene/web").unwrap();
+        assert!(anchor.contains("rdr on em1 ") && !anchor.contains("em0"), "{anchor}");
+        let ls = h.list();
+        assert_eq!(ls[0].interfaces, ["em1".parse().unwrap()]);
+        h.fakes.routes.set(Family::Inet, None);
+        h.tick();
+        assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "error", "no gateway, no rules");
+        assert!(h.pf().anchor("kleene/web").is_none());
+    }
+
+    #[test]
+    fn a_reconfigure_that_changes_the_parent_flushes_the_old_anchors_and_loads_the_new_ones() {
+        let h = web();
+        let mut cfg = h.engine().config().clone();
+        cfg.anchor = "rdr".into();
+        h.fakes.pf.set_main("rdr-anchor \"rdr/*\" all\nanchor \"rdr/*\" all\n");
+        h.engine().reconfigure(cfg, h.fakes.system());
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web", "load rdr/web"]);
+        assert!(h.pf().anchor("kleene/web").is_none());
+        let rules = h.engine().rules(None);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].anchor, "rdr/web");
+        assert!(h.problems().is_empty(), "{:?}", h.problems());
+    }
+
+    #[test]
+    fn drift_found_by_reading_back_is_repaired() {
+        let h = Harness::with(|c| c.verify_interval_ms = c.poll_interval_ms);
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.start();
+        h.publish("web", &["8080:80"]).unwrap();
+        let loaded = h.pf().anchor("kleene/web").unwrap();
+        h.pf().set_anchor("kleene/web", "pass in all\n");
+        h.pf().clear_calls();
+        h.tick();
+        assert_eq!(h.pf().changes(), ["load kleene/web"]);
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), loaded);
+    }
+
+    #[test]
+    fn reconcile_tries_at_once_and_says_what_pf_still_refuses() {
+        let h = web();
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Operation not supported by device");
+        h.fakes.jails.set(vec![jail("web", 4, &["10.13.37.9"])]);
+        h.tick();
+        let (standing, reason) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(standing, "error");
+        assert!(reason.unwrap().contains("Operation not supported by device; retrying in"));
+        let refused = h.reconcile().unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert!(refused.message.contains("pf refused anchor kleene/web: pfctl: DIOCADDRULENV"), "{refused:?}");
+        h.pf().allow(PfOp::Load);
+        assert_eq!(h.reconcile().unwrap(), "reconciled: 1 anchors loaded");
+        assert!(h.pf().anchor("kleene/web").unwrap().contains("-> 10.13.37.9 port 80"));
+    }
+
+    #[test]
+    fn a_failing_jls_changes_nothing_in_pf() {
+        let h = web();
+        h.fakes.jails.refuse(Some("jls: cannot allocate memory"));
+        h.tick();
+        assert!(h.pf().changes().is_empty(), "not taken as every jail stopping");
+        let jails = h.problems().into_iter().find(|d| d.what == "jails").expect("reported");
+        assert!(jails.detail.contains("cannot allocate memory"), "{jails:?}");
+    }
 }

@@ -317,3 +317,110 @@ fn read_gateways(routes: &dyn Routes) -> [Result<Option<InterfaceName>, SysError
         [v4, v6.join().expect("observation threads do not panic")]
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{Fakes, PfOp, jail, jail_info};
+    use std::sync::mpsc;
+
+    const REFRESH: Duration = Duration::from_secs(60);
+
+    fn observer(fakes: &Fakes) -> Observer {
+        let (wake, _) = mpsc::channel();
+        Observer::new(VnetAddrs::new(Arc::new(fakes.ifaces.clone()), REFRESH, wake), REFRESH)
+    }
+
+    fn names(o: &Observer) -> Vec<String> {
+        o.observed().jails.iter().map(|j| j.name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_failing_jls_keeps_the_jails_it_saw_and_says_why() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2", "fd00::2"])]);
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]));
+        f.jails.refuse(Some("jls: sysctl: Cannot allocate memory"));
+        assert!(!o.observe(&f.system(), "kleene"), "nothing changed");
+        assert_eq!(names(&o), ["web"], "not every jail stopped");
+        assert!(o.problems()[&Source::Jls].contains("Cannot allocate memory"));
+        f.jails.refuse(None);
+        f.jails.set(vec![]);
+        assert!(o.observe(&f.system(), "kleene"));
+        assert!(names(&o).is_empty() && o.problems().is_empty());
+    }
+
+    #[test]
+    fn a_moved_gateway_is_a_change_and_an_unreadable_one_is_kept() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().gateways.inet, Some("em0".parse().unwrap()));
+        f.routes.set(Family::Inet, Some("em1"));
+        f.routes.set(Family::Inet6, Some("em1"));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().gateways.inet6, Some("em1".parse().unwrap()));
+        f.routes.refuse(Family::Inet, Some("route: writing to routing socket: Device busy"));
+        assert!(!o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().gateways.inet, Some("em1".parse().unwrap()), "the last one read");
+        assert!(o.problems()[&Source::Route(Family::Inet)].contains("keeping the last one read"));
+    }
+
+    #[test]
+    fn anchors_are_the_parents_children_and_unknown_while_pf_fails() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        for a in ["kleene/web", "other/db"] {
+            f.pf.set_anchor(a, "pass in all\n");
+        }
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().anchors, Some(["web".to_string()].into()));
+        let done = Outcome {
+            loaded: ["db".to_string()].into(),
+            flushed: ["web".to_string()].into(),
+            foreign: ["web".to_string()].into(),
+            ..Outcome::default()
+        };
+        o.absorb(&done);
+        assert_eq!(o.observed().anchors, Some(["db".to_string()].into()));
+        assert!(o.observed().foreign.contains("web"));
+        f.pf.refuse(PfOp::Anchors, "pfctl: /dev/pf: No such file or directory");
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().anchors, None);
+        assert_eq!(o.pf_problem(), Some("pf is not usable: pfctl: /dev/pf: No such file or directory"));
+        assert!(o.observed().foreign.contains("web"), "kept until pf answers again");
+    }
+
+    #[test]
+    fn a_request_reads_only_its_jail() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        o.observe(&f.system(), "kleene");
+        f.jails.set(vec![jail("web", 5, &["10.13.37.9"])]);
+        assert!(o.observe_jail(&f.system(), &"web".parse().unwrap()));
+        assert_eq!(f.jails.calls(), [None, Some("web".parse().unwrap())]);
+        assert_eq!(names(&o), ["web", "db"], "db is re-read by the next poll, not by this request");
+        assert_eq!(o.observed().jails[0].jid, 5);
+        assert!(o.observe_jail(&f.system(), &"db".parse().unwrap()));
+        assert_eq!(names(&o), ["web"]);
+    }
+
+    #[test]
+    fn a_vnet_jails_addresses_are_pending_until_read_in_the_background() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail_info("client", 7, &[], true)]);
+        f.ifaces.set_jail(7, &["10.13.37.5"]);
+        o.observe(&f.system(), "kleene");
+        assert!(o.vnet_pending(None) && o.vnet_pending(Some(&"client".parse().unwrap())));
+        assert!(!o.vnet_pending(Some(&"web".parse().unwrap())));
+        assert!(o.vnet().wait_idle(Instant::now() + Duration::from_secs(10)));
+        assert!(o.refresh_vnet());
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.5".parse().unwrap()]));
+        assert!(f.ifaces.calls().contains(&None), "the host's own addresses were read too");
+        assert!(!o.refresh_vnet(), "nothing new");
+    }
+}

@@ -391,3 +391,176 @@ fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result
     }
     Ok(seqs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{Harness, PfOp, jail};
+
+    /// An engine started with `web` running on 10.13.37.2.
+    fn running_web() -> Harness {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.start();
+        h
+    }
+
+    fn publication(jail: &str, spec: &str) -> Publication {
+        Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None)
+    }
+
+    fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
+        Stored { seq, publication: publication(jail, spec) }
+    }
+
+    #[test]
+    fn a_publish_pf_refuses_stores_nothing_and_says_why() {
+        let h = running_web();
+        h.pf().refuse(PfOp::Load, "stdin:1: syntax error");
+        let refused = h.publish("web", &["8080:80"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "pf refused the rules for jail web, so nothing was published: stdin:1: syntax error\n\
+             Check that pf is loaded and pfctl works (kleenectl check)."
+        );
+        assert!(h.list().is_empty() && h.stored("web").is_none());
+        assert!(h.problems().is_empty(), "nothing left to retry: {:?}", h.problems());
+        h.pf().allow(PfOp::Load);
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
+        assert!(h.stored("web").unwrap().contains("spec: 8080:80/tcp"));
+    }
+
+    #[test]
+    fn a_publish_the_disk_refuses_after_pf_took_it_puts_pf_back() {
+        let h = running_web();
+        h.publish("web", &["8080:80"]).unwrap();
+        let before = h.pf().anchor("kleene/web").unwrap();
+        h.break_state_file("web");
+        h.pf().clear_calls();
+        let refused = h.publish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert!(
+            refused.message.contains("cannot write state file") && refused.message.ends_with("; nothing was published")
+        );
+        assert_eq!(
+            h.pf().changes(),
+            ["load kleene/web", "load kleene/web", "kill kleene:web:8081:81/tcp"],
+            "pf took the new rules, then the old ones back"
+        );
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), before);
+        let specs: Vec<String> = h.list().iter().map(|s| s.publication.spec.to_string()).collect();
+        assert_eq!(specs, ["8080:80/tcp"]);
+    }
+
+    #[test]
+    fn the_first_publication_of_a_jail_the_disk_refuses_is_flushed_again() {
+        let h = running_web();
+        h.break_state_file("web");
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap_err().kind, RefusalKind::Internal);
+        assert_eq!(h.pf().changes(), ["load kleene/web", "flush kleene/web", "kill kleene/web"]);
+        assert!(h.pf().anchor("kleene/web").is_none() && h.list().is_empty());
+    }
+
+    #[test]
+    fn a_publish_that_would_take_a_held_port_is_refused_before_pf_is_asked() {
+        let h = running_web();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        h.publish("web", &["8080:80"]).unwrap();
+        h.pf().clear_calls();
+        let refused = h.publish("db", &["8080:5432"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Conflict);
+        assert!(refused.message.contains("already published by jail web as 8080:80/tcp"), "{refused:?}");
+        assert!(h.pf().changes().is_empty() && h.stored("db").is_none());
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "web 8080:80/tcp: already published, nothing changed");
+    }
+
+    #[test]
+    fn a_stopped_jail_is_published_as_pending_without_pf() {
+        let h = Harness::new();
+        h.start();
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "stored web 8080:80/tcp: pending: jail web is not running");
+        assert!(h.pf().changes().is_empty() && h.stored("web").is_some());
+    }
+
+    #[test]
+    fn unpublish_reloads_the_rest_kills_the_removed_states_and_stores() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        h.pf().clear_calls();
+        assert_eq!(h.unpublish("web", &["8081:81"]).unwrap(), "unpublished web 8081:81/tcp");
+        assert_eq!(h.pf().changes(), ["load kleene/web", "kill kleene:web:8081:81/tcp"]);
+        assert!(!h.stored("web").unwrap().contains("8081"));
+        assert_eq!(h.unpublish("web", &[]).unwrap(), "unpublished web 8080:80/tcp");
+        assert!(h.pf().anchor("kleene/web").is_none() && h.stored("web").is_none());
+        let nothing = h.unpublish("web", &[]).unwrap_err();
+        assert_eq!(
+            (nothing.kind, nothing.message.as_str()),
+            (RefusalKind::NotFound, "jail web publishes nothing; nothing was changed")
+        );
+    }
+
+    #[test]
+    fn a_kill_pf_refuses_after_unpublish_is_said_kept_and_shown_as_removing() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        h.pf().refuse(PfOp::Kill, "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "unpublished web 8081:81/tcp (the publications are removed from the state), but pf did not complete \
+             the change: pf did not kill the states of kleene:web:8081:81/tcp (pfctl: DIOCKILLSTATES: Operation not \
+             permitted), so established connections still reach the jail; the agent retries with backoff until pf \
+             does (kleenectl check, kleenectl ls)"
+        );
+        assert!(!h.pf().anchor("kleene/web").unwrap().contains("8081"), "the rules are gone");
+        assert!(!h.stored("web").unwrap().contains("8081"), "and so is the publication");
+        let (standing, reason) = h.standing("web", "8081:81/tcp").expect("ls shows what is left to do");
+        assert_eq!(standing, "removing");
+        assert!(reason.unwrap().contains("Operation not permitted; retrying in"));
+        let check = h.problems();
+        assert_eq!(check.len(), 1, "{check:?}");
+        assert_eq!(check[0].what, "states of kleene:web:8081:81/tcp");
+
+        h.pf().allow(PfOp::Kill);
+        assert_eq!(h.reconcile().unwrap(), "reconciled: 1 anchors loaded");
+        assert!(h.standing("web", "8081:81/tcp").is_none() && h.problems().is_empty());
+    }
+
+    #[test]
+    fn a_request_must_not_repeat_a_spec_nor_claim_a_port_twice() {
+        let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: None };
+        let twice = [publication("web", "8080:80"), publication("web", "8080:80/tcp")];
+        let e = apart(&twice, &gateways).unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (RefusalKind::Invalid, "8080:80/tcp is given twice (as 8080:80/tcp)"));
+        let overlap = [publication("web", "8000-8010:9000"), publication("web", "em0:8005:80")];
+        let e = apart(&overlap, &gateways).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Conflict);
+        assert!(apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways).is_ok());
+    }
+
+    #[test]
+    fn stored_publications_decide_what_is_new_what_is_known_and_what_is_refused() {
+        let state = [stored(1, "web", "8080:80"), stored(2, "db", "5432")];
+        let (fresh, already) =
+            split_known(&state, vec![publication("web", "8080:80"), publication("web", "8081:81")]).unwrap();
+        assert_eq!((fresh.len(), already.len()), (1, 1));
+        let logged = Publication { log: true, ..publication("web", "8080:80") };
+        assert_eq!(split_known(&state, vec![logged]).unwrap_err().kind, RefusalKind::Conflict);
+        let web: JailName = "web".parse().unwrap();
+        assert!(within_limits(&state, &web, 1, 2, 3).is_ok());
+        assert_eq!(within_limits(&state, &web, 2, 2, 9).unwrap_err().kind, RefusalKind::Limit);
+        assert_eq!(within_limits(&state, &web, 2, 9, 3).unwrap_err().kind, RefusalKind::Limit);
+        assert!(own_anchor(&state, &web, "kleene").is_ok());
+        let specs = Removal::Specs(vec!["8080:80".parse().unwrap(), "9999".parse().unwrap()]);
+        let e = chosen(&state, &web, &specs).unwrap_err();
+        assert_eq!(e.message, "jail web does not publish 9999:9999/tcp; nothing was changed (see kleenectl ls -j web)");
+        assert_eq!(chosen(&state, &web, &Removal::All).unwrap(), [1].into());
+        assert_eq!(chosen(&state, &web, &Removal::Specs(vec![])).unwrap_err(), Removal::missing());
+        assert_eq!(
+            configured(&[], Some(&"kleenet".parse().unwrap())).unwrap_err().message,
+            "network kleenet is not configured (configured: none)"
+        );
+    }
+}

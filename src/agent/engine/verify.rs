@@ -69,3 +69,60 @@ impl Verifier {
         stale
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{FakePf, PfOp};
+
+    fn loaded(pf: &FakePf, components: &[&str]) -> BTreeMap<String, Arc<Loaded>> {
+        components
+            .iter()
+            .map(|c| {
+                let text = format!("rdr on em0 inet proto tcp from any to (em0) port 8080 -> 10.13.37.2 port 80\npass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene/{c}\"\n");
+                pf.set_anchor(&format!("kleene/{c}"), &text);
+                (c.to_string(), Arc::new(Loaded { jail: c.parse().unwrap(), jid: 1, text }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_anchor_is_read_once_per_interval_spread_over_the_polls() {
+        let mut v = Verifier::default();
+        let per_poll: Vec<usize> = (0..12).map(|_| v.share(10, 1000, 6000)).collect();
+        assert_eq!(per_poll.iter().sum::<usize>(), 20, "ten anchors, twice in twelve polls");
+        assert!(per_poll.iter().all(|n| (1..=2).contains(n)), "spread: {per_poll:?}");
+        let mut v = Verifier::default();
+        let few: usize = (0..60).map(|_| v.share(1, 1000, 60_000)).sum();
+        assert_eq!(few, 1, "one anchor, once a minute");
+    }
+
+    #[test]
+    fn reading_back_goes_round_robin_and_finds_what_changed_or_went() {
+        let pf = FakePf::default();
+        let all = loaded(&pf, &["a", "b", "c"]);
+        let mut v = Verifier::default();
+        assert!(v.verify(&pf, "kleene", &all, Some(2)).is_empty());
+        pf.clear_calls();
+        v.verify(&pf, "kleene", &all, Some(2));
+        let read: Vec<String> = pf
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::agent::engine::testing::PfCall::Show(Some(a), Show::Nat) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(read, ["kleene/c", "kleene/a"], "where the last round stopped");
+
+        // pfctl prints `port = 8080`: the same rules, by content.
+        let b = pf.anchor("kleene/b").unwrap().replace("port 8080", "port = 8080");
+        pf.set_anchor("kleene/b", &b);
+        assert!(v.verify(&pf, "kleene", &all, None).is_empty());
+        pf.set_anchor("kleene/b", "pass in all\n");
+        pf.set_anchor("kleene/c", "");
+        assert_eq!(v.verify(&pf, "kleene", &all, None), ["b".to_string(), "c".to_string()].into());
+        pf.refuse(PfOp::Show, "pfctl: DIOCGETRULES: Device busy");
+        assert_eq!(v.verify(&pf, "kleene", &all, None).len(), 3, "unreadable: loaded again");
+    }
+}

@@ -93,3 +93,74 @@ fn standing(status: Status) -> (Standing, Option<String>) {
         Status::Error(r) => (Standing::Error, Some(r)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::agent::api::Standing;
+    use crate::agent::engine::testing::{Harness, PfOp, jail};
+
+    #[test]
+    fn ls_goes_by_jail_and_spec_and_says_why_a_publication_is_not_active() {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2", "fd00::2"])]);
+        h.start();
+        h.publish("web", &["8081:81", "em1:8080:80"]).unwrap();
+        h.publish("db", &["5432"]).unwrap();
+        let ls = h.list();
+        let rows: Vec<(String, String, Standing)> =
+            ls.iter().map(|s| (s.publication.jail.to_string(), s.publication.spec.to_string(), s.standing)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("db".into(), "5432:5432/tcp".into(), Standing::Pending),
+                ("web".into(), "8081:81/tcp".into(), Standing::Active),
+                ("web".into(), "em1:8080:80/tcp".into(), Standing::Active),
+            ]
+        );
+        assert_eq!(ls[0].reason.as_deref(), Some("jail db is not running"));
+        assert_eq!(ls[1].reason, None);
+        assert_eq!(ls[2].interfaces, ["em1".parse().unwrap()]);
+        assert_eq!(ls[2].targets.inet, Some("10.13.37.2".parse().unwrap()));
+        assert_eq!(ls[2].targets.inet6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(h.engine().list(Some(&"db".parse().unwrap())).len(), 1);
+    }
+
+    #[test]
+    fn pf_unusable_or_failing_shows_on_the_publications() {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.start();
+        h.publish("web", &["8080:80"]).unwrap();
+        h.pf().refuse(PfOp::Anchors, "pfctl: /dev/pf: No such file or directory");
+        h.tick();
+        let (standing, reason) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(
+            (standing, reason.as_deref()),
+            ("error", Some("pf is not usable: pfctl: /dev/pf: No such file or directory"))
+        );
+
+        h.pf().allow(PfOp::Anchors);
+        h.pf().refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        h.fakes.jails.set(vec![]);
+        h.tick();
+        let (standing, reason) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(standing, "error");
+        let reason = reason.unwrap();
+        assert!(reason.starts_with("jail web is not running; pf did not flush the jail's anchor (pfctl: DIOCXBEGIN: Device busy); retrying in"), "{reason}");
+    }
+
+    #[test]
+    fn rules_are_what_the_agent_loaded() {
+        let h = Harness::new();
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        h.start();
+        h.publish("web", &["8080:80"]).unwrap();
+        h.publish("db", &["5432"]).unwrap();
+        let all = h.engine().rules(None);
+        let anchors: Vec<&str> = all.iter().map(|a| a.anchor.as_str()).collect();
+        assert_eq!(anchors, ["kleene/db", "kleene/web"]);
+        let web = h.engine().rules(Some(&"web".parse().unwrap()));
+        assert_eq!(web.len(), 1);
+        assert_eq!(Some(&web[0].text), h.pf().anchor("kleene/web").as_ref());
+    }
+}
