@@ -266,7 +266,9 @@ impl Executor {
             Ok(()) => {
                 log::info(&format!("loaded anchor {path} (jail {}, jid {})", loaded.jail, loaded.jid));
                 self.loaded.insert(component.to_string(), Arc::clone(loaded));
+                // The anchor holds these rules now, whatever pf refused to do with it before.
                 self.refused_loads.remove(component);
+                self.refused_flushes.remove(component);
                 self.retries.remove(component);
                 out.loaded.insert(component.to_string());
                 true
@@ -621,6 +623,18 @@ mod tests {
         let out = x.apply(&pf, &[flush("web", Some(&["kleene/web"]))], Bypass::All);
         assert!(out.flushed.contains("web") && out.killed.contains("kleene/web"));
         assert!(x.unfinished().is_empty() && x.loaded().is_empty());
+    }
+
+    #[test]
+    fn a_load_pf_takes_supersedes_a_flush_it_refused() {
+        let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
+        x.apply(&pf, &[load(&loaded("web", 3, &["8080:80/tcp"]), &[], &[])], Bypass::None);
+        pf.refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        x.apply(&pf, &[flush("web", Some(&["kleene/web"]))], Bypass::None);
+        // The jail is back before pf flushed its anchor: its new rules replace the old ones.
+        let out = x.apply(&pf, &[load(&loaded("web", 4, &["8080:80/tcp"]), &["kleene/web"], &[])], Bypass::All);
+        assert!(out.loaded.contains("web"));
+        assert!(x.unfinished().is_empty(), "nothing left to flush: {:?}", x.unfinished());
     }
 
     #[test]
