@@ -201,6 +201,32 @@ fn a_failed_state_kill_is_reported_kept_and_retried() {
     assert_eq!(h.ctl(&["check"]).code, 0);
 }
 
+#[test]
+fn an_unpublish_pf_refuses_removes_nothing() {
+    let h = Host::new();
+    h.set_jails(json!([Host::jail("web", 3, &["10.13.37.2"])]));
+    let _a = h.start_agent();
+    assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80", "8081:81"]).code, 0);
+    let stored = h.root().join("db/publications/web.yml");
+    h.pf_switch("refuse", Some("pfctl: DIOCADDRULENV: Device busy\n"));
+    let out = h.ctl(&["unpublish", "-j", "web", "8081:81"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("pf refused the rules for jail web, so nothing was unpublished"), "{out:?}");
+    assert!(out.stderr.contains("Device busy"), "pfctl's message is shown: {out:?}");
+    assert!(h.anchor("web").unwrap().contains("8081"), "pf keeps the old rules");
+    assert!(std::fs::read_to_string(&stored).unwrap().contains("8081"), "and the disk the old state");
+    assert_eq!(h.ls().len(), 2);
+    h.pf_switch("refuse", None);
+    h.pf_switch("refuse-flush", Some("pfctl: DIOCXBEGIN: Device busy\n"));
+    let out = h.ctl(&["unpublish", "-j", "web", "--all"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("pf did not flush the anchor of jail web, so nothing was unpublished"), "{out:?}");
+    assert!(stored.exists() && h.anchor("web").is_some());
+    h.pf_switch("refuse-flush", None);
+    assert_eq!(h.ctl(&["unpublish", "-j", "web", "--all"]).code, 0);
+    assert!(h.anchor("web").is_none() && !stored.exists() && h.ls().is_empty());
+}
+
 fn state_of_spec(h: &Host, spec: &str) -> Option<Value> {
     h.ls().into_iter().find(|v| v["spec"] == spec)
 }

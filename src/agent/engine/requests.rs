@@ -2,7 +2,25 @@
 //! domain answers.
 //!
 //! Each is checked first against the configuration and the stored publications (pure checks
-//! below, which change nothing), then applied as one transaction over pf and the state on disk.
+//! below, which change nothing), then applied as one transaction over pf and the state on disk,
+//! in one order for both (`Engine::commit`):
+//!
+//! 1. pf first: the jail's anchor is loaded (or flushed) as the new state says. When pf does not
+//!    take it (a refused load or flush, an anchor it cannot show), nothing is written, the state
+//!    in memory is undone and the request is refused as `Pf`: pf holds what it held, which is
+//!    what the disk says.
+//! 2. Then the disk: the jail's state file is replaced atomically. When that fails, the jail's
+//!    anchor is put back as the stored state says and the request is refused as `Internal`
+//!    (saying so if pf would not take it back either: the executor then retries).
+//! 3. Only then the rest of the plan (other jails' anchors that a new observation changed).
+//!
+//! A crash between 1 and 2 leaves the old state on disk, and the agent loads every anchor from
+//! the stored state when it starts (and flushes anchors of its own that the state does not
+//! know), so pf returns to the old state too. Either way pf and the disk end up both old or both
+//! new, and the answer says which. One thing is not undone: a state kill pf refuses after the
+//! rules are gone (an unpublish's removed publications, a restarted jail's old label). The
+//! rules are what publishes a port; the answer says which states remain, and the executor kills
+//! them later.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -23,6 +41,8 @@ use super::executor::{AnchorFailure, Bypass, Outcome};
 enum Undo {
     /// Publications were appended: truncate to `len`, and hand out `next_seq` again.
     Appended { len: usize, next_seq: u64 },
+    /// These publications were taken out: put them back.
+    Removed(Vec<Stored>),
 }
 
 /// Why a change was not made.
@@ -122,30 +142,22 @@ impl Engine {
     }
 
     /// `kleenectl unpublish`: removes the request's publications, or every one of the jail's.
+    /// A state kill pf refuses once the rules are gone does not undo it: the answer says
+    /// which states remain, `ls` shows them as `removing`, and the executor retries the kill.
     pub fn unpublish(&mut self, request: &UnpublishRequest) -> Answer {
         let jail = &request.jail;
         let remove = chosen(&self.state.publications, jail, &request.removal)?;
-        let removed: Vec<Publication> =
-            self.state.publications.iter().filter(|s| remove.contains(&s.seq)).map(|s| s.publication.clone()).collect();
-        let remaining: Vec<&Stored> = self.stored_of(jail).filter(|s| !remove.contains(&s.seq)).collect();
-        self.store
-            .save_jail(jail, &remaining)
-            .map_err(|e| Refusal::new(RefusalKind::Internal, format!("{e:#}; nothing was unpublished")))?;
-        self.state.publications.retain(|s| !remove.contains(&s.seq));
-        self.dirty = true;
         self.observe_jail(jail);
-        let component = self.component(jail);
-        let outcome = self.reconcile_with(Bypass::Component(&component));
+        let (removed, kept): (Vec<Stored>, Vec<Stored>) =
+            std::mem::take(&mut self.state.publications).into_iter().partition(|s| remove.contains(&s.seq));
+        self.state.publications = kept;
+        let plan = self.plan_current();
+        let outcome =
+            self.commit(jail, plan, Undo::Removed(removed.clone())).map_err(|f| f.refusal(jail, "unpublished"))?;
+        let removed: Vec<Publication> = removed.into_iter().map(|s| s.publication).collect();
         let specs: Vec<String> = removed.iter().map(|p| p.spec.to_string()).collect();
         let msg = format!("unpublished {jail} {}", specs.join(", "));
-        let mut left: Vec<String> = Vec::new();
-        if let Some(e) = outcome.refused_loads.get(&component) {
-            left.push(format!("pf refused the jail's new rules ({e}), so the old ones are still loaded"));
-        }
-        if let Some(e) = outcome.refused_flushes.get(&component) {
-            left.push(format!("pf did not flush the jail's anchor ({e}), so its rules are still loaded"));
-        }
-        left.extend(unkilled(&outcome, &removed, jail));
+        let left: Vec<String> = unkilled(&outcome, &removed, jail).collect();
         for p in removed {
             self.executor.mark_removing(p);
         }
@@ -163,8 +175,8 @@ impl Engine {
     }
 
     /// Applies the candidate state (already in `self.state`) for `jail`: pf first, then the
-    /// disk (see the module documentation of `engine`). On failure the state in memory is
-    /// undone with `undo`, and pf holds what the state on disk says.
+    /// disk, then the rest of the plan (see the module documentation). On failure the state in
+    /// memory is undone with `undo`, and pf holds what the state on disk says.
     fn commit(&mut self, jail: &JailName, plan: Plan, undo: Undo) -> Result<Outcome, Failed> {
         let component = self.component(jail);
         let refused_before = self.executor.refused_loads().clone();
@@ -205,6 +217,10 @@ impl Engine {
             Undo::Appended { len, next_seq } => {
                 self.state.publications.truncate(len);
                 self.state.next_seq = next_seq;
+            }
+            Undo::Removed(removed) => {
+                self.state.publications.extend(removed);
+                self.state.publications.sort_by_key(|s| s.seq);
             }
         }
         self.dirty = true;
@@ -498,6 +514,73 @@ mod tests {
             (nothing.kind, nothing.message.as_str()),
             (RefusalKind::NotFound, "jail web publishes nothing; nothing was changed")
         );
+    }
+
+    #[test]
+    fn an_unpublish_pf_refuses_removes_nothing() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        let (anchor, stored) = (h.pf().anchor("kleene/web"), h.stored("web"));
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "pf refused the rules for jail web, so nothing was unpublished: pfctl: DIOCADDRULENV: Device busy\n\
+             Check that pf is loaded and pfctl works (kleenectl check)."
+        );
+        assert_eq!((h.pf().anchor("kleene/web"), h.stored("web")), (anchor.clone(), stored.clone()));
+        assert_eq!(h.list().len(), 2);
+        assert!(h.list().iter().all(|s| s.standing.word() == "active"), "{:?}", h.list());
+
+        h.pf().allow(PfOp::Load);
+        h.pf().refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert!(refused.message.starts_with("pf did not flush the anchor of jail web, so nothing was unpublished"));
+        assert_eq!((h.pf().anchor("kleene/web"), h.stored("web")), (anchor, stored));
+        assert!(h.problems().is_empty(), "nothing to retry: the state wants the rules: {:?}", h.problems());
+        h.tick();
+        assert_eq!(h.list().len(), 2, "and the next poll agrees");
+
+        h.pf().allow(PfOp::Flush);
+        assert_eq!(h.unpublish("web", &[]).unwrap(), "unpublished web 8080:80/tcp, 8081:81/tcp");
+        assert!(h.pf().anchor("kleene/web").is_none() && h.stored("web").is_none() && h.list().is_empty());
+    }
+
+    #[test]
+    fn an_unpublish_the_disk_refuses_after_pf_took_it_puts_the_rules_back() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        let anchor = h.pf().anchor("kleene/web").unwrap();
+        h.break_state_file("web");
+        h.pf().clear_calls();
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert!(refused.message.ends_with("; nothing was unpublished"), "{refused:?}");
+        assert_eq!(h.pf().changes(), ["load kleene/web", "kill kleene:web:8081:81/tcp", "load kleene/web"]);
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), anchor, "the old rules are back");
+        assert_eq!(h.list().len(), 2);
+
+        h.pf().clear_calls();
+        h.pf().refuse(PfOp::Kill, "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web", "load kleene/web"]);
+        assert!(h.problems().is_empty(), "no kill is kept for rules that are back: {:?}", h.problems());
+
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert!(
+            refused.message.contains(
+                "; nothing was unpublished; putting pf back failed too (pf refused the rules for jail web: pfctl: \
+                 DIOCADDRULENV: Device busy): the agent retries"
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(h.list().len(), 2, "the stored state is what the agent keeps applying");
+        h.pf().allow(PfOp::Load);
+        h.reconcile().unwrap();
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), anchor);
     }
 
     #[test]
