@@ -8,6 +8,10 @@
 //!
 //! Each admitted connection has its own thread, a read deadline and a size limit, so a slow or
 //! silent client stalls nobody; connections beyond `max_connections` get an error reply at once.
+//!
+//! This is the one place where the protocol meets the engine: the request's strings become the
+//! engine's typed requests here (an invalid value is refused with its parser's message before
+//! the engine is asked), and the engine's answers become protocol responses here.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::FileTypeExt as _;
@@ -348,4 +352,85 @@ fn anchor_view(a: LoadedAnchor) -> AnchorView {
 
 fn finding(d: Diagnostic) -> Finding {
     Finding { ok: d.ok, what: d.what, detail: d.detail, fix: d.fix }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::publication::Publication;
+    use crate::core::render::Targets;
+
+    fn strings(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn wire_strings_become_requests_and_a_bad_one_is_invalid_with_its_parsers_message() {
+        let r = publish_request("web", &strings(&["8080:80"]), &strings(&["192.0.2.0/24"]), true, Some("kleenet"));
+        let r = r.unwrap();
+        assert_eq!((r.jail.as_str(), r.specs[0].to_string().as_str(), r.log), ("web", "8080:80/tcp", true));
+        assert_eq!(r.network.unwrap().as_str(), "kleenet");
+
+        let jail = "we b".parse::<JailName>().unwrap_err().to_string();
+        let spec = PortSpec::parse("80800").unwrap_err().to_string();
+        let cidr = "192.0.2.1/24".parse::<Cidr>().unwrap_err().to_string();
+        for (refused, message) in [
+            (publish_request("we b", &strings(&["8080"]), &[], false, None).map(drop), jail.clone()),
+            (publish_request("web", &strings(&["80800"]), &[], false, None).map(drop), spec.clone()),
+            (publish_request("web", &strings(&["8080"]), &strings(&["192.0.2.1/24"]), false, None).map(drop), cidr),
+            (unpublish_request("web", &strings(&["80800"]), false).map(drop), spec),
+        ] {
+            assert_eq!(refused.unwrap_err(), Refusal::new(RefusalKind::Invalid, message));
+        }
+        assert_eq!(jail_filter(Some("we b")).unwrap_err().message, jail);
+        assert_eq!(jail_filter(None).unwrap(), None);
+    }
+
+    #[test]
+    fn unpublish_takes_specs_or_all_but_not_both() {
+        let all = unpublish_request("web", &[], true).unwrap();
+        assert_eq!(all.removal, Removal::All);
+        let some = unpublish_request("web", &strings(&["8080"]), false).unwrap();
+        assert_eq!(some.removal, Removal::Specs(vec!["8080".parse().unwrap()]));
+        assert_eq!(unpublish_request("web", &[], false).unwrap_err(), Removal::missing());
+        assert_eq!(unpublish_request("web", &strings(&["8080"]), true).unwrap_err(), Removal::missing());
+    }
+
+    #[test]
+    fn answers_become_responses_with_the_refusals_kind() {
+        let ok = answer(Ok("published".into()));
+        assert!(ok.ok && ok.error.is_none() && ok.message == "published");
+        for (kind, wire) in [
+            (RefusalKind::Invalid, ErrorKind::Invalid),
+            (RefusalKind::Conflict, ErrorKind::Conflict),
+            (RefusalKind::NotFound, ErrorKind::NotFound),
+            (RefusalKind::Pf, ErrorKind::Pf),
+            (RefusalKind::Limit, ErrorKind::Limit),
+            (RefusalKind::Internal, ErrorKind::Internal),
+        ] {
+            let r = answer(Err(Refusal::new(kind, "why")));
+            assert!(!r.ok && r.error == Some(wire) && r.message == "why");
+        }
+    }
+
+    #[test]
+    fn a_publication_state_is_shown_as_ls_prints_it() {
+        let spec = "192.0.2.10:8000-8010:9000/udp".parse().unwrap();
+        let publication = Publication::new("web".parse().unwrap(), spec, vec![], false, None);
+        let state = PublicationState {
+            publication,
+            standing: super::super::api::Standing::Error,
+            reason: Some("pf refused the anchor".into()),
+            interfaces: vec![],
+            targets: Targets { inet: Some("10.13.37.2".parse().unwrap()), inet6: None },
+        };
+        let v = publication_view(&state);
+        assert_eq!(v.spec, "192.0.2.10:8000-8010:9000-9010/udp");
+        assert_eq!(
+            (v.protocol.as_str(), v.host_ports.as_str(), v.jail_ports.as_str()),
+            ("udp", "8000-8010", "9000-9010")
+        );
+        assert_eq!((v.address.as_deref(), v.ipv4.as_deref(), v.ipv6), (Some("192.0.2.10"), Some("10.13.37.2"), None));
+        assert_eq!((v.state.as_str(), v.reason.as_deref()), ("error", Some("pf refused the anchor")));
+    }
 }
