@@ -188,9 +188,7 @@ mod tests {
 
     #[test]
     fn everything_pf_has_not_done_is_listed_with_the_next_try() {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
-        h.start();
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
         h.publish("web", &["8080:80"]).unwrap();
         h.publish("db", &["5432"]).unwrap();
         h.pf().refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");

@@ -18,6 +18,7 @@ use crate::core::plan::{Action, Loaded};
 use crate::core::publication::Publication;
 use crate::core::readback;
 use crate::sys::pf::{Pf, Show};
+use crate::sys::runner::CmdError;
 
 use super::super::log;
 use super::anchor_path;
@@ -81,6 +82,13 @@ impl Bypass<'_> {
             Bypass::Component(c) => *c == component,
         }
     }
+}
+
+/// An operation on a whole anchor that pf may refuse.
+#[derive(Debug, Clone, Copy)]
+enum AnchorOp {
+    Load,
+    Flush,
 }
 
 /// Whose rules an anchor holds.
@@ -274,12 +282,7 @@ impl Executor {
                 true
             }
             Err(e) => {
-                let retry = Retry::failed(self.retries.get(component), e.message(), self.poll);
-                if self.refused_loads.get(component) != Some(&e.message()) {
-                    log::warn(&format!("pf refused anchor {path}: {e} ({})", retry.when()));
-                }
-                self.refused_loads.insert(component.to_string(), e.message());
-                self.retries.insert(component.to_string(), retry);
+                self.refused(AnchorOp::Load, component, &e);
                 out.refused_loads.insert(component.to_string(), e.message());
                 false
             }
@@ -325,15 +328,26 @@ impl Executor {
                 self.kill(pf, &labels, jail.as_ref(), out);
             }
             Err(e) => {
-                let retry = Retry::failed(self.retries.get(component), e.message(), self.poll);
-                if self.refused_flushes.get(component) != Some(&e.message()) {
-                    log::warn(&format!("cannot flush anchor {path}: {e} ({})", retry.when()));
-                }
-                self.refused_flushes.insert(component.to_string(), e.message());
-                self.retries.insert(component.to_string(), retry);
+                self.refused(AnchorOp::Flush, component, &e);
                 out.refused_flushes.insert(component.to_string(), e.message());
             }
         }
+    }
+
+    /// Keeps a load or flush of the anchor `component` that pf refused, with its next try; logs
+    /// it unless pf said the same last time.
+    fn refused(&mut self, op: AnchorOp, component: &str, e: &CmdError) {
+        let path = self.path(component);
+        let retry = Retry::failed(self.retries.get(component), e.message(), self.poll);
+        let (refused, what) = match op {
+            AnchorOp::Load => (&mut self.refused_loads, "pf refused anchor"),
+            AnchorOp::Flush => (&mut self.refused_flushes, "cannot flush anchor"),
+        };
+        if refused.get(component) != Some(&e.message()) {
+            log::warn(&format!("{what} {path}: {e} ({})", retry.when()));
+        }
+        refused.insert(component.to_string(), e.message());
+        self.retries.insert(component.to_string(), retry);
     }
 
     /// Kills the states of `labels` (of `jail`'s rules); a kill pf refuses is kept and retried.

@@ -378,9 +378,7 @@ mod tests {
 
     /// An engine started with `web` running on 10.13.37.2 and publishing 8080:80.
     fn web() -> Harness {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
-        h.start();
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"])]);
         assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
         h.pf().clear_calls();
         h

@@ -415,10 +415,7 @@ mod tests {
 
     /// An engine started with `web` running on 10.13.37.2.
     fn running_web() -> Harness {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
-        h.start();
-        h
+        Harness::running(vec![jail("web", 3, &["10.13.37.2"])])
     }
 
     fn publication(jail: &str, spec: &str) -> Publication {
@@ -480,8 +477,7 @@ mod tests {
 
     #[test]
     fn a_publish_that_would_take_a_held_port_is_refused_before_pf_is_asked() {
-        let h = running_web();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
         h.publish("web", &["8080:80"]).unwrap();
         h.pf().clear_calls();
         let refused = h.publish("db", &["8080:5432"]).unwrap_err();

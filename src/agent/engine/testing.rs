@@ -386,6 +386,14 @@ impl Harness {
         Harness::with(|_| {})
     }
 
+    /// As [`Harness::new`], with `jails` running, started.
+    pub fn running(jails: Vec<JailInfo>) -> Harness {
+        let h = Harness::new();
+        h.fakes.jails.set(jails);
+        h.start();
+        h
+    }
+
     /// As [`Harness::new`], with the configuration `edit` makes of it.
     pub fn with(edit: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("a temporary directory");

@@ -101,9 +101,7 @@ mod tests {
 
     #[test]
     fn ls_goes_by_jail_and_spec_and_says_why_a_publication_is_not_active() {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2", "fd00::2"])]);
-        h.start();
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2", "fd00::2"])]);
         h.publish("web", &["8081:81", "em1:8080:80"]).unwrap();
         h.publish("db", &["5432"]).unwrap();
         let ls = h.list();
@@ -127,9 +125,7 @@ mod tests {
 
     #[test]
     fn pf_unusable_or_failing_shows_on_the_publications() {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
-        h.start();
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"])]);
         h.publish("web", &["8080:80"]).unwrap();
         h.pf().refuse(PfOp::Anchors, "pfctl: /dev/pf: No such file or directory");
         h.tick();
@@ -151,9 +147,7 @@ mod tests {
 
     #[test]
     fn rules_are_what_the_agent_loaded() {
-        let h = Harness::new();
-        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
-        h.start();
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
         h.publish("web", &["8080:80"]).unwrap();
         h.publish("db", &["5432"]).unwrap();
         let all = h.engine().rules(None);
