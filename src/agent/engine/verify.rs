@@ -79,7 +79,10 @@ mod tests {
         components
             .iter()
             .map(|c| {
-                let text = format!("rdr on em0 inet proto tcp from any to (em0) port 8080 -> 10.13.37.2 port 80\npass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene/{c}\"\n");
+                let text = format!(
+                    "rdr on em0 inet proto tcp from any to (em0) port 8080 -> 10.13.37.2 port 80\n\
+                     pass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene/{c}\"\n"
+                );
                 pf.set_anchor(&format!("kleene/{c}"), &text);
                 (c.to_string(), Arc::new(Loaded { jail: c.parse().unwrap(), jid: 1, text }))
             })
