@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Host;
+use common::{Agent, Host};
 use serde_json::{Value, json};
 
 /// A VNET jail whose host-side `ifconfig -j` misbehaves as `mode` says (see the fake).
@@ -177,12 +177,18 @@ fn a_vnet_jail_that_changes_its_address_is_followed() {
     h.wait_for("the new address", || h.anchor("client").is_some_and(|a| a.contains("-> 10.13.37.6 port 80")));
 }
 
-#[test]
-fn a_failed_state_kill_is_reported_kept_and_retried() {
+/// A host whose jail web publishes 8080:80 and 8081:81 through a running agent.
+fn web_publishing_two() -> (Host, Agent) {
     let h = Host::new();
     h.set_jails(json!([Host::jail("web", 3, &["10.13.37.2"])]));
-    let _a = h.start_agent();
+    let a = h.start_agent();
     assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80", "8081:81"]).code, 0);
+    (h, a)
+}
+
+#[test]
+fn a_failed_state_kill_is_reported_kept_and_retried() {
+    let (h, _a) = web_publishing_two();
     h.pf_switch("refuse-kill", Some("pfctl: DIOCKILLSTATES: Operation not permitted\n"));
     let out = h.ctl(&["unpublish", "-j", "web", "8081:81"]);
     assert_eq!(out.code, 1, "not reported as done: {out:?}");
@@ -199,6 +205,29 @@ fn a_failed_state_kill_is_reported_kept_and_retried() {
     h.wait_for("the kill is retried until it succeeds", || h.killed().contains(&"kleene:web:8081:81/tcp".into()));
     h.wait_for("and ls forgets it", || state_of_spec(&h, "8081:81/tcp").is_none());
     assert_eq!(h.ctl(&["check"]).code, 0);
+}
+
+#[test]
+fn an_unpublish_pf_refuses_removes_nothing() {
+    let (h, _a) = web_publishing_two();
+    let stored = h.root().join("db/publications/web.yml");
+    h.pf_switch("refuse", Some("pfctl: DIOCADDRULENV: Device busy\n"));
+    let out = h.ctl(&["unpublish", "-j", "web", "8081:81"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("pf refused the rules for jail web, so nothing was unpublished"), "{out:?}");
+    assert!(out.stderr.contains("Device busy"), "pfctl's message is shown: {out:?}");
+    assert!(h.anchor("web").unwrap().contains("8081"), "pf keeps the old rules");
+    assert!(std::fs::read_to_string(&stored).unwrap().contains("8081"), "and the disk the old state");
+    assert_eq!(h.ls().len(), 2);
+    h.pf_switch("refuse", None);
+    h.pf_switch("refuse-flush", Some("pfctl: DIOCXBEGIN: Device busy\n"));
+    let out = h.ctl(&["unpublish", "-j", "web", "--all"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("pf did not flush the anchor of jail web, so nothing was unpublished"), "{out:?}");
+    assert!(stored.exists() && h.anchor("web").is_some());
+    h.pf_switch("refuse-flush", None);
+    assert_eq!(h.ctl(&["unpublish", "-j", "web", "--all"]).code, 0);
+    assert!(h.anchor("web").is_none() && !stored.exists() && h.ls().is_empty());
 }
 
 fn state_of_spec(h: &Host, spec: &str) -> Option<Value> {

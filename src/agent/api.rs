@@ -27,6 +27,13 @@ pub enum Removal {
     All,
 }
 
+impl Removal {
+    /// The refusal of an unpublish request that names no spec, or both specs and `--all`.
+    pub fn missing() -> Refusal {
+        Refusal::new(RefusalKind::Invalid, "give the specs to unpublish, or --all")
+    }
+}
+
 /// `kleenectl unpublish`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpublishRequest {

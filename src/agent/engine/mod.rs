@@ -1,0 +1,502 @@
+//! The agent's engine: keeps pf in step with the desired publications and the jails' lives,
+//! and answers requests. One engine per agent, behind a mutex: requests and ticks are
+//! serialised, and so are pfctl calls. VNET jails' addresses are read on worker threads
+//! (`vnet`), outside this lock.
+//!
+//! Its parts, one job each:
+//!
+//! - `observe`: what the host looks like (jails, gateways, pf's anchors, host and VNET
+//!   addresses), and which source could not be read;
+//! - the planner, `core::plan`, fed here with the state, the observation and what was loaded;
+//! - `executor`: applies the plan's actions to pf and returns every failure; keeps what pf has
+//!   not done yet (backoff per anchor, pending state kills, refused flushes);
+//! - `verify`: reads loaded anchors back, a share per poll;
+//! - `requests`: publish and unpublish, as transactions over pf and the state on disk, in one
+//!   order: pf first, then the disk (a refusal by pf changes nothing; a failed write puts pf
+//!   back; a crash in between leaves the old state on disk, which start-up loads again);
+//! - `views` and `diagnostics`: `ls`, `rules` and `check`.
+//!
+//! This module owns them and runs the cycle: start, tick, reconfigure, reconcile. Answers are
+//! domain values (`agent::api`); the server alone turns them into protocol responses.
+//!
+//! Nothing is reported as done that pf did not do: a load, flush or state kill that pfctl
+//! refuses is kept, retried with exponential backoff per anchor (and per label), shown by
+//! `ls` and `check`, and said in the answer to the request that caused it.
+
+mod diagnostics;
+mod executor;
+mod observe;
+mod requests;
+#[cfg(test)]
+mod testing;
+mod verify;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::core::model::JailName;
+use crate::core::plan::{self, Plan, RenderCache, Settings, Stored};
+use crate::sys::host::{IfconfigTool, Interfaces, JailTools, Jails, RouteTool, Routes};
+use crate::sys::pf::{Pf, Pfctl};
+use crate::sys::runner::Limits;
+
+use super::api::{Answer, PublishRequest, Refusal, RefusalKind};
+use super::config::Config;
+use super::log;
+use super::state::{State, Store};
+use super::vnet::VnetAddrs;
+use executor::{Bypass, Executor, Outcome, Unfinished};
+use observe::Observer;
+use verify::Verifier;
+
+/// The most pfctl and jls may print: an anchor of 1,024 dual-stack publications prints about
+/// 600 KB, jls about 120 bytes per jail.
+const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+/// The most route may print (a dozen lines).
+const MAX_ROUTE_OUTPUT: usize = 64 * 1024;
+/// The most `ifconfig -j JID -a` may print: a jail's root can add addresses at will; 256 KiB
+/// holds about 4,000 of them.
+const MAX_JAIL_IFCONFIG_OUTPUT: usize = 256 * 1024;
+
+/// The FreeBSD interfaces the engine drives.
+pub struct System {
+    pub pf: Box<dyn Pf>,
+    pub jails: Box<dyn Jails>,
+    pub routes: Box<dyn Routes>,
+    pub ifaces: Arc<dyn Interfaces>,
+}
+
+impl System {
+    /// The real tools at the configured paths, each bounded by `tool_timeout_ms` and an output cap.
+    pub fn from_config(cfg: &Config) -> System {
+        let timeout = Duration::from_millis(cfg.tool_timeout_ms);
+        let limits = |max_output| Limits { timeout, max_output };
+        System {
+            pf: Box::new(Pfctl { path: cfg.tools.pfctl.clone(), limits: limits(MAX_OUTPUT) }),
+            jails: Box::new(JailTools { jls: cfg.tools.jls.clone(), limits: limits(MAX_OUTPUT) }),
+            routes: Box::new(RouteTool { route: cfg.tools.route.clone(), limits: limits(MAX_ROUTE_OUTPUT) }),
+            ifaces: Arc::new(IfconfigTool {
+                ifconfig: cfg.tools.ifconfig.clone(),
+                limits: limits(MAX_OUTPUT),
+                jail_limits: limits(MAX_JAIL_IFCONFIG_OUTPUT),
+            }),
+        }
+    }
+}
+
+/// The path of the anchor `component` below `parent` (`kleene/web`).
+fn anchor_path(parent: &str, component: &str) -> String {
+    format!("{parent}/{component}")
+}
+
+/// See the module documentation.
+pub struct Engine {
+    cfg: Config,
+    sys: System,
+    store: Store,
+    state: State,
+    observer: Observer,
+    executor: Executor,
+    verifier: Verifier,
+    cache: RenderCache,
+    /// Whether something changed since the last plan (state, observation, configuration).
+    dirty: bool,
+    /// Components to load although the agent believes pf holds them (start-up, verification).
+    force: BTreeSet<String>,
+    /// The last plan: the statuses `ls` shows.
+    last: Plan,
+}
+
+impl Engine {
+    /// Opens the state and prepares; nothing is observed or loaded until [`Engine::start`].
+    /// `wake` is told when a background read finished (see [`Engine::refresh_vnet`]).
+    pub fn new(cfg: Config, sys: System, wake: Sender<()>) -> anyhow::Result<Engine> {
+        let (store, state) = Store::open(&cfg.state_dir)?;
+        let refresh = Duration::from_millis(cfg.vnet_refresh_ms);
+        let vnet = VnetAddrs::new(Arc::clone(&sys.ifaces), refresh, wake);
+        Ok(Engine {
+            observer: Observer::new(vnet, refresh),
+            executor: Executor::new(&cfg.anchor, Duration::from_millis(cfg.poll_interval_ms)),
+            verifier: Verifier::default(),
+            cfg,
+            sys,
+            store,
+            state,
+            cache: RenderCache::default(),
+            dirty: true,
+            force: BTreeSet::new(),
+            last: Plan::default(),
+        })
+    }
+
+    /// The background reader of VNET jails' addresses (requests wait on it without the lock).
+    pub fn vnet(&self) -> Arc<VnetAddrs> {
+        Arc::clone(self.observer.vnet())
+    }
+
+    /// How long a request may wait for background reads: one tool deadline and a margin.
+    pub fn read_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.cfg.tool_timeout_ms) + Duration::from_millis(500)
+    }
+
+    fn component(&self, jail: &JailName) -> String {
+        jail.anchor_component(&self.cfg.anchor)
+    }
+
+    fn anchor_path(&self, component: &str) -> String {
+        anchor_path(&self.cfg.anchor, component)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Replaces the configuration (SIGHUP). The socket and state directory stay as they were
+    /// at start; every anchor is loaded again under the new settings, and when the parent
+    /// anchor changed, the anchors below the old one are flushed first.
+    pub fn reconfigure(&mut self, mut cfg: Config, sys: System) {
+        if cfg.socket != self.cfg.socket || cfg.state_dir != self.cfg.state_dir {
+            log::warn("socket and state_dir changes take effect only when the agent restarts");
+            cfg.socket = self.cfg.socket.clone();
+            cfg.state_dir = self.cfg.state_dir.clone();
+        }
+        if cfg.anchor != self.cfg.anchor {
+            // With the tools that loaded them.
+            self.executor.reparent(&*self.sys.pf, &cfg.anchor);
+            self.observer.forget_anchors();
+        }
+        self.observer.reconfigure(&sys, Duration::from_millis(cfg.vnet_refresh_ms));
+        self.executor.set_poll(Duration::from_millis(cfg.poll_interval_ms));
+        self.cfg = cfg;
+        self.sys = sys;
+        self.dirty = true;
+        self.start();
+    }
+
+    /// Start-up: observe, then load every running jail's anchor once (pf may have been emptied
+    /// by a reboot, and what an earlier process loaded cannot be trusted) and flush anchors the
+    /// state does not know.
+    pub fn start(&mut self) {
+        self.observe();
+        self.force = self.state.publications.iter().map(|s| self.component(&s.publication.jail)).collect();
+        self.reconcile_with(Bypass::All);
+    }
+
+    /// Reads jails, gateways and the anchors pf holds. A source that fails keeps its previous
+    /// observation (a failing jls must not look like every jail stopped).
+    pub fn observe(&mut self) {
+        self.dirty |= self.observer.observe(&self.sys, &self.cfg.anchor);
+    }
+
+    /// What a request that changes one jail observes: that jail and the default routes.
+    pub fn observe_jail(&mut self, name: &JailName) {
+        self.dirty |= self.observer.observe_jail(&self.sys, name);
+    }
+
+    /// Takes in what background reads of VNET jails' addresses found since the last
+    /// observation; no process is run. Returns whether anything changed.
+    pub fn refresh_vnet(&mut self) -> bool {
+        let changed = self.observer.refresh_vnet();
+        self.dirty |= changed;
+        changed
+    }
+
+    /// Whether any running VNET jail's addresses are still being read for the first time, or
+    /// `jail`'s when given.
+    pub fn vnet_pending(&self, jail: Option<&JailName>) -> bool {
+        self.observer.vnet_pending(jail)
+    }
+
+    fn plan_current(&mut self) -> Plan {
+        let settings = Settings { networks: &self.cfg.networks, anchor: &self.cfg.anchor };
+        plan::plan(
+            &self.state.publications,
+            self.observer.observed(),
+            self.executor.loaded(),
+            &settings,
+            &self.force,
+            self.executor.refused_loads(),
+            &mut self.cache,
+        )
+    }
+
+    /// Applies `actions` to pf, and takes in what pf was seen doing.
+    fn apply(&mut self, actions: &[plan::Action], bypass: Bypass) -> Outcome {
+        let outcome = self.executor.apply(&*self.sys.pf, actions, bypass);
+        self.observer.absorb(&outcome);
+        outcome
+    }
+
+    /// Plans against the current observation and applies the actions whose anchors are not
+    /// waiting out a backoff, then retries the state kills that are due.
+    pub fn reconcile(&mut self) {
+        self.reconcile_with(Bypass::None);
+    }
+
+    /// As [`Engine::reconcile`], trying the anchors `bypass` covers although they wait out a
+    /// backoff (all of them, and every pending state kill, for [`Bypass::All`]).
+    fn reconcile_with(&mut self, bypass: Bypass) -> Outcome {
+        let now = matches!(bypass, Bypass::All);
+        if !self.dirty && self.force.is_empty() && !self.executor.retries_due(now) {
+            return Outcome::default();
+        }
+        let plan = self.plan_current();
+        let before = self.executor.refused_loads().clone();
+        let mut outcome = self.apply(&plan.actions, bypass);
+        outcome.merge(self.executor.retry_kills(&*self.sys.pf, now));
+        self.settle(plan, &before);
+        outcome
+    }
+
+    /// After a plan was applied: forgets failures that became moot, and keeps the plan's
+    /// statuses (planned again when pf refused something new, so that they say so).
+    fn settle(&mut self, plan: Plan, refused_before: &BTreeMap<String, String>) {
+        let observed = self.observer.observed().anchors.as_ref();
+        self.executor.forget_moot(|c| plan.wanted.contains_key(c) || observed.is_none_or(|a| a.contains(c)));
+        self.force.clear();
+        self.dirty = false;
+        self.last = if self.executor.refused_loads() != refused_before { self.plan_current() } else { plan };
+    }
+
+    /// One poll tick: observe, verify a share of the loaded anchors, reconcile.
+    pub fn tick(&mut self) {
+        self.observe();
+        let n =
+            self.verifier.share(self.executor.loaded().len(), self.cfg.poll_interval_ms, self.cfg.verify_interval_ms);
+        if n > 0 {
+            self.verify(Some(n));
+        }
+        self.reconcile();
+    }
+
+    /// Reads back `count` loaded anchors (all of them for `None`) and marks those that differ
+    /// from what was loaded for reloading.
+    fn verify(&mut self, count: Option<usize>) {
+        if self.observer.observed().anchors.is_none() {
+            return;
+        }
+        let stale = self.verifier.verify(&*self.sys.pf, &self.cfg.anchor, self.executor.loaded(), count);
+        self.force.extend(stale);
+    }
+
+    /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
+    /// VNET jail's addresses and the host's again. The caller then waits for the reads without
+    /// the engine's lock and calls [`Engine::reconcile_now`].
+    pub fn begin_reconcile(&mut self) {
+        self.dirty |= self.observer.observe_all_again(&self.sys, &self.cfg.anchor);
+    }
+
+    /// `kleenectl reconcile [--verify]`, after [`Engine::begin_reconcile`]: applies everything
+    /// now, backoffs ignored, and says what pf did not do.
+    pub fn reconcile_now(&mut self, verify: bool) -> Answer {
+        self.refresh_vnet();
+        if verify {
+            self.verify(None);
+        }
+        self.dirty = true;
+        self.reconcile_with(Bypass::All);
+        let left: Vec<String> = self
+            .executor
+            .unfinished()
+            .into_iter()
+            .map(|u| match u {
+                Unfinished::Load { component, error, .. } => {
+                    format!("pf refused anchor {}: {error}", self.anchor_path(component))
+                }
+                Unfinished::Flush { component, error, .. } => {
+                    format!("pf did not flush anchor {}: {error}", self.anchor_path(component))
+                }
+                Unfinished::Kill { label, retry } => {
+                    format!("pf did not kill the states of label {label}: {}", retry.error)
+                }
+            })
+            .collect();
+        if left.is_empty() {
+            return Ok(format!("reconciled: {} anchors loaded", self.executor.loaded().len()));
+        }
+        Err(Refusal::new(
+            RefusalKind::Pf,
+            format!(
+                "reconciled, but not all of it: {}; the agent retries with backoff (kleenectl check)",
+                left.join("; ")
+            ),
+        ))
+    }
+
+    /// Flushes every anchor the agent loaded (on exit with `flush_on_exit`).
+    pub fn flush_all(&mut self) {
+        let outcome = self.executor.flush_all(&*self.sys.pf);
+        self.observer.absorb(&outcome);
+    }
+
+    /// The publications of `jail` as stored.
+    fn stored_of<'a>(&'a self, jail: &'a JailName) -> impl Iterator<Item = &'a Stored> + 'a {
+        self.state.publications.iter().filter(move |s| &s.publication.jail == jail)
+    }
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `kleenectl publish`, as the server runs it: observes the jail, and when it is a VNET jail
+/// whose addresses are being read, waits for that read (at most one tool deadline) without
+/// holding the engine's lock, so that nobody else waits for it.
+pub fn publish(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
+    let mut e = lock(engine);
+    e.observe_jail(&request.jail);
+    if e.vnet_pending(Some(&request.jail)) {
+        let (vnet, deadline) = (e.vnet(), e.read_deadline());
+        drop(e);
+        vnet.wait_idle(deadline);
+        e = lock(engine);
+        e.refresh_vnet();
+    }
+    e.publish(request)
+}
+
+/// `kleenectl reconcile`, as the server runs it: observes everything and reads every VNET jail's
+/// addresses again, waiting for those reads (at most one tool deadline) without the engine's
+/// lock, then applies everything.
+pub fn reconcile(engine: &Mutex<Engine>, verify: bool) -> Answer {
+    let mut e = lock(engine);
+    e.begin_reconcile();
+    let (vnet, deadline) = (e.vnet(), e.read_deadline());
+    drop(e);
+    vnet.wait_idle(deadline);
+    lock(engine).reconcile_now(verify)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Harness, PfCall, PfOp, jail};
+    use crate::agent::api::RefusalKind;
+    use crate::core::model::Family;
+
+    /// An engine started with `web` running on 10.13.37.2 and publishing 8080:80.
+    fn web() -> Harness {
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"])]);
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
+        h.pf().clear_calls();
+        h
+    }
+
+    #[test]
+    fn start_loads_every_stored_anchor_and_flushes_those_of_ours_it_does_not_know() {
+        let h = web();
+        h.pf().set_anchor("kleene/old", "pass in quick on em0 all label \"kleene/old\"\n");
+        h.pf().set_anchor("kleene/theirs", "pass in quick on em0 all label \"mine\"\n");
+        let h = h.reopen();
+        h.start();
+        let mut changes = h.pf().changes();
+        changes.sort();
+        assert_eq!(changes, ["flush kleene/old", "kill kleene/old", "load kleene/web"]);
+        assert!(h.pf().anchor("kleene/theirs").is_some(), "someone else's rules are left alone");
+        let theirs = h.problems().into_iter().find(|d| d.what == "anchor kleene/theirs").expect("and reported");
+        assert!(theirs.detail.contains("did not write"), "{theirs:?}");
+    }
+
+    #[test]
+    fn an_idle_tick_only_observes() {
+        let h = web();
+        let routes = h.fakes.routes.calls().len();
+        h.tick();
+        assert_eq!(h.pf().calls(), [PfCall::Anchors("kleene".into())]);
+        assert_eq!(h.fakes.routes.calls().len(), routes + 2, "one route per family");
+    }
+
+    #[test]
+    fn a_jail_restarting_with_a_new_address_is_reloaded_after_its_old_states_are_killed() {
+        let h = web();
+        h.fakes.jails.set(vec![jail("web", 4, &["10.13.37.9"])]);
+        h.tick();
+        assert_eq!(h.pf().changes(), ["kill kleene/web", "load kleene/web"], "the old incarnation's label first");
+        assert!(h.pf().anchor("kleene/web").unwrap().contains("-> 10.13.37.9 port 80"));
+        let (standing, _) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(standing, "active");
+    }
+
+    #[test]
+    fn a_jail_stopping_is_flushed_and_its_states_killed() {
+        let h = web();
+        h.fakes.jails.set(vec![]);
+        h.tick();
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web"]);
+        assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "pending");
+    }
+
+    #[test]
+    fn the_gateway_moving_reloads_the_gateway_publications() {
+        let h = web();
+        h.fakes.routes.set(Family::Inet, Some("em1"));
+        h.tick();
+        assert_eq!(h.pf().changes(), ["load kleene/web"], "same labels: nothing to kill");
+        let anchor = h.pf().anchor("kleene/web").unwrap();
+        assert!(anchor.contains("rdr on em1 ") && !anchor.contains("em0"), "{anchor}");
+        let ls = h.list();
+        assert_eq!(ls[0].interfaces, ["em1".parse().unwrap()]);
+        h.fakes.routes.set(Family::Inet, None);
+        h.tick();
+        assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "error", "no gateway, no rules");
+        assert!(h.pf().anchor("kleene/web").is_none());
+    }
+
+    #[test]
+    fn a_reconfigure_that_changes_the_parent_flushes_the_old_anchors_and_loads_the_new_ones() {
+        let h = web();
+        let mut cfg = h.engine().config().clone();
+        cfg.anchor = "rdr".into();
+        h.fakes.pf.set_main("rdr-anchor \"rdr/*\" all\nanchor \"rdr/*\" all\n");
+        h.engine().reconfigure(cfg, h.fakes.system());
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web", "load rdr/web"]);
+        assert!(h.pf().anchor("kleene/web").is_none());
+        let rules = h.engine().rules(None);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].anchor, "rdr/web");
+        assert!(h.problems().is_empty(), "{:?}", h.problems());
+    }
+
+    #[test]
+    fn drift_found_by_reading_back_is_repaired() {
+        let h = Harness::with(|c| c.verify_interval_ms = c.poll_interval_ms);
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.start();
+        h.publish("web", &["8080:80"]).unwrap();
+        let loaded = h.pf().anchor("kleene/web").unwrap();
+        h.pf().set_anchor("kleene/web", "pass in all\n");
+        h.pf().clear_calls();
+        h.tick();
+        assert_eq!(h.pf().changes(), ["load kleene/web"]);
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), loaded);
+    }
+
+    #[test]
+    fn reconcile_tries_at_once_and_says_what_pf_still_refuses() {
+        let h = web();
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Operation not supported by device");
+        h.fakes.jails.set(vec![jail("web", 4, &["10.13.37.9"])]);
+        h.tick();
+        let (standing, reason) = h.standing("web", "8080:80/tcp").unwrap();
+        assert_eq!(standing, "error");
+        assert!(reason.unwrap().contains("Operation not supported by device; retrying in"));
+        let refused = h.reconcile().unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert!(refused.message.contains("pf refused anchor kleene/web: pfctl: DIOCADDRULENV"), "{refused:?}");
+        h.pf().allow(PfOp::Load);
+        assert_eq!(h.reconcile().unwrap(), "reconciled: 1 anchors loaded");
+        assert!(h.pf().anchor("kleene/web").unwrap().contains("-> 10.13.37.9 port 80"));
+    }
+
+    #[test]
+    fn a_failing_jls_changes_nothing_in_pf() {
+        let h = web();
+        h.fakes.jails.refuse(Some("jls: cannot allocate memory"));
+        h.tick();
+        assert!(h.pf().changes().is_empty(), "not taken as every jail stopping");
+        let jails = h.problems().into_iter().find(|d| d.what == "jails").expect("reported");
+        assert!(jails.detail.contains("cannot allocate memory"), "{jails:?}");
+    }
+}

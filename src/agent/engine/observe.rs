@@ -1,0 +1,426 @@
+//! Observation: what the host looks like now. Reads the running jails (jls), the gateway
+//! interfaces (route), the anchors pf holds below the parent, the host's own addresses
+//! (ifconfig) and, through the background reader `vnet`, VNET jails' addresses, into the
+//! planner's `Observed`.
+//!
+//! A source that fails keeps its previous observation (a failing jls must not look like every
+//! jail stopped, an unreadable route answer like the gateway vanished) and is kept as a problem
+//! of that [`Source`] until it reads again; `check` lists them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::core::model::{Family, InterfaceName, JailName};
+use crate::core::plan::{AddrsUnknown, Observed, RunningJail};
+use crate::sys::host::{Routes, SysError};
+use crate::sys::parse::JailInfo;
+
+use super::super::log;
+use super::super::vnet::VnetAddrs;
+use super::System;
+use super::executor::Outcome;
+
+/// Where an observation comes from, for problems reported by `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Source {
+    Jls,
+    Route(Family),
+    Pf,
+    HostAddrs,
+}
+
+impl Source {
+    /// The config key of the tool behind it (`tools.KEY`).
+    pub(super) fn tool(self) -> &'static str {
+        match self {
+            Source::Jls => "jls",
+            Source::Route(_) => "route",
+            Source::Pf => "pfctl",
+            Source::HostAddrs => "ifconfig",
+        }
+    }
+
+    /// What it tells, for people.
+    pub(super) fn what(self) -> &'static str {
+        match self {
+            Source::Jls => "jails",
+            Source::Route(Family::Inet) => "IPv4 default route",
+            Source::Route(Family::Inet6) => "IPv6 default route",
+            Source::Pf => "pf",
+            Source::HostAddrs => "host addresses",
+        }
+    }
+}
+
+/// The last observation of the host, and why parts of it may be stale.
+pub(super) struct Observer {
+    observed: Observed,
+    /// Addresses of VNET jails, read in the background.
+    vnet: Arc<VnetAddrs>,
+    /// How old the host's addresses may get (`vnet_refresh_ms`).
+    refresh: Duration,
+    /// When the host's own addresses were last read successfully.
+    host_addrs_read: Option<Instant>,
+    /// Why the last observation was incomplete, per source.
+    problems: BTreeMap<Source, String>,
+}
+
+impl Observer {
+    /// Nothing observed yet.
+    pub(super) fn new(vnet: Arc<VnetAddrs>, refresh: Duration) -> Observer {
+        Observer { observed: Observed::default(), vnet, refresh, host_addrs_read: None, problems: BTreeMap::new() }
+    }
+
+    /// What was observed last.
+    pub(super) fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
+    /// The background reader of VNET jails' addresses.
+    pub(super) fn vnet(&self) -> &Arc<VnetAddrs> {
+        &self.vnet
+    }
+
+    /// Why sources could not be read, per source.
+    pub(super) fn problems(&self) -> &BTreeMap<Source, String> {
+        &self.problems
+    }
+
+    /// Why pf could not be asked for its anchors, when it could not.
+    pub(super) fn pf_problem(&self) -> Option<&str> {
+        self.problems.get(&Source::Pf).map(String::as_str)
+    }
+
+    /// New tools or a new refresh interval (SIGHUP): every address is read again.
+    pub(super) fn reconfigure(&mut self, sys: &System, refresh: Duration) {
+        self.vnet.reconfigure(Arc::clone(&sys.ifaces), refresh);
+        self.refresh = refresh;
+        self.host_addrs_read = None;
+    }
+
+    /// Forgets the anchors seen below the parent (the parent changed).
+    pub(super) fn forget_anchors(&mut self) {
+        self.observed.anchors = None;
+        self.observed.foreign.clear();
+    }
+
+    /// Takes in what pf was seen doing while the executor applied a plan: the anchors it loaded
+    /// or flushed, and the anchors found to hold someone else's rules.
+    pub(super) fn absorb(&mut self, outcome: &Outcome) {
+        if let Some(anchors) = self.observed.anchors.as_mut() {
+            anchors.extend(outcome.loaded.iter().cloned());
+            anchors.retain(|c| !outcome.flushed.contains(c));
+        }
+        self.observed.foreign.extend(outcome.foreign.iter().cloned());
+    }
+
+    /// Reads jails, gateways and the anchors below `parent` that pf holds. Returns whether
+    /// the observation changed.
+    pub(super) fn observe(&mut self, sys: &System, parent: &str) -> bool {
+        let before = self.observed.clone();
+        // The reads are independent: run them at once (pfctl is still called by one thread at
+        // a time, since the engine is locked).
+        let (jails, gateways, anchors) = std::thread::scope(|s| {
+            let jails = s.spawn(|| sys.jails.list());
+            let gateways = s.spawn(|| read_gateways(&*sys.routes));
+            let anchors = sys.pf.anchors(parent);
+            let join = "observation threads do not panic";
+            (jails.join().expect(join), gateways.join().expect(join), anchors)
+        });
+        match jails {
+            Ok(list) => {
+                self.problems.remove(&Source::Jls);
+                if list.iter().any(|j| j.vnet) {
+                    self.read_host_addrs(sys, false);
+                }
+                let live: BTreeSet<u32> = list.iter().map(|j| j.jid).collect();
+                self.vnet.retain(&live);
+                self.observed.jails = list.into_iter().map(|j| self.running(sys, j)).collect();
+            }
+            Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
+        }
+        self.apply_gateways(gateways);
+        let prefix = format!("{parent}/");
+        match anchors {
+            Ok(list) => {
+                self.problems.remove(&Source::Pf);
+                let present: BTreeSet<String> = list
+                    .iter()
+                    .filter_map(|a| a.strip_prefix(&prefix))
+                    .filter(|c| !c.contains('/'))
+                    .map(str::to_string)
+                    .collect();
+                self.observed.foreign.retain(|c| present.contains(c));
+                self.observed.anchors = Some(present);
+            }
+            Err(e) => {
+                self.problem(Source::Pf, format!("pf is not usable: {}", e.message()));
+                self.observed.anchors = None;
+            }
+        }
+        self.observed != before
+    }
+
+    /// What a request that changes one jail observes: that jail (`jls -j`) and the default
+    /// routes, so that the request costs work proportional to it, not to the host. The full
+    /// jail list and pf's anchors are read every poll. Returns whether the observation changed.
+    pub(super) fn observe_jail(&mut self, sys: &System, name: &JailName) -> bool {
+        let before = self.observed.clone();
+        let (jail, gateways) = std::thread::scope(|s| {
+            let gateways = s.spawn(|| read_gateways(&*sys.routes));
+            let jail = sys.jails.get(name);
+            (jail, gateways.join().expect("observation threads do not panic"))
+        });
+        match jail {
+            Ok(found) => {
+                let fresh = found.map(|j| self.running(sys, j));
+                let at = self.observed.jails.iter().position(|j| &j.name == name);
+                match (at, fresh) {
+                    (Some(i), Some(j)) => self.observed.jails[i] = j,
+                    (Some(i), None) => {
+                        self.observed.jails.remove(i);
+                    }
+                    (None, Some(j)) => self.observed.jails.push(j),
+                    (None, None) => {}
+                }
+            }
+            Err(e) => self.problem(Source::Jls, format!("cannot read jail {name}: {e}")),
+        }
+        self.apply_gateways(gateways);
+        self.observed != before
+    }
+
+    /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
+    /// VNET jail's addresses and the host's again. Returns whether the observation changed.
+    pub(super) fn observe_all_again(&mut self, sys: &System, parent: &str) -> bool {
+        self.vnet.invalidate_all();
+        let changed = self.observe(sys, parent);
+        if self.observed.jails.iter().any(|j| j.vnet) {
+            self.read_host_addrs(sys, true);
+        }
+        changed
+    }
+
+    /// Reads the host's own addresses (which a VNET jail may not claim) when they are older
+    /// than the refresh interval, or now when `force`. A failed read keeps the last good one.
+    fn read_host_addrs(&mut self, sys: &System, force: bool) {
+        let fresh = self.host_addrs_read.is_some_and(|t| t.elapsed() < self.refresh);
+        if fresh && !force {
+            return;
+        }
+        match sys.ifaces.host_addrs() {
+            Ok(addrs) => {
+                self.problems.remove(&Source::HostAddrs);
+                self.observed.host_addrs = addrs.into_iter().collect();
+                self.host_addrs_read = Some(Instant::now());
+            }
+            Err(e) => self.problem(Source::HostAddrs, format!("cannot read the host's own addresses: {e}")),
+        }
+    }
+
+    /// A jail as the planner sees it: its addresses (a VNET jail's as last read in the
+    /// background, see `vnet`), or why they are not known.
+    fn running(&mut self, sys: &System, j: JailInfo) -> RunningJail {
+        let addrs = if !j.vnet {
+            Ok(j.ip4.into_iter().chain(j.ip6).collect())
+        } else {
+            if self.host_addrs_read.is_none() {
+                self.read_host_addrs(sys, false);
+            }
+            self.vnet_addrs(j.jid, &j.name)
+        };
+        RunningJail { name: j.name, jid: j.jid, vnet: j.vnet, addrs }
+    }
+
+    fn vnet_addrs(&self, jid: u32, name: &JailName) -> Result<Vec<IpAddr>, AddrsUnknown> {
+        match (self.host_addrs_read, self.problems.get(&Source::HostAddrs)) {
+            (None, Some(e)) => Err(AddrsUnknown {
+                reason: format!(
+                    "{e}; a VNET jail may not claim them, so its addresses are not used until they are read"
+                ),
+                pending: false,
+            }),
+            _ => self.vnet.lookup(jid, name),
+        }
+    }
+
+    /// Takes in what background reads of VNET jails' addresses found since the last
+    /// observation; no process is run. Returns whether anything changed.
+    pub(super) fn refresh_vnet(&mut self) -> bool {
+        let mut changed = false;
+        for i in 0..self.observed.jails.len() {
+            let j = &self.observed.jails[i];
+            if !j.vnet {
+                continue;
+            }
+            let fresh = self.vnet_addrs(j.jid, &j.name);
+            if fresh != self.observed.jails[i].addrs {
+                self.observed.jails[i].addrs = fresh;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Whether any running VNET jail's addresses are still being read for the first time, or
+    /// `jail`'s when given.
+    pub(super) fn vnet_pending(&self, jail: Option<&JailName>) -> bool {
+        self.observed
+            .jails
+            .iter()
+            .filter(|j| jail.is_none_or(|n| &j.name == n))
+            .any(|j| matches!(&j.addrs, Err(u) if u.pending))
+    }
+
+    fn apply_gateways(&mut self, gateways: [Result<Option<InterfaceName>, SysError>; 2]) {
+        for (family, gateway) in Family::BOTH.into_iter().zip(gateways) {
+            let source = Source::Route(family);
+            match gateway {
+                Ok(g) => {
+                    let slot = match family {
+                        Family::Inet => &mut self.observed.gateways.inet,
+                        Family::Inet6 => &mut self.observed.gateways.inet6,
+                    };
+                    if *slot != g {
+                        log::info(&format!(
+                            "{} gateway interface: {}",
+                            family.human(),
+                            g.as_ref().map_or("none".to_string(), |i| i.to_string())
+                        ));
+                    }
+                    *slot = g;
+                    self.problems.remove(&source);
+                }
+                Err(e) => self.problem(
+                    source,
+                    format!("cannot read the {} default route: {e}; keeping the last one read", family.human()),
+                ),
+            }
+        }
+    }
+
+    fn problem(&mut self, source: Source, msg: String) {
+        if self.problems.get(&source) != Some(&msg) {
+            log::warn(&msg);
+        }
+        self.problems.insert(source, msg);
+    }
+}
+
+/// The gateway interfaces of both families, read at once.
+fn read_gateways(routes: &dyn Routes) -> [Result<Option<InterfaceName>, SysError>; 2] {
+    std::thread::scope(|s| {
+        let v6 = s.spawn(|| routes.gateway(Family::Inet6));
+        let v4 = routes.gateway(Family::Inet);
+        [v4, v6.join().expect("observation threads do not panic")]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{Fakes, PfOp, jail, jail_info};
+    use std::sync::mpsc;
+
+    const REFRESH: Duration = Duration::from_secs(60);
+
+    fn observer(fakes: &Fakes) -> Observer {
+        let (wake, _) = mpsc::channel();
+        Observer::new(VnetAddrs::new(Arc::new(fakes.ifaces.clone()), REFRESH, wake), REFRESH)
+    }
+
+    fn names(o: &Observer) -> Vec<String> {
+        o.observed().jails.iter().map(|j| j.name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_failing_jls_keeps_the_jails_it_saw_and_says_why() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2", "fd00::2"])]);
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]));
+        f.jails.refuse(Some("jls: sysctl: Cannot allocate memory"));
+        assert!(!o.observe(&f.system(), "kleene"), "nothing changed");
+        assert_eq!(names(&o), ["web"], "not every jail stopped");
+        assert!(o.problems()[&Source::Jls].contains("Cannot allocate memory"));
+        f.jails.refuse(None);
+        f.jails.set(vec![]);
+        assert!(o.observe(&f.system(), "kleene"));
+        assert!(names(&o).is_empty() && o.problems().is_empty());
+    }
+
+    #[test]
+    fn a_moved_gateway_is_a_change_and_an_unreadable_one_is_kept() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().gateways.inet, Some("em0".parse().unwrap()));
+        f.routes.set(Family::Inet, Some("em1"));
+        f.routes.set(Family::Inet6, Some("em1"));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().gateways.inet6, Some("em1".parse().unwrap()));
+        f.routes.refuse(Family::Inet, Some("route: writing to routing socket: Device busy"));
+        assert!(!o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().gateways.inet, Some("em1".parse().unwrap()), "the last one read");
+        assert!(o.problems()[&Source::Route(Family::Inet)].contains("keeping the last one read"));
+    }
+
+    #[test]
+    fn anchors_are_the_parents_children_and_unknown_while_pf_fails() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        for a in ["kleene/web", "other/db"] {
+            f.pf.set_anchor(a, "pass in all\n");
+        }
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().anchors, Some(["web".to_string()].into()));
+        let done = Outcome {
+            loaded: ["db".to_string()].into(),
+            flushed: ["web".to_string()].into(),
+            foreign: ["web".to_string()].into(),
+            ..Outcome::default()
+        };
+        o.absorb(&done);
+        assert_eq!(o.observed().anchors, Some(["db".to_string()].into()));
+        assert!(o.observed().foreign.contains("web"));
+        f.pf.refuse(PfOp::Anchors, "pfctl: /dev/pf: No such file or directory");
+        o.observe(&f.system(), "kleene");
+        assert_eq!(o.observed().anchors, None);
+        assert_eq!(o.pf_problem(), Some("pf is not usable: pfctl: /dev/pf: No such file or directory"));
+        assert!(o.observed().foreign.contains("web"), "kept until pf answers again");
+    }
+
+    #[test]
+    fn a_request_reads_only_its_jail() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        o.observe(&f.system(), "kleene");
+        f.jails.set(vec![jail("web", 5, &["10.13.37.9"])]);
+        assert!(o.observe_jail(&f.system(), &"web".parse().unwrap()));
+        assert_eq!(f.jails.calls(), [None, Some("web".parse().unwrap())]);
+        assert_eq!(names(&o), ["web", "db"], "db is re-read by the next poll, not by this request");
+        assert_eq!(o.observed().jails[0].jid, 5);
+        assert!(o.observe_jail(&f.system(), &"db".parse().unwrap()));
+        assert_eq!(names(&o), ["web"]);
+    }
+
+    #[test]
+    fn a_vnet_jails_addresses_are_pending_until_read_in_the_background() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail_info("client", 7, &[], true)]);
+        f.ifaces.set_jail(7, &["10.13.37.5"]);
+        o.observe(&f.system(), "kleene");
+        assert!(o.vnet_pending(None) && o.vnet_pending(Some(&"client".parse().unwrap())));
+        assert!(!o.vnet_pending(Some(&"web".parse().unwrap())));
+        assert!(o.vnet().wait_idle(Instant::now() + Duration::from_secs(10)));
+        assert!(o.refresh_vnet());
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.5".parse().unwrap()]));
+        assert!(f.ifaces.calls().contains(&None), "the host's own addresses were read too");
+        assert!(!o.refresh_vnet(), "nothing new");
+    }
+}

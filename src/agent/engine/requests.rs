@@ -1,0 +1,645 @@
+//! Requests that change what is published: `publish` and `unpublish`, from typed requests to
+//! domain answers.
+//!
+//! Each is checked first against the configuration and the stored publications (pure checks
+//! below, which change nothing), then applied as one transaction over pf and the state on disk,
+//! in one order for both (`Engine::commit`):
+//!
+//! 1. pf first: the jail's anchor is loaded (or flushed) as the new state says. When pf does not
+//!    take it (a refused load or flush, an anchor it cannot show), nothing is written, the state
+//!    in memory is undone and the request is refused as `Pf`: pf holds what it held, which is
+//!    what the disk says.
+//! 2. Then the disk: the jail's state file is replaced atomically. When that fails, the jail's
+//!    anchor is put back as the stored state says and the request is refused as `Internal`
+//!    (saying so if pf would not take it back either: the executor then retries).
+//! 3. Only then the rest of the plan (other jails' anchors that a new observation changed).
+//!
+//! A crash between 1 and 2 leaves the old state on disk, and the agent loads every anchor from
+//! the stored state when it starts (and flushes anchors of its own that the state does not
+//! know), so pf returns to the old state too. Either way pf and the disk end up both old or both
+//! new, and the answer says which. One thing is not undone: a state kill pf refuses after the
+//! rules are gone (an unpublish's removed publications, a restarted jail's old label). The
+//! rules are what publishes a port; the answer says which states remain, and the executor kills
+//! them later.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::core::address::Network;
+use crate::core::conflict;
+use crate::core::model::{JailName, NetworkName};
+use crate::core::plan::{Action, Plan, Status, Stored};
+use crate::core::publication::Publication;
+use crate::core::render::Gateways;
+use crate::core::spec::Place;
+
+use super::super::api::{Answer, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest};
+use super::Engine;
+use super::executor::{AnchorFailure, Bypass, Outcome};
+
+/// What undoes a change to the state in memory.
+enum Undo {
+    /// Publications were appended: truncate to `len`, and hand out `next_seq` again.
+    Appended { len: usize, next_seq: u64 },
+    /// These publications were taken out: put them back.
+    Removed(Vec<Stored>),
+}
+
+/// Why a change was not made.
+enum Failed {
+    /// pf did not take the change; it holds what it held.
+    Pf(AnchorFailure),
+    /// pf took the change but the state could not be written; pf was put back, unless
+    /// `put_back` says why not.
+    Persist { error: anyhow::Error, put_back: Option<AnchorFailure> },
+}
+
+impl Failed {
+    /// The refusal for the user: `done` is what did not happen (`published`).
+    fn refusal(&self, jail: &JailName, done: &str) -> Refusal {
+        match self {
+            Failed::Pf(f) => {
+                let (what, e) = f.describe(jail);
+                Refusal::new(
+                    RefusalKind::Pf,
+                    format!(
+                        "{what}, so nothing was {done}: {e}\nCheck that pf is loaded and pfctl works (kleenectl check)."
+                    ),
+                )
+            }
+            Failed::Persist { error, put_back } => {
+                let mut msg = format!("{error:#}; nothing was {done}");
+                if let Some(f) = put_back {
+                    let (what, e) = f.describe(jail);
+                    msg.push_str(&format!(
+                        "; putting pf back failed too ({what}: {e}): the agent retries with backoff until pf holds \
+                         what the state says (kleenectl check)"
+                    ));
+                }
+                Refusal::new(RefusalKind::Internal, msg)
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// `kleenectl publish`: stores and applies the request's publications, all or none. The
+    /// caller observed the jail first ([`super::publish`]).
+    pub fn publish(&mut self, request: &PublishRequest) -> Answer {
+        let PublishRequest { jail, specs, sources, log, network } = request;
+        if specs.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "give at least one port spec"));
+        }
+        configured(&self.cfg.networks, network.as_ref())?;
+        let new: Vec<Publication> = specs
+            .iter()
+            .map(|s| Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone()))
+            .collect();
+        apart(&new, &self.observer.observed().gateways)?;
+        own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
+        let (fresh, already) = split_known(&self.state.publications, new)?;
+        let mut lines: Vec<String> =
+            already.iter().map(|p| format!("{} {}: already published, nothing changed", p.jail, p.spec)).collect();
+        if fresh.is_empty() {
+            return Ok(lines.join("\n"));
+        }
+        within_limits(
+            &self.state.publications,
+            jail,
+            fresh.len(),
+            self.cfg.max_publications_per_jail,
+            self.cfg.max_publications,
+        )?;
+
+        // The candidate state is the current one plus the new publications, appended in place
+        // (cloning the whole state would cost work proportional to the host); every refusal
+        // below takes them out again.
+        let undo = Undo::Appended { len: self.state.publications.len(), next_seq: self.state.next_seq };
+        let mut seqs = Vec::new();
+        for p in fresh {
+            let seq = match self.state.take_seq() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    self.abort(undo);
+                    return Err(Refusal::new(RefusalKind::Limit, format!("{e:#}")));
+                }
+            };
+            seqs.push(seq);
+            self.state.publications.push(Stored { seq, publication: p });
+        }
+        let plan = self.plan_current();
+        for seq in &seqs {
+            if let Status::Conflict(why) = &plan.statuses[seq].status {
+                let spec = &self.publication(*seq).spec;
+                let msg = format!("cannot publish {spec} for jail {jail}: {why}");
+                self.abort(undo);
+                return Err(Refusal::new(RefusalKind::Conflict, msg));
+            }
+        }
+        self.commit(jail, plan, undo).map_err(|f| f.refusal(jail, "published"))?;
+        lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
+        Ok(lines.join("\n"))
+    }
+
+    /// `kleenectl unpublish`: removes the request's publications, or every one of the jail's.
+    /// A state kill pf refuses once the rules are gone does not undo it: the answer says
+    /// which states remain, `ls` shows them as `removing`, and the executor retries the kill.
+    pub fn unpublish(&mut self, request: &UnpublishRequest) -> Answer {
+        let jail = &request.jail;
+        let remove = chosen(&self.state.publications, jail, &request.removal)?;
+        self.observe_jail(jail);
+        let (removed, kept): (Vec<Stored>, Vec<Stored>) =
+            std::mem::take(&mut self.state.publications).into_iter().partition(|s| remove.contains(&s.seq));
+        self.state.publications = kept;
+        let plan = self.plan_current();
+        let outcome =
+            self.commit(jail, plan, Undo::Removed(removed.clone())).map_err(|f| f.refusal(jail, "unpublished"))?;
+        let removed: Vec<Publication> = removed.into_iter().map(|s| s.publication).collect();
+        let specs: Vec<String> = removed.iter().map(|p| p.spec.to_string()).collect();
+        let msg = format!("unpublished {jail} {}", specs.join(", "));
+        let left: Vec<String> = unkilled(&outcome, &removed, jail).collect();
+        for p in removed {
+            self.executor.mark_removing(p);
+        }
+        if left.is_empty() {
+            return Ok(msg);
+        }
+        Err(Refusal::new(
+            RefusalKind::Pf,
+            format!(
+                "{msg} (the publications are removed from the state), but pf did not complete the change: {}; \
+                 the agent retries with backoff until pf does (kleenectl check, kleenectl ls)",
+                left.join("; ")
+            ),
+        ))
+    }
+
+    /// Applies the candidate state (already in `self.state`) for `jail`: pf first, then the
+    /// disk, then the rest of the plan (see the module documentation). On failure the state in
+    /// memory is undone with `undo`, and pf holds what the state on disk says.
+    fn commit(&mut self, jail: &JailName, plan: Plan, undo: Undo) -> Result<Outcome, Failed> {
+        let component = self.component(jail);
+        let refused_before = self.executor.refused_loads().clone();
+        let (mine, others): (Vec<Action>, Vec<Action>) =
+            plan.actions.iter().cloned().partition(|a| a.component() == component);
+        let mut outcome = self.apply(&mine, Bypass::Component(&component));
+        if let Some(failure) = outcome.anchor_failure(&component) {
+            // pf holds what it held, which is what the state says once undone.
+            self.executor.forget_anchor_failure(&component);
+            self.abort(undo);
+            return Err(Failed::Pf(failure));
+        }
+        if let Err(error) = self.save_jail(jail) {
+            // The states of rules about to be put back are wanted again.
+            self.executor.forget_kills(outcome.refused_kills.keys());
+            self.undo(undo);
+            let put_back = self.put_back(&component);
+            self.last = self.plan_current();
+            return Err(Failed::Persist { error, put_back });
+        }
+        outcome.merge(self.apply(&others, Bypass::None));
+        self.settle(plan, &refused_before);
+        Ok(outcome)
+    }
+
+    /// Loads the anchor `component` as the state says again, after pf took a change the disk
+    /// did not; says why pf did not take it back, if it did not.
+    fn put_back(&mut self, component: &str) -> Option<AnchorFailure> {
+        let plan = self.plan_current();
+        let mine: Vec<Action> = plan.actions.into_iter().filter(|a| a.component() == component).collect();
+        self.apply(&mine, Bypass::Component(component)).anchor_failure(component)
+    }
+
+    /// Undoes a change to the state in memory; what the rest of the plan would have done is
+    /// left to the next reconcile.
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Appended { len, next_seq } => {
+                self.state.publications.truncate(len);
+                self.state.next_seq = next_seq;
+            }
+            Undo::Removed(removed) => {
+                self.state.publications.extend(removed);
+                self.state.publications.sort_by_key(|s| s.seq);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Undoes a change that pf was not asked to make (or did not make), and plans again.
+    fn abort(&mut self, undo: Undo) {
+        self.undo(undo);
+        self.last = self.plan_current();
+    }
+
+    fn publication(&self, seq: u64) -> &Publication {
+        &self.state.publications.iter().find(|s| s.seq == seq).expect("stored").publication
+    }
+
+    /// Writes `jail`'s publications as the state has them.
+    fn save_jail(&self, jail: &JailName) -> anyhow::Result<()> {
+        let mine: Vec<&Stored> = self.stored_of(jail).collect();
+        self.store.save_jail(jail, &mine)
+    }
+
+    /// What became of the publication `seq`: where it is published, or why it is not.
+    fn describe(&self, seq: u64) -> String {
+        let p = self.publication(seq);
+        let st = &self.last.statuses[&seq];
+        match &st.status {
+            Status::Active => {
+                let on = match &p.spec.place {
+                    Place::Address(a) => format!("address {a}"),
+                    _ => {
+                        let i: Vec<String> = st.interfaces.iter().map(|i| i.to_string()).collect();
+                        i.join(", ")
+                    }
+                };
+                let to: Vec<String> =
+                    [st.targets.inet, st.targets.inet6].iter().flatten().map(IpAddr::to_string).collect();
+                format!("published {} {} on {on} -> {}", p.jail, p.spec, to.join(", "))
+            }
+            other => format!("stored {} {}: {}: {}", p.jail, p.spec, other.word(), other.reason().unwrap_or_default()),
+        }
+    }
+}
+
+/// The state kills pf refused for the `removed` publications of `jail`, for the answer.
+fn unkilled<'a>(outcome: &'a Outcome, removed: &[Publication], jail: &JailName) -> impl Iterator<Item = String> + 'a {
+    let labels: BTreeSet<String> = removed.iter().map(Publication::label).chain([jail.label()]).collect();
+    outcome.refused_kills.iter().filter(move |(l, _)| labels.contains(*l)).map(|(label, e)| {
+        format!("pf did not kill the states of {label} ({e}), so established connections still reach the jail")
+    })
+}
+
+/// Refuses a network that is not configured.
+fn configured(networks: &[Network], network: Option<&NetworkName>) -> Result<(), Refusal> {
+    let Some(n) = network else { return Ok(()) };
+    if networks.iter().any(|c| &c.name == n) {
+        return Ok(());
+    }
+    let names: Vec<String> = networks.iter().map(|c| c.name.to_string()).collect();
+    Err(Refusal::new(
+        RefusalKind::Invalid,
+        format!(
+            "network {n} is not configured (configured: {})",
+            if names.is_empty() { "none".into() } else { names.join(", ") }
+        ),
+    ))
+}
+
+/// Refuses a request whose publications repeat a spec or claim the same host port.
+fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
+    for (i, p) in new.iter().enumerate() {
+        if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
+            return Err(Refusal::new(RefusalKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
+        }
+        let mine = conflict::claims(p, None, gateways);
+        if let Some(q) = new[..i].iter().find(|q| conflict::collide(&mine, &conflict::claims(q, None, gateways))) {
+            return Err(Refusal::new(
+                RefusalKind::Conflict,
+                format!("{} and {} claim the same host port", q.spec, p.spec),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `jail` when another stored jail maps to the same anchor below `parent`.
+fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<(), Refusal> {
+    let component = jail.anchor_component(parent);
+    let other = publications
+        .iter()
+        .map(|s| &s.publication.jail)
+        .find(|j| *j != jail && (j.anchor_component(parent) == component || j.component() == jail.component()));
+    match other {
+        None => Ok(()),
+        Some(other) => Err(Refusal::new(
+            RefusalKind::Conflict,
+            format!("jail {jail} maps to the same anchor name ({component}) as jail {other}; rename one of them"),
+        )),
+    }
+}
+
+/// Splits `new` into the publications not stored yet and those stored as they are; refuses a
+/// spec stored with other options.
+fn split_known(
+    publications: &[Stored],
+    new: Vec<Publication>,
+) -> Result<(Vec<Publication>, Vec<Publication>), Refusal> {
+    let mut fresh = Vec::new();
+    let mut already = Vec::new();
+    for p in new {
+        match publications.iter().find(|s| s.publication.jail == p.jail && s.publication.spec == p.spec) {
+            Some(s) if s.publication == p => already.push(p),
+            Some(_) => {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "jail {} already publishes {} with other options; unpublish it first (kleenectl unpublish -j {} {})",
+                        p.jail, p.spec, p.jail, p.spec
+                    ),
+                ));
+            }
+            None => fresh.push(p),
+        }
+    }
+    Ok((fresh, already))
+}
+
+/// Refuses `more` publications for `jail` past either limit.
+fn within_limits(
+    publications: &[Stored],
+    jail: &JailName,
+    more: usize,
+    per_jail_max: usize,
+    total_max: usize,
+) -> Result<(), Refusal> {
+    let per_jail = publications.iter().filter(|s| &s.publication.jail == jail).count() + more;
+    if per_jail > per_jail_max {
+        return Err(Refusal::new(
+            RefusalKind::Limit,
+            format!("jail {jail} would have {per_jail} publications; max_publications_per_jail is {per_jail_max}"),
+        ));
+    }
+    let total = publications.len() + more;
+    if total > total_max {
+        return Err(Refusal::new(
+            RefusalKind::Limit,
+            format!("the agent would hold {total} publications; max_publications is {total_max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The seqs of `jail`'s publications that `removal` names; refuses a spec the jail does not
+/// publish, and a jail that publishes nothing.
+fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result<BTreeSet<u64>, Refusal> {
+    let mine = |s: &&Stored| &s.publication.jail == jail;
+    let seqs: BTreeSet<u64> = match removal {
+        Removal::All => publications.iter().filter(mine).map(|s| s.seq).collect(),
+        Removal::Specs(specs) if specs.is_empty() => return Err(Removal::missing()),
+        Removal::Specs(specs) => {
+            let mut seqs = BTreeSet::new();
+            let mut missing = Vec::new();
+            for spec in specs {
+                match publications.iter().filter(mine).find(|s| &s.publication.spec == spec) {
+                    Some(s) => {
+                        seqs.insert(s.seq);
+                    }
+                    None => missing.push(spec.to_string()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(Refusal::new(
+                    RefusalKind::NotFound,
+                    format!(
+                        "jail {jail} does not publish {}; nothing was changed (see kleenectl ls -j {jail})",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            seqs
+        }
+    };
+    if seqs.is_empty() {
+        return Err(Refusal::new(RefusalKind::NotFound, format!("jail {jail} publishes nothing; nothing was changed")));
+    }
+    Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::engine::testing::{Harness, PfOp, jail};
+
+    /// An engine started with `web` running on 10.13.37.2.
+    fn running_web() -> Harness {
+        Harness::running(vec![jail("web", 3, &["10.13.37.2"])])
+    }
+
+    fn publication(jail: &str, spec: &str) -> Publication {
+        Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None)
+    }
+
+    fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
+        Stored { seq, publication: publication(jail, spec) }
+    }
+
+    #[test]
+    fn a_publish_pf_refuses_stores_nothing_and_says_why() {
+        let h = running_web();
+        h.pf().refuse(PfOp::Load, "stdin:1: syntax error");
+        let refused = h.publish("web", &["8080:80"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "pf refused the rules for jail web, so nothing was published: stdin:1: syntax error\n\
+             Check that pf is loaded and pfctl works (kleenectl check)."
+        );
+        assert!(h.list().is_empty() && h.stored("web").is_none());
+        assert!(h.problems().is_empty(), "nothing left to retry: {:?}", h.problems());
+        h.pf().allow(PfOp::Load);
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
+        assert!(h.stored("web").unwrap().contains("spec: 8080:80/tcp"));
+    }
+
+    #[test]
+    fn a_publish_the_disk_refuses_after_pf_took_it_puts_pf_back() {
+        let h = running_web();
+        h.publish("web", &["8080:80"]).unwrap();
+        let before = h.pf().anchor("kleene/web").unwrap();
+        h.break_state_file("web");
+        h.pf().clear_calls();
+        let refused = h.publish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert!(
+            refused.message.contains("cannot write state file") && refused.message.ends_with("; nothing was published")
+        );
+        assert_eq!(
+            h.pf().changes(),
+            ["load kleene/web", "load kleene/web", "kill kleene:web:8081:81/tcp"],
+            "pf took the new rules, then the old ones back"
+        );
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), before);
+        let specs: Vec<String> = h.list().iter().map(|s| s.publication.spec.to_string()).collect();
+        assert_eq!(specs, ["8080:80/tcp"]);
+    }
+
+    #[test]
+    fn the_first_publication_of_a_jail_the_disk_refuses_is_flushed_again() {
+        let h = running_web();
+        h.break_state_file("web");
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap_err().kind, RefusalKind::Internal);
+        assert_eq!(h.pf().changes(), ["load kleene/web", "flush kleene/web", "kill kleene/web"]);
+        assert!(h.pf().anchor("kleene/web").is_none() && h.list().is_empty());
+    }
+
+    #[test]
+    fn a_publish_that_would_take_a_held_port_is_refused_before_pf_is_asked() {
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        h.publish("web", &["8080:80"]).unwrap();
+        h.pf().clear_calls();
+        let refused = h.publish("db", &["8080:5432"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Conflict);
+        assert!(refused.message.contains("already published by jail web as 8080:80/tcp"), "{refused:?}");
+        assert!(h.pf().changes().is_empty() && h.stored("db").is_none());
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "web 8080:80/tcp: already published, nothing changed");
+    }
+
+    #[test]
+    fn a_stopped_jail_is_published_as_pending_without_pf() {
+        let h = Harness::new();
+        h.start();
+        assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "stored web 8080:80/tcp: pending: jail web is not running");
+        assert!(h.pf().changes().is_empty() && h.stored("web").is_some());
+    }
+
+    #[test]
+    fn unpublish_reloads_the_rest_kills_the_removed_states_and_stores() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        h.pf().clear_calls();
+        assert_eq!(h.unpublish("web", &["8081:81"]).unwrap(), "unpublished web 8081:81/tcp");
+        assert_eq!(h.pf().changes(), ["load kleene/web", "kill kleene:web:8081:81/tcp"]);
+        assert!(!h.stored("web").unwrap().contains("8081"));
+        assert_eq!(h.unpublish("web", &[]).unwrap(), "unpublished web 8080:80/tcp");
+        assert!(h.pf().anchor("kleene/web").is_none() && h.stored("web").is_none());
+        let nothing = h.unpublish("web", &[]).unwrap_err();
+        assert_eq!(
+            (nothing.kind, nothing.message.as_str()),
+            (RefusalKind::NotFound, "jail web publishes nothing; nothing was changed")
+        );
+    }
+
+    #[test]
+    fn an_unpublish_pf_refuses_removes_nothing() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        let (anchor, stored) = (h.pf().anchor("kleene/web"), h.stored("web"));
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "pf refused the rules for jail web, so nothing was unpublished: pfctl: DIOCADDRULENV: Device busy\n\
+             Check that pf is loaded and pfctl works (kleenectl check)."
+        );
+        assert_eq!((h.pf().anchor("kleene/web"), h.stored("web")), (anchor.clone(), stored.clone()));
+        assert_eq!(h.list().len(), 2);
+        assert!(h.list().iter().all(|s| s.standing.word() == "active"), "{:?}", h.list());
+
+        h.pf().allow(PfOp::Load);
+        h.pf().refuse(PfOp::Flush, "pfctl: DIOCXBEGIN: Device busy");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert!(refused.message.starts_with("pf did not flush the anchor of jail web, so nothing was unpublished"));
+        assert_eq!((h.pf().anchor("kleene/web"), h.stored("web")), (anchor, stored));
+        assert!(h.problems().is_empty(), "nothing to retry: the state wants the rules: {:?}", h.problems());
+        h.tick();
+        assert_eq!(h.list().len(), 2, "and the next poll agrees");
+
+        h.pf().allow(PfOp::Flush);
+        assert_eq!(h.unpublish("web", &[]).unwrap(), "unpublished web 8080:80/tcp, 8081:81/tcp");
+        assert!(h.pf().anchor("kleene/web").is_none() && h.stored("web").is_none() && h.list().is_empty());
+    }
+
+    #[test]
+    fn an_unpublish_the_disk_refuses_after_pf_took_it_puts_the_rules_back() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        let anchor = h.pf().anchor("kleene/web").unwrap();
+        h.break_state_file("web");
+        h.pf().clear_calls();
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert!(refused.message.ends_with("; nothing was unpublished"), "{refused:?}");
+        assert_eq!(h.pf().changes(), ["load kleene/web", "kill kleene:web:8081:81/tcp", "load kleene/web"]);
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), anchor, "the old rules are back");
+        assert_eq!(h.list().len(), 2);
+
+        h.pf().clear_calls();
+        h.pf().refuse(PfOp::Kill, "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Internal);
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web", "load kleene/web"]);
+        assert!(h.problems().is_empty(), "no kill is kept for rules that are back: {:?}", h.problems());
+
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let refused = h.unpublish("web", &[]).unwrap_err();
+        assert!(
+            refused.message.contains(
+                "; nothing was unpublished; putting pf back failed too (pf refused the rules for jail web: pfctl: \
+                 DIOCADDRULENV: Device busy): the agent retries"
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(h.list().len(), 2, "the stored state is what the agent keeps applying");
+        h.pf().allow(PfOp::Load);
+        h.reconcile().unwrap();
+        assert_eq!(h.pf().anchor("kleene/web").unwrap(), anchor);
+    }
+
+    #[test]
+    fn a_kill_pf_refuses_after_unpublish_is_said_kept_and_shown_as_removing() {
+        let h = running_web();
+        h.publish("web", &["8080:80", "8081:81"]).unwrap();
+        h.pf().refuse(PfOp::Kill, "pfctl: DIOCKILLSTATES: Operation not permitted");
+        let refused = h.unpublish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert_eq!(
+            refused.message,
+            "unpublished web 8081:81/tcp (the publications are removed from the state), but pf did not complete \
+             the change: pf did not kill the states of kleene:web:8081:81/tcp (pfctl: DIOCKILLSTATES: Operation not \
+             permitted), so established connections still reach the jail; the agent retries with backoff until pf \
+             does (kleenectl check, kleenectl ls)"
+        );
+        assert!(!h.pf().anchor("kleene/web").unwrap().contains("8081"), "the rules are gone");
+        assert!(!h.stored("web").unwrap().contains("8081"), "and so is the publication");
+        let (standing, reason) = h.standing("web", "8081:81/tcp").expect("ls shows what is left to do");
+        assert_eq!(standing, "removing");
+        assert!(reason.unwrap().contains("Operation not permitted; retrying in"));
+        let check = h.problems();
+        assert_eq!(check.len(), 1, "{check:?}");
+        assert_eq!(check[0].what, "states of kleene:web:8081:81/tcp");
+
+        h.pf().allow(PfOp::Kill);
+        assert_eq!(h.reconcile().unwrap(), "reconciled: 1 anchors loaded");
+        assert!(h.standing("web", "8081:81/tcp").is_none() && h.problems().is_empty());
+    }
+
+    #[test]
+    fn a_request_must_not_repeat_a_spec_nor_claim_a_port_twice() {
+        let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: None };
+        let twice = [publication("web", "8080:80"), publication("web", "8080:80/tcp")];
+        let e = apart(&twice, &gateways).unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (RefusalKind::Invalid, "8080:80/tcp is given twice (as 8080:80/tcp)"));
+        let overlap = [publication("web", "8000-8010:9000"), publication("web", "em0:8005:80")];
+        let e = apart(&overlap, &gateways).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Conflict);
+        assert!(apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways).is_ok());
+    }
+
+    #[test]
+    fn stored_publications_decide_what_is_new_what_is_known_and_what_is_refused() {
+        let state = [stored(1, "web", "8080:80"), stored(2, "db", "5432")];
+        let (fresh, already) =
+            split_known(&state, vec![publication("web", "8080:80"), publication("web", "8081:81")]).unwrap();
+        assert_eq!((fresh.len(), already.len()), (1, 1));
+        let logged = Publication { log: true, ..publication("web", "8080:80") };
+        assert_eq!(split_known(&state, vec![logged]).unwrap_err().kind, RefusalKind::Conflict);
+        let web: JailName = "web".parse().unwrap();
+        assert!(within_limits(&state, &web, 1, 2, 3).is_ok());
+        assert_eq!(within_limits(&state, &web, 2, 2, 9).unwrap_err().kind, RefusalKind::Limit);
+        assert_eq!(within_limits(&state, &web, 2, 9, 3).unwrap_err().kind, RefusalKind::Limit);
+        assert!(own_anchor(&state, &web, "kleene").is_ok());
+        let specs = Removal::Specs(vec!["8080:80".parse().unwrap(), "9999".parse().unwrap()]);
+        let e = chosen(&state, &web, &specs).unwrap_err();
+        assert_eq!(e.message, "jail web does not publish 9999:9999/tcp; nothing was changed (see kleenectl ls -j web)");
+        assert_eq!(chosen(&state, &web, &Removal::All).unwrap(), [1].into());
+        assert_eq!(chosen(&state, &web, &Removal::Specs(vec![])).unwrap_err(), Removal::missing());
+        assert_eq!(
+            configured(&[], Some(&"kleenet".parse().unwrap())).unwrap_err().message,
+            "network kleenet is not configured (configured: none)"
+        );
+    }
+}
