@@ -28,6 +28,7 @@ use crate::sys::parse::JailInfo;
 use crate::sys::pf::{Pf, Pfctl, Show};
 use crate::sys::runner::Limits;
 
+use super::api::{PublicationState, Standing};
 use super::config::Config;
 use super::log;
 use super::state::{State, Store};
@@ -1115,25 +1116,18 @@ impl Engine {
                 };
                 let st = self.last.statuses.get(&s.seq).unwrap_or(&pending);
                 let status = self.pf_status(p, st.status.clone());
-                PublicationView {
-                    jail: p.jail.to_string(),
-                    spec: p.spec.to_string(),
-                    protocol: p.spec.proto.to_string(),
-                    host_ports: p.spec.host.to_string(),
-                    jail_ports: p.spec.jail.to_string(),
-                    interfaces: st.interfaces.iter().map(|i| i.to_string()).collect(),
-                    address: match &p.spec.place {
-                        Place::Address(a) => Some(a.to_string()),
-                        _ => None,
+                PublicationView::from(PublicationState {
+                    publication: p.clone(),
+                    standing: match status {
+                        Status::Active => Standing::Active,
+                        Status::Pending(_) => Standing::Pending,
+                        Status::Conflict(_) => Standing::Conflict,
+                        Status::Error(_) => Standing::Error,
                     },
-                    ipv4: st.targets.inet.map(|a| a.to_string()),
-                    ipv6: st.targets.inet6.map(|a| a.to_string()),
-                    state: status.word().to_string(),
                     reason: status.reason().map(str::to_string),
-                    sources: p.sources.iter().map(|c| c.to_string()).collect(),
-                    log: p.log,
-                    network: p.network.as_ref().map(|n| n.to_string()),
-                }
+                    interfaces: st.interfaces.to_vec(),
+                    targets: st.targets.clone(),
+                })
             })
             .chain(self.removing.iter().filter(|(_, p)| jail.as_ref().is_none_or(|j| &p.jail == j)).map(
                 |(label, p)| {
@@ -1141,22 +1135,13 @@ impl Engine {
                         .pending_kills
                         .get(label)
                         .map_or(String::new(), |k| format!(": {}; {}", k.retry.error, k.retry.when()));
-                    PublicationView {
-                        jail: p.jail.to_string(),
-                        spec: p.spec.to_string(),
-                        protocol: p.spec.proto.to_string(),
-                        host_ports: p.spec.host.to_string(),
-                        jail_ports: p.spec.jail.to_string(),
-                        interfaces: vec![],
-                        address: None,
-                        ipv4: None,
-                        ipv6: None,
-                        state: "removing".into(),
+                    PublicationView::from(PublicationState {
+                        publication: p.clone(),
+                        standing: Standing::Removing,
                         reason: Some(format!("unpublished, but pf has not killed its established states yet{why}")),
-                        sources: p.sources.iter().map(|c| c.to_string()).collect(),
-                        log: p.log,
-                        network: p.network.as_ref().map(|n| n.to_string()),
-                    }
+                        interfaces: vec![],
+                        targets: Default::default(),
+                    })
                 },
             ))
             .collect())
@@ -1200,7 +1185,7 @@ impl Engine {
             .loaded
             .iter()
             .filter(|(_, l)| jail.as_ref().is_none_or(|j| &l.jail == j))
-            .map(|(c, l)| AnchorView { anchor: self.anchor_path(c), jail: l.jail.to_string(), text: l.text.clone() })
+            .map(|(c, l)| AnchorView { anchor: self.anchor_path(c), jail: l.jail.clone(), text: l.text.clone() })
             .collect())
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::proto::{ErrorKind, MAX_REQUEST, Request, Response, decode_request};
+use crate::proto::{DecodeError, ErrorKind, MAX_REQUEST, Request, Response, decode_request};
 
 use super::access::{self, Peer, Policy, RefusalLog};
 use super::engine::{self, Engine};
@@ -215,8 +215,8 @@ fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, Strin
 
 fn handle(stream: &UnixStream, engine: &Mutex<Engine>, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let response = match read_request(stream, timeout).and_then(|bytes| decode_request(&bytes)) {
-        Err(e) => Response::err(ErrorKind::Invalid, e),
+    let response = match read_request(stream, timeout).map_err(DecodeError::invalid).and_then(|b| decode_request(&b)) {
+        Err(e) => e.into(),
         Ok(req) => dispatch(req, engine),
     };
     reply(stream, &response);
@@ -228,13 +228,18 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     let result = match req {
+        // Glue until the engine takes the typed values (issue 10): it parses them again.
         Request::Publish { jail, specs, sources, log, network } => {
-            engine::publish(engine, &jail, &specs, &sources, log, network.as_deref())
+            let specs: Vec<String> = specs.iter().map(ToString::to_string).collect();
+            let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
+            engine::publish(engine, jail.as_str(), &specs, &sources, log, network.as_ref().map(|n| n.as_str()))
         }
         Request::Reconcile { verify } => Ok(engine::reconcile(engine, verify)),
-        Request::Unpublish { jail, specs, all } => lock().unpublish(&jail, &specs, all),
-        Request::List { jail } => lock().list(jail.as_deref()).map(|v| Response::with_data(&v)),
-        Request::Rules { jail } => lock().rules(jail.as_deref()).map(|v| Response::with_data(&v)),
+        Request::Unpublish { jail, specs, all } => {
+            lock().unpublish(jail.as_str(), &specs.iter().map(ToString::to_string).collect::<Vec<_>>(), all)
+        }
+        Request::List { jail } => lock().list(jail.as_ref().map(|j| j.as_str())).map(|v| Response::with_data(&v)),
+        Request::Rules { jail } => lock().rules(jail.as_ref().map(|j| j.as_str())).map(|v| Response::with_data(&v)),
         Request::Check => Ok(Response::with_data(&lock().check())),
     };
     result.unwrap_or_else(Engine::refused)
