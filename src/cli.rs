@@ -17,7 +17,7 @@ use crate::core::conflict;
 use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName, NetworkName};
 use crate::core::publication::Publication;
 use crate::core::render::{Gateways, Targets, render_uniform};
-use crate::core::spec::{PortSpec, SpecError};
+use crate::core::spec::{Place, PortSpec, SpecError};
 use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response};
 
 /// Bad input from the command line: exit status 2.
@@ -196,18 +196,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent { config, check: false } => crate::agent::run(&config).map(|()| 0),
         Command::Render(a) => render(a),
         Command::Publish { jail, sources, log, network, specs } => {
-            check_jail(&jail)?;
-            parse_specs(&specs)?;
-            parse_sources(&sources)?;
-            if let Some(n) = &network {
-                n.parse::<NetworkName>()?;
-            }
+            let jail = check_jail(&jail)?;
+            let specs = parse_specs(&specs)?;
+            let sources = parse_sources(&sources)?;
+            let network = network.as_deref().map(str::parse::<NetworkName>).transpose()?;
             let r = ask(&socket, &Request::Publish { jail, specs, sources, log, network })?;
             Ok(print_message(&r))
         }
         Command::Unpublish { jail, all, specs } => {
-            check_jail(&jail)?;
-            parse_specs(&specs)?;
+            let jail = check_jail(&jail)?;
+            let specs = parse_specs(&specs)?;
             let r = ask(&socket, &Request::Unpublish { jail, specs, all })?;
             Ok(print_message(&r))
         }
@@ -265,12 +263,10 @@ fn ask(socket: &AgentSocket, req: &Request) -> anyhow::Result<Response> {
 fn ask_data<T: serde::de::DeserializeOwned>(
     socket: &AgentSocket,
     jail: Option<&str>,
-    request: impl FnOnce(Option<String>) -> Request,
+    request: impl FnOnce(Option<JailName>) -> Request,
 ) -> anyhow::Result<Result<T, i32>> {
-    if let Some(j) = jail {
-        check_jail(j)?;
-    }
-    let r = ask(socket, &request(jail.map(str::to_string)))?;
+    let jail = jail.map(check_jail).transpose()?;
+    let r = ask(socket, &request(jail))?;
     if !r.ok {
         return Ok(Err(print_message(&r)));
     }
@@ -296,32 +292,29 @@ fn print_message(r: &Response) -> i32 {
 pub fn ls_table(views: &[PublicationView]) -> String {
     let mut rows = vec![["JAIL", "PUBLISHED", "TARGET", "PROTO", "STATE"].map(String::from).to_vec()];
     for v in views {
-        let place = match (&v.address, v.interfaces.is_empty()) {
-            (Some(a), _) if a.contains(':') => format!("[{a}]"),
-            (Some(a), _) => a.clone(),
-            (None, false) => v.interfaces.join(","),
-            (None, true) => v
-                .spec
-                .split(':')
-                .next()
-                .filter(|p| p.starts_with(|c: char| c.is_ascii_alphabetic()))
-                .unwrap_or("gateway")
-                .to_string(),
+        let place = match &v.spec.place {
+            Place::Address(IpAddr::V6(a)) => format!("[{a}]"),
+            Place::Address(a) => a.to_string(),
+            _ if !v.interfaces.is_empty() => {
+                v.interfaces.iter().map(InterfaceName::as_str).collect::<Vec<_>>().join(",")
+            }
+            Place::Interface(i) => i.to_string(),
+            Place::Gateway => "gateway".to_string(),
         };
-        let targets: Vec<String> = [v.ipv4.clone(), v.ipv6.as_ref().map(|a| format!("[{a}]"))]
+        let targets: Vec<String> = [v.ipv4.map(|a| a.to_string()), v.ipv6.map(|a| format!("[{a}]"))]
             .into_iter()
             .flatten()
             .map(|a| format!("{a}:{}", v.jail_ports))
             .collect();
         let state = match &v.reason {
             Some(r) => format!("{} ({r})", v.state),
-            None => v.state.clone(),
+            None => v.state.to_string(),
         };
         rows.push(vec![
-            v.jail.clone(),
+            v.jail.to_string(),
             format!("{place}:{}", v.host_ports),
             if targets.is_empty() { format!("-:{}", v.jail_ports) } else { targets.join(",") },
-            v.protocol.clone(),
+            v.protocol.to_string(),
             state,
         ]);
     }
@@ -343,7 +336,10 @@ fn check(socket: &AgentSocket) -> anyhow::Result<i32> {
             ok: false,
             what: "agent".into(),
             detail: e.to_string(),
-            fix: Some("service kleene_rdr enable && service kleene_rdr start".into()),
+            fix: Some(match e {
+                ClientError::Version { .. } => "install the kleenectl of the agent's release".into(),
+                _ => "service kleene_rdr enable && service kleene_rdr start".into(),
+            }),
         }],
         Ok(r) if !r.ok => return Ok(print_message(&r)),
         Ok(r) => r.decode().context("the agent's findings")?,
@@ -422,4 +418,42 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     out.write_all(anchor.text().as_bytes()).context("writing to stdout")?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::api::{PublicationState, Standing};
+    use crate::core::render::Targets;
+
+    fn view(spec: &str, standing: Standing, interfaces: &[&str], targets: &[&str]) -> PublicationView {
+        PublicationState {
+            publication: Publication::new("web".parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
+            standing,
+            reason: (standing != Standing::Active).then(|| "why".into()),
+            interfaces: interfaces.iter().map(|i| i.parse().unwrap()).collect(),
+            targets: Targets::from_addrs(targets.iter().map(|a| a.parse().unwrap())),
+        }
+        .into()
+    }
+
+    #[test]
+    fn the_table_says_where_each_publication_listens_from_its_typed_spec() {
+        let table = ls_table(&[
+            view("8080:80", Standing::Active, &["em0", "em1"], &["10.13.37.2", "fd00::2"]),
+            view("8081", Standing::Pending, &[], &[]),
+            view("em1:8443:443/udp", Standing::Pending, &[], &[]),
+            view("192.0.2.10:8000-8010:9000", Standing::Active, &[], &["10.13.37.2"]),
+            view("[2001:db8::10]:80:8080", Standing::Removing, &[], &[]),
+        ]);
+        assert_eq!(
+            table,
+            "JAIL  PUBLISHED             TARGET                      PROTO  STATE\n\
+             web   em0,em1:8080          10.13.37.2:80,[fd00::2]:80  tcp    active\n\
+             web   gateway:8081          -:8081                      tcp    pending (why)\n\
+             web   em1:8443              -:443                       udp    pending (why)\n\
+             web   192.0.2.10:8000-8010  10.13.37.2:9000-9010        tcp    active\n\
+             web   [2001:db8::10]:80     -:8080                      tcp    removing (why)\n"
+        );
+    }
 }

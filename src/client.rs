@@ -1,5 +1,8 @@
 //! The client side of the socket protocol.
 //!
+//! Requests go out with the protocol version (see [`crate::proto`]); an answer of another
+//! version is an error naming both, never data read by the wrong rules.
+//!
 //! One request has one deadline for the whole exchange (connect, send, and the whole answer
 //! line), so a busy or hung agent costs the caller at most that long; and the answer is read up to
 //! a size limit, so a broken agent cannot make the client allocate without bound.
@@ -14,7 +17,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt};
 use nix::sys::time::TimeVal;
 
-use crate::proto::{Request, Response};
+use crate::proto::{Request, Response, VERSION, encode_request};
 
 /// The deadline of a request when the caller gives none (`kleenectl --timeout`'s default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,6 +44,18 @@ pub enum ClientError {
     /// The agent answered something that is not a response, or broke the connection.
     #[error("the agent at {socket} answered badly: {cause}")]
     Protocol { socket: String, cause: String },
+    /// The agent speaks another version of the protocol.
+    #[error(
+        "the agent at {socket} speaks protocol version {agent} and this kleenectl version {}: use a kleenectl of the same release as the agent{}",
+        VERSION,
+        said(.message)
+    )]
+    Version { socket: String, agent: u32, message: String },
+}
+
+/// ` (the agent said: MESSAGE)`, or nothing for an empty message.
+fn said(message: &str) -> String {
+    if message.is_empty() { String::new() } else { format!(" (the agent said: {message})") }
 }
 
 /// `60 s`, or `1500 ms` for a deadline that is not whole seconds.
@@ -64,7 +79,7 @@ pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result
         Failure::Late => late(),
         Failure::Io(e) => ClientError::Unreachable { socket: name(), cause: e.to_string() },
     })?;
-    let mut line = serde_json::to_string(req).expect("requests serialise");
+    let mut line = encode_request(req);
     line.push('\n');
     // The agent may answer before reading the request (over max_connections, refused
     // credentials) and close: then the write fails but its answer is there to read.
@@ -84,7 +99,11 @@ pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result
     if answer.len() > MAX_ANSWER {
         return Err(protocol(format!("its answer is larger than {} MiB", MAX_ANSWER >> 20)));
     }
-    serde_json::from_slice(&answer).map_err(|e| protocol(e.to_string()))
+    let response: Response = serde_json::from_slice(&answer).map_err(|e| protocol(e.to_string()))?;
+    if response.version != VERSION {
+        return Err(ClientError::Version { socket: name(), agent: response.version, message: response.message });
+    }
+    Ok(response)
 }
 
 /// Why one step of the exchange failed.
@@ -181,6 +200,18 @@ fn read_line_within(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_version_is_named_with_what_the_agent_said() {
+        let e = ClientError::Version { socket: "/s".into(), agent: 1, message: "malformed request: x".into() };
+        assert_eq!(
+            e.to_string(),
+            "the agent at /s speaks protocol version 1 and this kleenectl version 2: use a kleenectl of the same \
+             release as the agent (the agent said: malformed request: x)"
+        );
+        let e = ClientError::Version { socket: "/s".into(), agent: 3, message: String::new() };
+        assert!(e.to_string().ends_with("same release as the agent"), "{e}");
+    }
 
     #[test]
     fn deadlines_read_well() {

@@ -1,57 +1,49 @@
-//! The socket protocol between `kleenectl` and the agent: one JSON object per line each way
-//! (a request, then its response), over the agent's Unix socket.
+//! The socket protocol between `kleenectl` and the agent: one JSON object per line each way (a
+//! request, then its response), over the agent's Unix socket. docs/protocol.md is its reference
+//! for other programs (jail managers calling the agent directly).
 //!
-//! Requests carry the user's words as strings; the agent validates them itself, because the
-//! socket is an edge like the command line.
+//! The socket is an edge like the command line, and [`decode_request`] is where it is crossed:
+//! a request's jail names, port specs, address prefixes and network names travel as the strings
+//! users type, and become domain values there, once, so the agent past it handles only typed
+//! values. Responses carry typed values too, so the client never parses text the agent wrote.
+//!
+//! Every request and response carries the protocol [`VERSION`]. The unversioned protocol of
+//! earlier releases is version 1; an agent answers a request of any other version with an error
+//! naming both versions, in words a client of that version can read.
+
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// One request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Publish {
-        jail: String,
-        specs: Vec<String>,
-        #[serde(default)]
-        sources: Vec<String>,
-        #[serde(default)]
-        log: bool,
-        #[serde(default)]
-        network: Option<String>,
-    },
-    Unpublish {
-        jail: String,
-        #[serde(default)]
-        specs: Vec<String>,
-        #[serde(default)]
-        all: bool,
-    },
-    List {
-        #[serde(default)]
-        jail: Option<String>,
-    },
-    Rules {
-        #[serde(default)]
-        jail: Option<String>,
-    },
-    Check,
-    Reconcile {
-        #[serde(default)]
-        verify: bool,
-    },
-}
+use crate::agent::api;
+use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName, PortRange, Protocol};
+use crate::core::spec::{Place, PortSpec};
+
+/// The protocol version this build speaks. Version 1 was the unversioned protocol of earlier
+/// releases: the same requests without `version`, and untyped answers.
+pub const VERSION: u32 = 2;
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// Decodes one request line (without its newline). Never panics, whatever the bytes.
-pub fn decode_request(bytes: &[u8]) -> Result<Request, String> {
-    if bytes.len() > MAX_REQUEST {
-        return Err(format!("request larger than {MAX_REQUEST} bytes"));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("request is not UTF-8: {e}"))?;
-    serde_json::from_str(text).map_err(|e| format!("malformed request: {e}"))
+/// One request, its values validated. On the wire it is an object with `version` and `op` (see
+/// [`encode_request`] and [`decode_request`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Publish `specs` of `jail` (at least one spec).
+    Publish { jail: JailName, specs: Vec<PortSpec>, sources: Vec<Cidr>, log: bool, network: Option<NetworkName> },
+    /// Remove `specs` of `jail`, or every publication of it when `all`: exactly one of the two
+    /// (specs given, or `all`), as [`decode_request`] checks.
+    Unpublish { jail: JailName, specs: Vec<PortSpec>, all: bool },
+    /// The publications, of one jail or all.
+    List { jail: Option<JailName> },
+    /// The anchors the agent loaded, of one jail or all.
+    Rules { jail: Option<JailName> },
+    /// What is wrong with the host's pf set-up.
+    Check,
+    /// Re-read jails and routes now, and read every loaded anchor back when `verify`.
+    Reconcile { verify: bool },
 }
 
 impl Request {
@@ -73,6 +65,214 @@ impl Request {
     }
 }
 
+/// The request's line, without its newline: `{"version":2,"op":...}`.
+pub fn encode_request(req: &Request) -> String {
+    #[derive(Serialize)]
+    struct Versioned<'a> {
+        version: u32,
+        #[serde(flatten)]
+        request: &'a Request,
+    }
+    serde_json::to_string(&Versioned { version: VERSION, request: req }).expect("requests serialise")
+}
+
+/// Why a request line was not decoded: the kind and the message of the error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl DecodeError {
+    /// Bad input: not a request, or a value that fails validation.
+    pub fn invalid(message: impl Into<String>) -> DecodeError {
+        DecodeError { kind: ErrorKind::Invalid, message: message.into() }
+    }
+}
+
+impl From<DecodeError> for Response {
+    fn from(e: DecodeError) -> Response {
+        Response::err(e.kind, e.message)
+    }
+}
+
+/// Decodes and validates one request line (without its newline). Never panics, whatever the
+/// bytes.
+///
+/// In order: at most [`MAX_REQUEST`] bytes of UTF-8 holding one JSON object without repeated
+/// keys; a `version` other than [`VERSION`] is then answered with [`ErrorKind::Version`] before
+/// anything else is read, since the rest is that version's; then the fields, strictly (no
+/// unknown fields, the right types), and their values, with the messages users see on the
+/// command line (`invalid jail name "…": …`, `invalid port spec "…": …`). A request without
+/// `version` is version 1, whose requests had these fields: once they are valid it is answered
+/// with the version message, of kind [`ErrorKind::Invalid`], a kind version-1 clients know (they
+/// refuse an answer with a kind they do not know, and would not show the message).
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    if bytes.len() > MAX_REQUEST {
+        return Err(DecodeError::invalid(format!("request larger than {MAX_REQUEST} bytes")));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::invalid(format!("request is not UTF-8: {e}")))?;
+    let wire::Object(mut fields) =
+        serde_json::from_str(text).map_err(|e| DecodeError::invalid(format!("malformed request: {e}")))?;
+    let version = fields.remove("version");
+    if let Some(v) = &version {
+        if v.as_u64() != Some(u64::from(VERSION)) {
+            return Err(DecodeError { kind: ErrorKind::Version, message: version_mismatch(&wire::describe(v)) });
+        }
+    }
+    let request = wire::Request::deserialize(serde_json::Value::Object(fields))
+        .map_err(|e| DecodeError::invalid(format!("malformed request: {e}")))?;
+    let request = request.validate().map_err(DecodeError::invalid)?;
+    match version {
+        Some(_) => Ok(request),
+        None => Err(DecodeError::invalid(version_mismatch("1 (no version field)"))),
+    }
+}
+
+/// The answer to a request of another version; `sent` is what the client sent.
+fn version_mismatch(sent: &str) -> String {
+    format!(
+        "this agent speaks protocol version {VERSION}, the client sent version {sent}: use a kleenectl of the same \
+         release as the agent"
+    )
+}
+
+/// The request as it arrives, before validation: the strings and flags users gave.
+mod wire {
+    use std::fmt;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use crate::core::model::{Cidr, JailName, NetworkName};
+    use crate::core::spec::PortSpec;
+
+    /// A JSON object whose keys are all different (a repeated key is refused, not silently
+    /// resolved in favour of one of its values).
+    pub(super) struct Object(pub(super) Map<String, Value>);
+
+    impl<'de> Deserialize<'de> for Object {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Keys;
+            impl<'de> Visitor<'de> for Keys {
+                type Value = Object;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+                    let mut out = Map::new();
+                    while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                        if out.contains_key(&key) {
+                            return Err(serde::de::Error::custom(format_args!("duplicate field `{key}`")));
+                        }
+                        out.insert(key, value);
+                    }
+                    Ok(Object(out))
+                }
+            }
+            d.deserialize_map(Keys)
+        }
+    }
+
+    /// A `version` value as the version message shows it: the number, or the JSON text (cut
+    /// short) of what is not one.
+    pub(super) fn describe(v: &Value) -> String {
+        if let Some(n) = v.as_u64() {
+            return n.to_string();
+        }
+        let text = v.to_string();
+        let cut: String = text.chars().take(32).collect();
+        let more = if cut.len() < text.len() { "…" } else { "" };
+        format!("{cut}{more} (not a version number)")
+    }
+
+    #[derive(Deserialize)]
+    #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+    pub(super) enum Request {
+        Publish {
+            jail: String,
+            specs: Vec<String>,
+            #[serde(default)]
+            sources: Vec<String>,
+            #[serde(default)]
+            log: bool,
+            #[serde(default)]
+            network: Option<String>,
+        },
+        Unpublish {
+            jail: String,
+            #[serde(default)]
+            specs: Vec<String>,
+            #[serde(default)]
+            all: bool,
+        },
+        List {
+            #[serde(default)]
+            jail: Option<String>,
+        },
+        Rules {
+            #[serde(default)]
+            jail: Option<String>,
+        },
+        /// A struct variant, not a unit one: serde lets unknown fields through on an internally
+        /// tagged unit variant.
+        Check {},
+        Reconcile {
+            #[serde(default)]
+            verify: bool,
+        },
+    }
+
+    fn jail(s: &str) -> Result<JailName, String> {
+        s.parse().map_err(|e| format!("{e}"))
+    }
+
+    fn jail_opt(s: Option<String>) -> Result<Option<JailName>, String> {
+        s.as_deref().map(jail).transpose()
+    }
+
+    fn specs(specs: &[String]) -> Result<Vec<PortSpec>, String> {
+        specs.iter().map(|s| PortSpec::parse(s).map_err(|e| e.to_string())).collect()
+    }
+
+    impl Request {
+        /// The typed request, or the first value that fails validation, in the order the
+        /// command line checks them.
+        pub(super) fn validate(self) -> Result<super::Request, String> {
+            Ok(match self {
+                Request::Publish { jail: j, specs: s, sources, log, network } => {
+                    let jail = jail(&j)?;
+                    if s.is_empty() {
+                        return Err("give at least one port spec".into());
+                    }
+                    let specs = specs(&s)?;
+                    let sources = sources
+                        .iter()
+                        .map(|c| c.parse::<Cidr>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| e.to_string())?;
+                    let network =
+                        network.as_deref().map(str::parse::<NetworkName>).transpose().map_err(|e| e.to_string())?;
+                    super::Request::Publish { jail, specs, sources, log, network }
+                }
+                Request::Unpublish { jail: j, specs: s, all } => {
+                    let jail = jail(&j)?;
+                    if all != s.is_empty() {
+                        return Err("give the specs to unpublish, or --all (\"all\": true), not both".into());
+                    }
+                    super::Request::Unpublish { jail, specs: specs(&s)?, all }
+                }
+                Request::List { jail } => super::Request::List { jail: jail_opt(jail)? },
+                Request::Rules { jail } => super::Request::Rules { jail: jail_opt(jail)? },
+                Request::Check {} => super::Request::Check,
+                Request::Reconcile { verify } => super::Request::Reconcile { verify },
+            })
+        }
+    }
+}
+
 /// Why a request failed; decides the client's exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,11 +291,17 @@ pub enum ErrorKind {
     Limit,
     /// Anything else.
     Internal,
+    /// The request's protocol version is not the agent's.
+    Version,
 }
 
-/// One response.
+/// One response. Its fields are those of version 1 plus `version`, so that a version-1 client
+/// still reads `ok`, `error` and `message` of an answer from this agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
+    /// The agent's protocol version; missing in version 1's answers.
+    #[serde(default = "version_1")]
+    pub version: u32,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorKind>,
@@ -107,19 +313,33 @@ pub struct Response {
     pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
+fn version_1() -> u32 {
+    1
+}
+
 impl Response {
+    /// A success with a message for people.
     pub fn ok(message: impl Into<String>) -> Response {
-        Response { ok: true, error: None, message: message.into(), data: None }
+        Response { version: VERSION, ok: true, error: None, message: message.into(), data: None }
     }
 
     /// A success carrying `data`.
     pub fn with_data<T: Serialize>(data: &T) -> Response {
         let data = serde_json::value::to_raw_value(data).expect("response data serialises");
-        Response { ok: true, error: None, message: String::new(), data: Some(data) }
+        Response { version: VERSION, ok: true, error: None, message: String::new(), data: Some(data) }
     }
 
+    /// A failure.
     pub fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(kind), message: message.into(), data: None }
+        Response { version: VERSION, ok: false, error: Some(kind), message: message.into(), data: None }
+    }
+
+    /// The engine's answer to a publish, unpublish or reconcile.
+    pub fn answer(answer: api::Answer) -> Response {
+        match answer {
+            Ok(message) => Response::ok(message),
+            Err(refusal) => refusal.into(),
+        }
     }
 
     /// The data, decoded.
@@ -128,58 +348,467 @@ impl Response {
     }
 }
 
-/// One line of `kleenectl ls --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublicationView {
-    pub jail: String,
-    pub spec: String,
-    pub protocol: String,
-    pub host_ports: String,
-    pub jail_ports: String,
-    pub interfaces: Vec<String>,
-    pub address: Option<String>,
-    pub ipv4: Option<String>,
-    pub ipv6: Option<String>,
-    pub state: String,
-    pub reason: Option<String>,
-    pub sources: Vec<String>,
-    pub log: bool,
-    pub network: Option<String>,
+impl From<api::RefusalKind> for ErrorKind {
+    fn from(kind: api::RefusalKind) -> ErrorKind {
+        match kind {
+            api::RefusalKind::Invalid => ErrorKind::Invalid,
+            api::RefusalKind::Conflict => ErrorKind::Conflict,
+            api::RefusalKind::NotFound => ErrorKind::NotFound,
+            api::RefusalKind::Pf => ErrorKind::Pf,
+            api::RefusalKind::Limit => ErrorKind::Limit,
+            api::RefusalKind::Internal => ErrorKind::Internal,
+        }
+    }
 }
 
-/// One finding of `kleenectl check`.
+impl From<api::Refusal> for Response {
+    fn from(r: api::Refusal) -> Response {
+        Response::err(r.kind.into(), r.message)
+    }
+}
+
+/// Where a publication stands, as `ls` says it: `active`, `pending`, `conflict`, `error` or
+/// `removing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its rules are loaded.
+    Active,
+    /// Its jail is not running, or its addresses are being read.
+    Pending,
+    /// Its host port is held by an older publication.
+    Conflict,
+    /// It cannot be applied.
+    Error,
+    /// Unpublished, but pf has not finished removing it.
+    Removing,
+}
+
+impl State {
+    /// The word `ls` and its JSON use.
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Pending => "pending",
+            State::Conflict => "conflict",
+            State::Error => "error",
+            State::Removing => "removing",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+impl From<api::Standing> for State {
+    fn from(s: api::Standing) -> State {
+        match s {
+            api::Standing::Active => State::Active,
+            api::Standing::Pending => State::Pending,
+            api::Standing::Conflict => State::Conflict,
+            api::Standing::Error => State::Error,
+            api::Standing::Removing => State::Removing,
+        }
+    }
+}
+
+/// One publication, as `list` answers and `kleenectl ls --json` prints it. `protocol`,
+/// `host_ports`, `jail_ports` and `address` repeat parts of `spec`, for callers that do not
+/// parse specs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicationView {
+    pub jail: JailName,
+    /// The canonical spec.
+    pub spec: PortSpec,
+    pub protocol: Protocol,
+    pub host_ports: PortRange,
+    pub jail_ports: PortRange,
+    /// The interfaces its rules are on (empty for an address publication, or when none).
+    pub interfaces: Vec<InterfaceName>,
+    /// The host address of an address publication.
+    pub address: Option<IpAddr>,
+    /// The jail's IPv4 target.
+    pub ipv4: Option<IpAddr>,
+    /// The jail's IPv6 target.
+    pub ipv6: Option<IpAddr>,
+    pub state: State,
+    /// Why it is not active (None when active).
+    pub reason: Option<String>,
+    pub sources: Vec<Cidr>,
+    pub log: bool,
+    pub network: Option<NetworkName>,
+}
+
+impl From<api::PublicationState> for PublicationView {
+    fn from(s: api::PublicationState) -> PublicationView {
+        let p = s.publication;
+        PublicationView {
+            protocol: p.spec.proto,
+            host_ports: p.spec.host,
+            jail_ports: p.spec.jail,
+            address: match p.spec.place {
+                Place::Address(a) => Some(a),
+                Place::Gateway | Place::Interface(_) => None,
+            },
+            jail: p.jail,
+            spec: p.spec,
+            interfaces: s.interfaces,
+            ipv4: s.targets.inet,
+            ipv6: s.targets.inet6,
+            state: s.standing.into(),
+            reason: s.reason,
+            sources: p.sources,
+            log: p.log,
+            network: p.network,
+        }
+    }
+}
+
+/// One finding of `check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub ok: bool,
+    /// What was checked.
     pub what: String,
     pub detail: String,
     /// What to do when not ok.
     pub fix: Option<String>,
 }
 
-/// One anchor of `kleenectl rules`.
+impl From<api::Diagnostic> for Finding {
+    fn from(d: api::Diagnostic) -> Finding {
+        Finding { ok: d.ok, what: d.what, detail: d.detail, fix: d.fix }
+    }
+}
+
+/// One anchor of `rules`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorView {
+    /// The full anchor path (`kleene/web`).
     pub anchor: String,
-    pub jail: String,
+    pub jail: JailName,
+    /// The rules, as loaded.
     pub text: String,
+}
+
+impl From<api::LoadedAnchor> for AnchorView {
+    fn from(a: api::LoadedAnchor) -> AnchorView {
+        AnchorView { anchor: a.anchor, jail: a.jail, text: a.text }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::publication::Publication;
+    use crate::core::render::Targets;
+
+    fn decode(text: &str) -> Result<Request, DecodeError> {
+        decode_request(text.as_bytes())
+    }
+
+    fn invalid(text: &str) -> String {
+        let e = decode(text).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{text}: {e:?}");
+        e.message
+    }
+
+    #[test]
+    fn requests_travel_as_versioned_lines_of_strings() {
+        let req = Request::Publish {
+            jail: "web".parse().unwrap(),
+            specs: vec!["em1:8080:80/udp".parse().unwrap()],
+            sources: vec!["192.0.2.0/24".parse().unwrap()],
+            log: true,
+            network: None,
+        };
+        let line = encode_request(&req);
+        assert_eq!(
+            line,
+            r#"{"version":2,"op":"publish","jail":"web","specs":["em1:8080:80/udp"],"sources":["192.0.2.0/24"],"log":true,"network":null}"#
+        );
+        assert_eq!(decode(&line).unwrap(), req);
+        assert_eq!(encode_request(&Request::Check), r#"{"version":2,"op":"check"}"#);
+        assert_eq!(
+            encode_request(&Request::Reconcile { verify: true }),
+            r#"{"version":2,"op":"reconcile","verify":true}"#
+        );
+    }
+
+    #[test]
+    fn every_request_survives_the_round_trip() {
+        let web: JailName = "web".parse().unwrap();
+        let all = [
+            Request::Publish {
+                jail: web.clone(),
+                specs: vec!["8080".parse().unwrap(), "[2001:db8::1]:443:8443".parse().unwrap()],
+                sources: vec![],
+                log: false,
+                network: Some("kleenet".parse().unwrap()),
+            },
+            Request::Unpublish { jail: web.clone(), specs: vec!["8000-8010:9000/udp".parse().unwrap()], all: false },
+            Request::Unpublish { jail: web.clone(), specs: vec![], all: true },
+            Request::List { jail: None },
+            Request::List { jail: Some(web.clone()) },
+            Request::Rules { jail: Some("odd{name}".parse().unwrap()) },
+            Request::Check,
+            Request::Reconcile { verify: false },
+        ];
+        for req in all {
+            assert_eq!(decode(&encode_request(&req)).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn values_are_validated_at_decode_with_the_command_lines_messages() {
+        let v = |rest: &str| format!(r#"{{"version":2,{rest}}}"#);
+        let m = invalid(&v(r#""op":"publish","jail":"web\nrdr pass all","specs":["8080"]"#));
+        assert!(m.starts_with(r#"invalid jail name "web\nrdr pass all": "#), "{m}");
+        let m = invalid(&v(r#""op":"publish","jail":"web","specs":["em0 \n:8080:80"]"#));
+        assert!(m.starts_with(r#"invalid port spec "em0 \n:8080:80": "#), "{m}");
+        assert_eq!(invalid(&v(r#""op":"publish","jail":"web","specs":[]"#)), "give at least one port spec");
+        let m = invalid(&v(r#""op":"publish","jail":"web","specs":["8080"],"sources":["any"]"#));
+        assert!(m.starts_with(r#"invalid address prefix "any": "#), "{m}");
+        let m = invalid(&v(r#""op":"publish","jail":"web","specs":["8080"],"network":"a b""#));
+        assert!(m.starts_with(r#"invalid network name "a b": "#), "{m}");
+        for both_or_neither in [r#""specs":["8080"],"all":true"#, r#""specs":[]"#, r#""all":false"#] {
+            let m = invalid(&v(&format!(r#""op":"unpublish","jail":"web",{both_or_neither}"#)));
+            assert!(m.starts_with("give the specs to unpublish, or --all"), "{m}");
+        }
+        let m = invalid(&v(r#""op":"list","jail":"""#));
+        assert!(m.starts_with(r#"invalid jail name "": "#), "{m}");
+        let m = invalid(&v(r#""op":"rules","jail":"a b""#));
+        assert!(m.starts_with(r#"invalid jail name "a b": "#), "{m}");
+    }
 
     #[test]
     fn requests_are_strict() {
-        let r: Request = serde_json::from_str(r#"{"op":"publish","jail":"web","specs":["8080"]}"#).unwrap();
-        assert!(matches!(r, Request::Publish { ref sources, log: false, .. } if sources.is_empty()));
-        assert!(serde_json::from_str::<Request>(r#"{"op":"publish","jail":"web","specs":["8080"],"x":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"nuke"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"publish","jail":1,"specs":[]}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"check"}"#).is_ok());
-        assert!(decode_request(b"\xff\xfe").unwrap_err().contains("not UTF-8"));
-        assert!(decode_request(&vec![b' '; MAX_REQUEST + 1]).unwrap_err().contains("larger than"));
-        let text = serde_json::to_string(&Request::Reconcile { verify: true }).unwrap();
-        assert_eq!(text, r#"{"op":"reconcile","verify":true}"#);
+        let v = |rest: &str| format!(r#"{{"version":2,{rest}}}"#);
+        assert!(matches!(
+            decode(&v(r#""op":"publish","jail":"web","specs":["8080"]"#)).unwrap(),
+            Request::Publish { ref sources, log: false, network: None, .. } if sources.is_empty()
+        ));
+        for (text, want) in [
+            (v(r#""op":"publish","jail":"web","specs":["8080"],"x":1"#), "unknown field `x`"),
+            (v(r#""op":"nuke""#), "unknown variant `nuke`"),
+            (v(r#""op":"check","x":1"#), "unknown field `x`"),
+            (v(r#""jail":"web""#), "missing field `op`"),
+            (v(r#""op":"publish","jail":1,"specs":[]"#), "invalid type"),
+            (v(r#""op":"reconcile","verify":"yes""#), "invalid type"),
+            (v(r#""op":"list","jail":"a","jail":"b""#), "duplicate field `jail`"),
+            (r#"{"version":2,"version":2,"op":"check"}"#.into(), "duplicate field `version`"),
+            ("[1,2]".into(), "expected a JSON object"),
+            ("".into(), "malformed request"),
+            ("{".into(), "malformed request"),
+        ] {
+            let m = invalid(&text);
+            assert!(m.starts_with("malformed request: ") && m.contains(want), "{text}: {m}");
+        }
+        assert!(invalid("\u{0}").contains("malformed request"));
+        assert!(decode_request(b"\xff\xfe").unwrap_err().message.contains("not UTF-8"));
+        assert!(decode_request(&vec![b' '; MAX_REQUEST + 1]).unwrap_err().message.contains("larger than 65536 bytes"));
+    }
+
+    #[test]
+    fn another_version_is_named_before_anything_else_is_read() {
+        for (version, sent) in [
+            ("1", "version 1:"),
+            ("3", "version 3:"),
+            ("0", "version 0:"),
+            ("-2", "version -2 (not a version number):"),
+            ("2.0", "version 2.0 (not a version number):"),
+            (r#""2""#, r#"version "2" (not a version number):"#),
+            ("null", "version null (not a version number):"),
+        ] {
+            // Fields this version does not know, or does not accept, are that version's business.
+            for rest in [r#""op":"check""#, r#""op":"teleport","to":"mars""#] {
+                let text = format!(r#"{{"version":{version},{rest}}}"#);
+                let e = decode(&text).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Version, "{text}: {e:?}");
+                assert!(e.message.starts_with("this agent speaks protocol version 2, the client sent "), "{e:?}");
+                assert!(e.message.contains(sent), "{text}: {e:?}");
+                assert!(e.message.ends_with(": use a kleenectl of the same release as the agent"), "{e:?}");
+            }
+        }
+        let long = format!(r#"{{"version":"{}","op":"check"}}"#, "x".repeat(1000));
+        let e = decode(&long).unwrap_err();
+        assert!(e.message.len() < 200 && e.message.contains("xxx… (not a version number)"), "{e:?}");
+    }
+
+    #[test]
+    fn a_version_1_request_gets_the_version_message_in_words_version_1_reads() {
+        for v1 in [
+            r#"{"op":"check"}"#,
+            r#"{"op":"list"}"#,
+            r#"{"op":"publish","jail":"web","specs":["8080"]}"#,
+            r#"{"op":"unpublish","jail":"web","all":true}"#,
+        ] {
+            let e = decode(v1).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Invalid, "{v1}");
+            assert_eq!(
+                e.message,
+                "this agent speaks protocol version 2, the client sent version 1 (no version field): use a kleenectl \
+                 of the same release as the agent"
+            );
+        }
+        // What is malformed in version 1 too is answered as such.
+        assert!(invalid(r#"{"op":"publish","jail":"web","specs":["x"]}"#).starts_with("invalid port spec"));
+    }
+
+    /// Version 1's response and error kinds, as the clients of earlier releases decode them.
+    mod v1 {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[allow(dead_code)]
+        pub enum ErrorKind {
+            Invalid,
+            Conflict,
+            NotFound,
+            Pf,
+            Denied,
+            Limit,
+            Internal,
+        }
+
+        #[derive(Debug, serde::Deserialize)]
+        pub struct Response {
+            pub ok: bool,
+            #[serde(default)]
+            pub error: Option<ErrorKind>,
+            pub message: String,
+        }
+    }
+
+    #[test]
+    fn a_version_1_client_reads_the_answer_to_its_request() {
+        let answer: Response = decode(r#"{"op":"check"}"#).unwrap_err().into();
+        let line = serde_json::to_string(&answer).unwrap();
+        assert!(
+            line.starts_with(r#"{"version":2,"ok":false,"error":"invalid","message":"this agent speaks"#),
+            "{line}"
+        );
+        let old: v1::Response = serde_json::from_str(&line).unwrap();
+        assert!(!old.ok && matches!(old.error, Some(v1::ErrorKind::Invalid)), "{old:?}");
+        assert_eq!(old.message, answer.message);
+        let ok: v1::Response = serde_json::from_str(&serde_json::to_string(&Response::ok("fine")).unwrap()).unwrap();
+        assert!(ok.ok && ok.message == "fine");
+    }
+
+    #[test]
+    fn responses_carry_the_version_and_default_to_version_1() {
+        let text = serde_json::to_string(&Response::err(ErrorKind::Version, "x")).unwrap();
+        assert_eq!(text, r#"{"version":2,"ok":false,"error":"version","message":"x"}"#);
+        let old: Response = serde_json::from_str(r#"{"ok":true,"message":""}"#).unwrap();
+        assert_eq!(old.version, 1);
+    }
+
+    fn view(spec: &str, standing: api::Standing) -> PublicationView {
+        let p = Publication::new(
+            "web".parse().unwrap(),
+            spec.parse().unwrap(),
+            vec!["198.51.100.0/24".parse().unwrap(), "192.0.2.7".parse().unwrap()],
+            true,
+            Some("kleenet".parse().unwrap()),
+        );
+        api::PublicationState {
+            publication: p,
+            standing,
+            reason: (standing != api::Standing::Active).then(|| "jail web is not running".into()),
+            interfaces: vec!["em0".parse().unwrap()],
+            targets: Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]),
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_publication_view_keeps_the_json_of_version_1() {
+        // The exact text version 1's untyped view produced for this publication.
+        let v = view("8000-8010:9000/udp", api::Standing::Pending);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"jail":"web","spec":"8000-8010:9000-9010/udp","protocol":"udp","host_ports":"8000-8010","jail_ports":"9000-9010","interfaces":["em0"],"address":null,"ipv4":"10.13.37.2","ipv6":"fd00::2","state":"pending","reason":"jail web is not running","sources":["192.0.2.7","198.51.100.0/24"],"log":true,"network":"kleenet"}"#
+        );
+        let back: PublicationView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        let v = view("[2001:db8::10]:443:8443", api::Standing::Active);
+        assert_eq!(v.address, Some("2001:db8::10".parse().unwrap()));
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(text.contains(r#""address":"2001:db8::10""#) && text.contains(r#""state":"active","reason":null"#));
+        assert!(serde_json::from_str::<PublicationView>(&text.replace("8443", "84x3")).is_err());
+    }
+
+    #[test]
+    fn states_and_kinds_are_the_documented_words() {
+        for (standing, word) in [
+            (api::Standing::Active, "active"),
+            (api::Standing::Pending, "pending"),
+            (api::Standing::Conflict, "conflict"),
+            (api::Standing::Error, "error"),
+            (api::Standing::Removing, "removing"),
+        ] {
+            let state = State::from(standing);
+            assert_eq!(state.word(), word);
+            assert_eq!(standing.word(), word);
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{word}\""));
+            assert_eq!(serde_json::from_str::<State>(&format!("\"{word}\"")).unwrap(), state);
+        }
+        let refused = Response::answer(Err(api::Refusal::new(api::RefusalKind::NotFound, "gone")));
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"version":2,"ok":false,"error":"not_found","message":"gone"}"#
+        );
+        assert!(Response::answer(Ok("done".into())).ok);
+    }
+
+    #[test]
+    fn answers_become_responses_with_the_refusals_kind() {
+        use crate::agent::api::{Refusal, RefusalKind};
+        let ok = Response::answer(Ok("published".into()));
+        assert!(ok.ok && ok.error.is_none() && ok.message == "published");
+        for (kind, wire) in [
+            (RefusalKind::Invalid, ErrorKind::Invalid),
+            (RefusalKind::Conflict, ErrorKind::Conflict),
+            (RefusalKind::NotFound, ErrorKind::NotFound),
+            (RefusalKind::Pf, ErrorKind::Pf),
+            (RefusalKind::Limit, ErrorKind::Limit),
+            (RefusalKind::Internal, ErrorKind::Internal),
+        ] {
+            let r = Response::answer(Err(Refusal::new(kind, "why")));
+            assert!(!r.ok && r.error == Some(wire) && r.message == "why");
+        }
+    }
+
+    #[test]
+    fn port_ranges_travel_in_their_display_form() {
+        for (text, ok) in [("8080", true), ("8000-8010", true), ("1-65535", true), ("0", false), ("9-8", false)] {
+            let r = serde_json::from_str::<PortRange>(&format!("\"{text}\""));
+            assert_eq!(r.is_ok(), ok, "{text}: {r:?}");
+            if let Ok(r) = r {
+                assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{text}\""));
+            }
+        }
+        for bad in ["", "-", "80-", "+80", "65536", "8080:80", "80 "] {
+            assert!(serde_json::from_str::<PortRange>(&format!("\"{bad}\"")).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, decoding returns; what it accepts encodes back to the same request.
+        #[test]
+        fn decoding_is_total(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok(req) = decode_request(&bytes) {
+                proptest::prop_assert_eq!(decode(&encode_request(&req)).unwrap(), req);
+            }
+        }
+
+        #[test]
+        fn decoding_json_like_text_is_total(text in r#"\{("(version|op|jail|specs|all|sources|log|network|verify)"|[0-9":,\[\]{}a-z])*\}"#) {
+            if let Ok(req) = decode(&text) {
+                proptest::prop_assert_eq!(decode(&encode_request(&req)).unwrap(), req);
+            }
+        }
     }
 }

@@ -373,14 +373,18 @@ fn sigkill_at_random_points_loses_no_acknowledged_publication() {
                     let spec = port.to_string();
                     let req = if publish {
                         Request::Publish {
-                            jail: "web".into(),
-                            specs: vec![spec],
+                            jail: "web".parse().unwrap(),
+                            specs: vec![spec.parse().unwrap()],
                             sources: vec![],
                             log: false,
                             network: None,
                         }
                     } else {
-                        Request::Unpublish { jail: "web".into(), specs: vec![spec], all: false }
+                        Request::Unpublish {
+                            jail: "web".parse().unwrap(),
+                            specs: vec![spec.parse().unwrap()],
+                            all: false,
+                        }
                     };
                     match request(socket_host, &req) {
                         Some(r) if r.ok => {

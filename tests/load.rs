@@ -25,7 +25,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn publish(jail: &str, spec: &str) -> Request {
-    Request::Publish { jail: jail.into(), specs: vec![spec.into()], sources: vec![], log: false, network: None }
+    Request::Publish {
+        jail: jail.parse().unwrap(),
+        specs: vec![spec.parse().unwrap()],
+        sources: vec![],
+        log: false,
+        network: None,
+    }
 }
 
 #[test]
@@ -57,7 +63,11 @@ fn fifty_clients_each_doing_a_hundred_publish_unpublish_pairs() {
                     for k in 0..PAIRS {
                         let spec = format!("{}:{}", 10000 + c * 200 + k, 80 + k);
                         send(publish(&jail, &spec));
-                        send(Request::Unpublish { jail: jail.clone(), specs: vec![spec], all: false });
+                        send(Request::Unpublish {
+                            jail: jail.parse().unwrap(),
+                            specs: vec![spec.parse().unwrap()],
+                            all: false,
+                        });
                     }
                     send(publish(&jail, &format!("{}", 10000 + c * 200 + 150)));
                     lat

@@ -219,7 +219,7 @@ impl FakeAgent {
                     Behaviour::HangUp => Ok(()),
                     Behaviour::Flood => s.write_all(&vec![b'x'; 70 << 20]),
                     Behaviour::Refuse => {
-                        s.write_all(b"{\"ok\":false,\"error\":\"pf\",\"message\":\"pf is disabled\"}\n")
+                        s.write_all(b"{\"version\":2,\"ok\":false,\"error\":\"pf\",\"message\":\"pf is disabled\"}\n")
                     }
                 };
             }

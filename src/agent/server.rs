@@ -23,14 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::core::model::{Cidr, JailName, NetworkName};
-use crate::core::spec::{Place, PortSpec};
-use crate::proto::{AnchorView, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, decode_request};
+use crate::proto::{
+    AnchorView, DecodeError, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, decode_request,
+};
 
 use super::access::{self, Peer, Policy, RefusalLog};
-use super::api::{
-    Answer, Diagnostic, LoadedAnchor, PublicationState, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest,
-};
+use super::api::{PublishRequest, Removal, UnpublishRequest};
 use super::engine::{self, Engine};
 use super::log;
 
@@ -224,8 +222,8 @@ fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, Strin
 
 fn handle(stream: &UnixStream, engine: &Mutex<Engine>, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let response = match read_request(stream, timeout).and_then(|bytes| decode_request(&bytes)) {
-        Err(e) => Response::err(ErrorKind::Invalid, e),
+    let response = match read_request(stream, timeout).map_err(DecodeError::invalid).and_then(|b| decode_request(&b)) {
+        Err(e) => e.into(),
         Ok(req) => dispatch(req, engine),
     };
     reply(stream, &response);
@@ -237,200 +235,20 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     match req {
-        Request::Publish { jail, specs, sources, log, network } => answer(
-            publish_request(&jail, &specs, &sources, log, network.as_deref()).and_then(|r| engine::publish(engine, &r)),
-        ),
+        Request::Publish { jail, specs, sources, log, network } => {
+            Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network }))
+        }
         Request::Unpublish { jail, specs, all } => {
-            answer(unpublish_request(&jail, &specs, all).and_then(|r| lock().unpublish(&r)))
+            let removal = if all { Removal::All } else { Removal::Specs(specs) };
+            Response::answer(lock().unpublish(&UnpublishRequest { jail, removal }))
         }
-        Request::List { jail } => match jail_filter(jail.as_deref()) {
-            Ok(jail) => {
-                Response::with_data(&lock().list(jail.as_ref()).iter().map(publication_view).collect::<Vec<_>>())
-            }
-            Err(r) => refused(r),
-        },
-        Request::Rules { jail } => match jail_filter(jail.as_deref()) {
-            Ok(jail) => {
-                Response::with_data(&lock().rules(jail.as_ref()).into_iter().map(anchor_view).collect::<Vec<_>>())
-            }
-            Err(r) => refused(r),
-        },
-        Request::Check => Response::with_data(&lock().check().into_iter().map(finding).collect::<Vec<_>>()),
-        Request::Reconcile { verify } => answer(engine::reconcile(engine, verify)),
-    }
-}
-
-// From the wire's strings to the engine's requests: an invalid value is refused as invalid, with
-// its parser's message.
-
-fn invalid(e: impl std::fmt::Display) -> Refusal {
-    Refusal::new(RefusalKind::Invalid, e.to_string())
-}
-
-fn parse_jail(jail: &str) -> Result<JailName, Refusal> {
-    jail.parse().map_err(invalid)
-}
-
-fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Refusal> {
-    specs.iter().map(|s| PortSpec::parse(s).map_err(invalid)).collect()
-}
-
-fn publish_request(
-    jail: &str,
-    specs: &[String],
-    sources: &[String],
-    log: bool,
-    network: Option<&str>,
-) -> Result<PublishRequest, Refusal> {
-    Ok(PublishRequest {
-        jail: parse_jail(jail)?,
-        specs: parse_specs(specs)?,
-        sources: sources.iter().map(|s| s.parse::<Cidr>().map_err(invalid)).collect::<Result<_, _>>()?,
-        log,
-        network: network.map(|n| n.parse::<NetworkName>().map_err(invalid)).transpose()?,
-    })
-}
-
-fn unpublish_request(jail: &str, specs: &[String], all: bool) -> Result<UnpublishRequest, Refusal> {
-    let jail = parse_jail(jail)?;
-    if all != specs.is_empty() {
-        return Err(Removal::missing());
-    }
-    let removal = if all { Removal::All } else { Removal::Specs(parse_specs(specs)?) };
-    Ok(UnpublishRequest { jail, removal })
-}
-
-/// The jail `ls` and `rules` are limited to, if any.
-fn jail_filter(jail: Option<&str>) -> Result<Option<JailName>, Refusal> {
-    jail.map(parse_jail).transpose()
-}
-
-// From the engine's answers to the wire's responses.
-
-fn refused(r: Refusal) -> Response {
-    let kind = match r.kind {
-        RefusalKind::Invalid => ErrorKind::Invalid,
-        RefusalKind::Conflict => ErrorKind::Conflict,
-        RefusalKind::NotFound => ErrorKind::NotFound,
-        RefusalKind::Pf => ErrorKind::Pf,
-        RefusalKind::Limit => ErrorKind::Limit,
-        RefusalKind::Internal => ErrorKind::Internal,
-    };
-    Response::err(kind, r.message)
-}
-
-fn answer(a: Answer) -> Response {
-    a.map_or_else(refused, Response::ok)
-}
-
-fn publication_view(s: &PublicationState) -> PublicationView {
-    let p = &s.publication;
-    PublicationView {
-        jail: p.jail.to_string(),
-        spec: p.spec.to_string(),
-        protocol: p.spec.proto.to_string(),
-        host_ports: p.spec.host.to_string(),
-        jail_ports: p.spec.jail.to_string(),
-        interfaces: s.interfaces.iter().map(|i| i.to_string()).collect(),
-        address: match &p.spec.place {
-            Place::Address(a) => Some(a.to_string()),
-            _ => None,
-        },
-        ipv4: s.targets.inet.map(|a| a.to_string()),
-        ipv6: s.targets.inet6.map(|a| a.to_string()),
-        state: s.standing.word().to_string(),
-        reason: s.reason.clone(),
-        sources: p.sources.iter().map(|c| c.to_string()).collect(),
-        log: p.log,
-        network: p.network.as_ref().map(|n| n.to_string()),
-    }
-}
-
-fn anchor_view(a: LoadedAnchor) -> AnchorView {
-    AnchorView { anchor: a.anchor, jail: a.jail.to_string(), text: a.text }
-}
-
-fn finding(d: Diagnostic) -> Finding {
-    Finding { ok: d.ok, what: d.what, detail: d.detail, fix: d.fix }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::publication::Publication;
-    use crate::core::render::Targets;
-
-    fn strings(s: &[&str]) -> Vec<String> {
-        s.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn wire_strings_become_requests_and_a_bad_one_is_invalid_with_its_parsers_message() {
-        let r = publish_request("web", &strings(&["8080:80"]), &strings(&["192.0.2.0/24"]), true, Some("kleenet"));
-        let r = r.unwrap();
-        assert_eq!((r.jail.as_str(), r.specs[0].to_string().as_str(), r.log), ("web", "8080:80/tcp", true));
-        assert_eq!(r.network.unwrap().as_str(), "kleenet");
-
-        let jail = "we b".parse::<JailName>().unwrap_err().to_string();
-        let spec = PortSpec::parse("80800").unwrap_err().to_string();
-        let cidr = "192.0.2.1/24".parse::<Cidr>().unwrap_err().to_string();
-        for (refused, message) in [
-            (publish_request("we b", &strings(&["8080"]), &[], false, None).map(drop), jail.clone()),
-            (publish_request("web", &strings(&["80800"]), &[], false, None).map(drop), spec.clone()),
-            (publish_request("web", &strings(&["8080"]), &strings(&["192.0.2.1/24"]), false, None).map(drop), cidr),
-            (unpublish_request("web", &strings(&["80800"]), false).map(drop), spec),
-        ] {
-            assert_eq!(refused.unwrap_err(), Refusal::new(RefusalKind::Invalid, message));
+        Request::List { jail } => {
+            Response::with_data(&lock().list(jail.as_ref()).into_iter().map(PublicationView::from).collect::<Vec<_>>())
         }
-        assert_eq!(jail_filter(Some("we b")).unwrap_err().message, jail);
-        assert_eq!(jail_filter(None).unwrap(), None);
-    }
-
-    #[test]
-    fn unpublish_takes_specs_or_all_but_not_both() {
-        let all = unpublish_request("web", &[], true).unwrap();
-        assert_eq!(all.removal, Removal::All);
-        let some = unpublish_request("web", &strings(&["8080"]), false).unwrap();
-        assert_eq!(some.removal, Removal::Specs(vec!["8080".parse().unwrap()]));
-        assert_eq!(unpublish_request("web", &[], false).unwrap_err(), Removal::missing());
-        assert_eq!(unpublish_request("web", &strings(&["8080"]), true).unwrap_err(), Removal::missing());
-    }
-
-    #[test]
-    fn answers_become_responses_with_the_refusals_kind() {
-        let ok = answer(Ok("published".into()));
-        assert!(ok.ok && ok.error.is_none() && ok.message == "published");
-        for (kind, wire) in [
-            (RefusalKind::Invalid, ErrorKind::Invalid),
-            (RefusalKind::Conflict, ErrorKind::Conflict),
-            (RefusalKind::NotFound, ErrorKind::NotFound),
-            (RefusalKind::Pf, ErrorKind::Pf),
-            (RefusalKind::Limit, ErrorKind::Limit),
-            (RefusalKind::Internal, ErrorKind::Internal),
-        ] {
-            let r = answer(Err(Refusal::new(kind, "why")));
-            assert!(!r.ok && r.error == Some(wire) && r.message == "why");
+        Request::Rules { jail } => {
+            Response::with_data(&lock().rules(jail.as_ref()).into_iter().map(AnchorView::from).collect::<Vec<_>>())
         }
-    }
-
-    #[test]
-    fn a_publication_state_is_shown_as_ls_prints_it() {
-        let spec = "192.0.2.10:8000-8010:9000/udp".parse().unwrap();
-        let publication = Publication::new("web".parse().unwrap(), spec, vec![], false, None);
-        let state = PublicationState {
-            publication,
-            standing: super::super::api::Standing::Error,
-            reason: Some("pf refused the anchor".into()),
-            interfaces: vec![],
-            targets: Targets { inet: Some("10.13.37.2".parse().unwrap()), inet6: None },
-        };
-        let v = publication_view(&state);
-        assert_eq!(v.spec, "192.0.2.10:8000-8010:9000-9010/udp");
-        assert_eq!(
-            (v.protocol.as_str(), v.host_ports.as_str(), v.jail_ports.as_str()),
-            ("udp", "8000-8010", "9000-9010")
-        );
-        assert_eq!((v.address.as_deref(), v.ipv4.as_deref(), v.ipv6), (Some("192.0.2.10"), Some("10.13.37.2"), None));
-        assert_eq!((v.state.as_str(), v.reason.as_deref()), ("error", Some("pf refused the anchor")));
+        Request::Check => Response::with_data(&lock().check().into_iter().map(Finding::from).collect::<Vec<_>>()),
+        Request::Reconcile { verify } => Response::answer(engine::reconcile(engine, verify)),
     }
 }

@@ -181,6 +181,25 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// A range travels as its Display form, `"8080"` or `"8000-8010"` (the socket protocol's
+/// `host_ports` and `jail_ports`).
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        let port = |p: &str| p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse::<u16>().ok()).flatten();
+        let (start, end) = s.split_once('-').unwrap_or((&s, &s));
+        port(start).zip(port(end)).and_then(|(start, end)| PortRange::new(start, end)).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid port range {s:?}: expected 1-65535 or FIRST-LAST"))
+        })
+    }
+}
+
 /// A host interface name: 1-15 characters of letters, digits, `_`, `.`, `-`, starting with a
 /// letter (em0, vtnet0, igb0.100, epair3a, bridge0, lagg0).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
