@@ -87,7 +87,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     loop {
         match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {
-                engine.lock().unwrap_or_else(|p| p.into_inner()).tick();
+                // The poll reads the host without the engine's lock, so that no request waits
+                // for it; what requests see or change meanwhile wins over the poll's reading.
+                let reads = engine.lock().unwrap_or_else(|p| p.into_inner()).begin_poll();
+                let reading = reads.read();
+                engine.lock().unwrap_or_else(|p| p.into_inner()).finish_poll(reading);
                 next_tick = Instant::now() + poll;
             }
             Err(RecvTimeoutError::Disconnected) => break,

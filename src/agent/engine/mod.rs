@@ -49,7 +49,7 @@ use super::log;
 use super::state::{State, Store};
 use super::vnet::VnetAddrs;
 use executor::{Bypass, Executor, Outcome, Unfinished};
-use observe::Observer;
+use observe::{Observer, Reading, Touched};
 use verify::Verifier;
 
 /// The most pfctl and jls may print: an anchor of 1,024 dual-stack publications prints about
@@ -95,7 +95,8 @@ fn anchor_path(parent: &str, component: &str) -> String {
 /// See the module documentation.
 pub struct Engine {
     cfg: Config,
-    sys: System,
+    /// Shared with a poll that reads without the engine's lock.
+    sys: Arc<System>,
     store: Store,
     state: State,
     observer: Observer,
@@ -108,6 +109,34 @@ pub struct Engine {
     force: BTreeSet<String>,
     /// The last plan: the statuses `ls` shows.
     last: Plan,
+    /// While a poll reads without the lock: what requests observed or changed meanwhile.
+    touched: Option<Touched>,
+}
+
+/// A poll about to read the host without the engine's lock: what to read, and with what.
+pub struct Poll {
+    sys: Arc<System>,
+    parent: String,
+    host_addrs_due: bool,
+    /// The loaded anchors whose turn it is to be read back.
+    verify: Vec<(String, Arc<plan::Loaded>)>,
+}
+
+/// What a poll read.
+pub struct PollReading {
+    reading: Reading,
+    /// The anchors read back that differ from what was loaded, or could not be read.
+    stale: BTreeSet<String>,
+}
+
+impl Poll {
+    /// Runs the poll's reads: jls, route, `pfctl -s Anchors`, the host's addresses when due,
+    /// and this poll's share of read-backs. Takes no lock.
+    pub fn read(&self) -> PollReading {
+        let reading = Observer::read(&self.sys, &self.parent, self.host_addrs_due);
+        let stale = verify::compare(&*self.sys.pf, &self.parent, &self.verify);
+        PollReading { reading, stale }
+    }
 }
 
 impl Engine {
@@ -122,13 +151,14 @@ impl Engine {
             executor: Executor::new(&cfg.anchor, Duration::from_millis(cfg.poll_interval_ms)),
             verifier: Verifier::default(),
             cfg,
-            sys,
+            sys: Arc::new(sys),
             store,
             state,
             cache: RenderCache::default(),
             dirty: true,
             force: BTreeSet::new(),
             last: Plan::default(),
+            touched: None,
         })
     }
 
@@ -171,7 +201,8 @@ impl Engine {
         self.observer.reconfigure(&sys, Duration::from_millis(cfg.vnet_refresh_ms));
         self.executor.set_poll(Duration::from_millis(cfg.poll_interval_ms));
         self.cfg = cfg;
-        self.sys = sys;
+        self.sys = Arc::new(sys);
+        self.touch(|t| t.all = true);
         self.dirty = true;
         self.start();
     }
@@ -188,12 +219,24 @@ impl Engine {
     /// Reads jails, gateways and the anchors pf holds. A source that fails keeps its previous
     /// observation (a failing jls must not look like every jail stopped).
     pub fn observe(&mut self) {
+        self.touch(|t| t.all = true);
         self.dirty |= self.observer.observe(&self.sys, &self.cfg.anchor);
     }
 
     /// What a request that changes one jail observes: that jail and the default routes.
     pub fn observe_jail(&mut self, name: &JailName) {
+        self.touch(|t| {
+            t.jails.insert(name.clone());
+            t.gateways = true;
+        });
         self.dirty |= self.observer.observe_jail(&self.sys, name);
+    }
+
+    /// Records, for a poll reading without the lock, what a request saw or changed.
+    fn touch(&mut self, f: impl FnOnce(&mut Touched)) {
+        if let Some(t) = self.touched.as_mut() {
+            f(t);
+        }
     }
 
     /// Takes in what background reads of VNET jails' addresses found since the last
@@ -227,6 +270,7 @@ impl Engine {
     fn apply(&mut self, actions: &[plan::Action], bypass: Bypass) -> Outcome {
         let outcome = self.executor.apply(&*self.sys.pf, actions, bypass);
         self.observer.absorb(&outcome);
+        self.touch(|t| t.anchors.extend(outcome.loaded.iter().chain(&outcome.flushed).cloned()));
         outcome
     }
 
@@ -261,14 +305,44 @@ impl Engine {
         self.last = if self.executor.refused_loads() != refused_before { self.plan_current() } else { plan };
     }
 
-    /// One poll tick: observe, verify a share of the loaded anchors, reconcile.
+    /// One poll tick, all under the lock: observe, verify a share of the loaded anchors,
+    /// reconcile. The agent's loop polls in three steps instead ([`Engine::begin_poll`],
+    /// [`Poll::read`] without the lock, [`Engine::finish_poll`]); this is the same in one call.
     pub fn tick(&mut self) {
-        self.observe();
+        let poll = self.begin_poll();
+        let reading = poll.read();
+        self.finish_poll(reading);
+    }
+
+    /// The first step of a poll: what to read (this poll's share of read-backs included). From
+    /// now until [`Engine::finish_poll`], what requests observe or change is recorded, so that
+    /// the poll's older reading of it is not taken in.
+    pub fn begin_poll(&mut self) -> Poll {
+        self.touched = Some(Touched::default());
         let n =
             self.verifier.share(self.executor.loaded().len(), self.cfg.poll_interval_ms, self.cfg.verify_interval_ms);
-        if n > 0 {
-            self.verify(Some(n));
+        let verify = if self.observer.observed().anchors.is_some() {
+            self.verifier.pick(self.executor.loaded(), Some(n))
+        } else {
+            vec![]
+        };
+        Poll {
+            sys: Arc::clone(&self.sys),
+            parent: self.cfg.anchor.clone(),
+            host_addrs_due: self.observer.host_addrs_due(),
+            verify,
         }
+    }
+
+    /// The last step of a poll: takes in what it read, except what requests saw or changed
+    /// meanwhile, and reconciles.
+    pub fn finish_poll(&mut self, read: PollReading) {
+        let touched = self.touched.take().unwrap_or_default();
+        self.dirty |= self.observer.take(read.reading, &self.cfg.anchor, &touched);
+        let loaded = self.executor.loaded();
+        self.force.extend(
+            read.stale.into_iter().filter(|c| !touched.all && !touched.anchors.contains(c) && loaded.contains_key(c)),
+        );
         self.reconcile();
     }
 
@@ -278,14 +352,15 @@ impl Engine {
         if self.observer.observed().anchors.is_none() {
             return;
         }
-        let stale = self.verifier.verify(&*self.sys.pf, &self.cfg.anchor, self.executor.loaded(), count);
-        self.force.extend(stale);
+        let picked = self.verifier.pick(self.executor.loaded(), count);
+        self.force.extend(verify::compare(&*self.sys.pf, &self.cfg.anchor, &picked));
     }
 
     /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
     /// VNET jail's addresses and the host's again. The caller then waits for the reads without
     /// the engine's lock and calls [`Engine::reconcile_now`].
     pub fn begin_reconcile(&mut self) {
+        self.touch(|t| t.all = true);
         self.dirty |= self.observer.observe_all_again(&self.sys, &self.cfg.anchor);
     }
 
@@ -417,6 +492,39 @@ mod tests {
         assert!(h.pf().anchor("kleene/web").unwrap().contains("-> 10.13.37.9 port 80"));
         let (standing, _) = h.standing("web", "8080:80/tcp").unwrap();
         assert_eq!(standing, "active");
+    }
+
+    #[test]
+    fn a_poll_reads_without_the_lock_and_a_request_meanwhile_wins_over_its_older_reading() {
+        let h = web();
+        // The poll reads while db is not running and kleene/db does not exist...
+        let reads = h.engine().begin_poll();
+        let reading = reads.read();
+        // ... and meanwhile (the lock is free) db starts and a request publishes for it.
+        h.fakes.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        assert!(h.publish("db", &["5432"]).is_ok());
+        assert!(h.pf().anchor("kleene/db").is_some());
+        h.pf().clear_calls();
+        h.engine().finish_poll(reading);
+        assert!(h.pf().changes().is_empty(), "the older reading flushed and reloaded nothing: {:?}", h.pf().changes());
+        assert_eq!(h.standing("db", "5432:5432/tcp").unwrap().0, "active");
+        // The next poll sees the same host: nothing to do either.
+        h.tick();
+        assert!(h.pf().changes().is_empty(), "{:?}", h.pf().changes());
+    }
+
+    #[test]
+    fn a_reconcile_during_a_poll_makes_its_reading_moot() {
+        let h = web();
+        let reads = h.engine().begin_poll();
+        let reading = reads.read();
+        h.fakes.jails.set(vec![]);
+        assert!(h.reconcile().is_ok());
+        assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web"]);
+        h.pf().clear_calls();
+        h.engine().finish_poll(reading);
+        assert!(h.pf().changes().is_empty(), "web is not loaded again from the older reading");
+        assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "pending");
     }
 
     #[test]

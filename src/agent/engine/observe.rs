@@ -16,6 +16,7 @@ use crate::core::model::{Family, InterfaceName, JailName};
 use crate::core::plan::{AddrsUnknown, Observed, RunningJail};
 use crate::sys::host::{Routes, SysError};
 use crate::sys::parse::JailInfo;
+use crate::sys::runner::CmdError;
 
 use super::super::log;
 use super::super::vnet::VnetAddrs;
@@ -52,6 +53,32 @@ impl Source {
             Source::HostAddrs => "host addresses",
         }
     }
+}
+
+/// What one poll read from the host: the tools' answers, not yet taken in. A poll reads without
+/// the engine's lock ([`Observer::read`]), so that no request waits for it, and the reading is
+/// taken in afterwards ([`Observer::take`]).
+pub(super) struct Reading {
+    jails: Result<Vec<JailInfo>, SysError>,
+    gateways: [Result<Option<InterfaceName>, SysError>; 2],
+    anchors: Result<Vec<String>, CmdError>,
+    /// Read only when VNET jails run and the last read is older than the refresh interval.
+    host_addrs: Option<Result<Vec<IpAddr>, SysError>>,
+}
+
+/// What requests observed or changed while a poll was reading: the poll's older reading of
+/// those is not taken in.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Touched {
+    /// Jails a request read (`jls -j`).
+    pub(super) jails: BTreeSet<JailName>,
+    /// Whether a request read the default routes.
+    pub(super) gateways: bool,
+    /// Anchors a request loaded or flushed.
+    pub(super) anchors: BTreeSet<String>,
+    /// A request observed everything (`reconcile`) or the configuration changed: the whole
+    /// reading is older than what the engine knows.
+    pub(super) all: bool,
 }
 
 /// The last observation of the host, and why parts of it may be stale.
@@ -116,12 +143,22 @@ impl Observer {
         self.observed.foreign.extend(outcome.foreign.iter().cloned());
     }
 
-    /// Reads jails, gateways and the anchors below `parent` that pf holds. Returns whether
-    /// the observation changed.
+    /// Reads jails, gateways and the anchors below `parent` that pf holds, and takes them in.
+    /// Returns whether the observation changed.
     pub(super) fn observe(&mut self, sys: &System, parent: &str) -> bool {
-        let before = self.observed.clone();
-        // The reads are independent: run them at once (pfctl is still called by one thread at
-        // a time, since the engine is locked).
+        let reading = Observer::read(sys, parent, self.host_addrs_due());
+        self.take(reading, parent, &Touched::default())
+    }
+
+    /// Whether the host's own addresses are to be read with the next poll (when VNET jails run).
+    pub(super) fn host_addrs_due(&self) -> bool {
+        self.host_addrs_read.is_none_or(|t| t.elapsed() >= self.refresh)
+    }
+
+    /// What a poll reads: the jails, the gateways, the anchors below `parent`, and the host's
+    /// own addresses when `host_addrs_due` and a VNET jail runs. Runs processes and nothing
+    /// else: it needs no lock. The reads are independent and run at once.
+    pub(super) fn read(sys: &System, parent: &str, host_addrs_due: bool) -> Reading {
         let (jails, gateways, anchors) = std::thread::scope(|s| {
             let jails = s.spawn(|| sys.jails.list());
             let gateways = s.spawn(|| read_gateways(&*sys.routes));
@@ -129,29 +166,51 @@ impl Observer {
             let join = "observation threads do not panic";
             (jails.join().expect(join), gateways.join().expect(join), anchors)
         });
-        match jails {
+        let vnet = jails.as_ref().is_ok_and(|list| list.iter().any(|j| j.vnet));
+        let host_addrs = (vnet && host_addrs_due).then(|| sys.ifaces.host_addrs());
+        Reading { jails, gateways, anchors, host_addrs }
+    }
+
+    /// Takes in a poll's reading, except what requests `touched` while it was read (what they
+    /// saw is newer). A source that failed keeps its previous observation. Runs no process.
+    /// Returns whether the observation changed.
+    pub(super) fn take(&mut self, reading: Reading, parent: &str, touched: &Touched) -> bool {
+        if touched.all {
+            return false;
+        }
+        let before = self.observed.clone();
+        if let Some(addrs) = reading.host_addrs {
+            self.take_host_addrs(addrs);
+        }
+        match reading.jails {
             Ok(list) => {
                 self.problems.remove(&Source::Jls);
-                if list.iter().any(|j| j.vnet) {
-                    self.read_host_addrs(sys, false);
-                }
-                let live: BTreeSet<u32> = list.iter().map(|j| j.jid).collect();
+                let kept: Vec<RunningJail> =
+                    self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned().collect();
+                let read: Vec<RunningJail> =
+                    list.into_iter().filter(|j| !touched.jails.contains(&j.name)).map(|j| self.running(j)).collect();
+                let live: BTreeSet<u32> = kept.iter().chain(&read).map(|j| j.jid).collect();
                 self.vnet.retain(&live);
-                self.observed.jails = list.into_iter().map(|j| self.running(sys, j)).collect();
+                self.observed.jails = kept.into_iter().chain(read).collect();
             }
             Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
         }
-        self.apply_gateways(gateways);
+        if !touched.gateways {
+            self.apply_gateways(reading.gateways);
+        }
         let prefix = format!("{parent}/");
-        match anchors {
+        match reading.anchors {
             Ok(list) => {
                 self.problems.remove(&Source::Pf);
-                let present: BTreeSet<String> = list
+                let mut present: BTreeSet<String> = list
                     .iter()
                     .filter_map(|a| a.strip_prefix(&prefix))
                     .filter(|c| !c.contains('/'))
+                    .filter(|c| !touched.anchors.contains(*c))
                     .map(str::to_string)
                     .collect();
+                let known = self.observed.anchors.iter().flatten();
+                present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
                 self.observed.foreign.retain(|c| present.contains(c));
                 self.observed.anchors = Some(present);
             }
@@ -175,7 +234,10 @@ impl Observer {
         });
         match jail {
             Ok(found) => {
-                let fresh = found.map(|j| self.running(sys, j));
+                if found.as_ref().is_some_and(|j| j.vnet) && self.host_addrs_read.is_none() {
+                    self.read_host_addrs(sys, false);
+                }
+                let fresh = found.map(|j| self.running(j));
                 let at = self.observed.jails.iter().position(|j| &j.name == name);
                 match (at, fresh) {
                     (Some(i), Some(j)) => self.observed.jails[i] = j,
@@ -210,7 +272,12 @@ impl Observer {
         if fresh && !force {
             return;
         }
-        match sys.ifaces.host_addrs() {
+        self.take_host_addrs(sys.ifaces.host_addrs());
+    }
+
+    /// Takes in a read of the host's own addresses; a failed one keeps the last good one.
+    fn take_host_addrs(&mut self, read: Result<Vec<IpAddr>, SysError>) {
+        match read {
             Ok(addrs) => {
                 self.problems.remove(&Source::HostAddrs);
                 self.observed.host_addrs = addrs.into_iter().collect();
@@ -222,15 +289,8 @@ impl Observer {
 
     /// A jail as the planner sees it: its addresses (a VNET jail's as last read in the
     /// background, see `vnet`), or why they are not known.
-    fn running(&mut self, sys: &System, j: JailInfo) -> RunningJail {
-        let addrs = if !j.vnet {
-            Ok(j.ip4.into_iter().chain(j.ip6).collect())
-        } else {
-            if self.host_addrs_read.is_none() {
-                self.read_host_addrs(sys, false);
-            }
-            self.vnet_addrs(j.jid, &j.name)
-        };
+    fn running(&self, j: JailInfo) -> RunningJail {
+        let addrs = if j.vnet { self.vnet_addrs(j.jid, &j.name) } else { Ok(j.ip4.into_iter().chain(j.ip6).collect()) };
         RunningJail { name: j.name, jid: j.jid, vnet: j.vnet, addrs }
     }
 

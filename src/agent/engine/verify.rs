@@ -31,43 +31,50 @@ impl Verifier {
         n
     }
 
-    /// Reads back `count` of the `loaded` anchors below `parent` (all of them for `None`), round
-    /// robin. Returns the components that differ from what was loaded or cannot be read: they
-    /// are to be loaded again.
-    pub(super) fn verify(
+    /// The next `count` of the `loaded` anchors to read back (all of them for `None`), round
+    /// robin, with what was loaded into each.
+    pub(super) fn pick(
         &mut self,
-        pf: &dyn Pf,
-        parent: &str,
         loaded: &BTreeMap<String, Arc<Loaded>>,
         count: Option<usize>,
-    ) -> BTreeSet<String> {
-        let mut stale = BTreeSet::new();
-        let components: Vec<&String> = loaded.keys().collect();
-        if components.is_empty() {
-            return stale;
+    ) -> Vec<(String, Arc<Loaded>)> {
+        let all: Vec<(&String, &Arc<Loaded>)> = loaded.iter().collect();
+        if all.is_empty() {
+            return vec![];
         }
-        let count = count.unwrap_or(components.len()).min(components.len());
-        for i in 0..count {
-            let component = components[(self.cursor + i) % components.len()];
-            let path = anchor_path(parent, component);
-            let read = pf
-                .show(Some(&path), Show::Nat)
-                .and_then(|nat| pf.show(Some(&path), Show::Rules).map(|rules| nat + &rules));
-            match read {
-                Ok(text) if readback::readback_keys(&text) == readback::readback_keys(&loaded[component].text) => {}
-                Ok(_) => {
-                    log::warn(&format!("anchor {path} was changed behind the agent's back; reloading it"));
-                    stale.insert(component.clone());
-                }
-                Err(e) => {
-                    log::warn(&format!("cannot read anchor {path} back ({}); reloading it", e.message()));
-                    stale.insert(component.clone());
-                }
+        let count = count.unwrap_or(all.len()).min(all.len());
+        let picked = (0..count)
+            .map(|i| {
+                let (c, l) = all[(self.cursor + i) % all.len()];
+                (c.clone(), Arc::clone(l))
+            })
+            .collect();
+        self.cursor = (self.cursor + count) % all.len();
+        picked
+    }
+}
+
+/// Reads back the `picked` anchors below `parent` and returns those that differ from what was
+/// loaded, or cannot be read: they are to be loaded again. Needs no lock.
+pub(super) fn compare(pf: &dyn Pf, parent: &str, picked: &[(String, Arc<Loaded>)]) -> BTreeSet<String> {
+    let mut stale = BTreeSet::new();
+    for (component, loaded) in picked {
+        let path = anchor_path(parent, component);
+        let read =
+            pf.show(Some(&path), Show::Nat).and_then(|nat| pf.show(Some(&path), Show::Rules).map(|rules| nat + &rules));
+        match read {
+            Ok(text) if readback::readback_keys(&text) == readback::readback_keys(&loaded.text) => {}
+            Ok(_) => {
+                log::warn(&format!("anchor {path} was changed behind the agent's back; reloading it"));
+                stale.insert(component.clone());
+            }
+            Err(e) => {
+                log::warn(&format!("cannot read anchor {path} back ({}); reloading it", e.message()));
+                stale.insert(component.clone());
             }
         }
-        self.cursor = (self.cursor + count) % components.len();
-        stale
     }
+    stale
 }
 
 #[cfg(test)]
@@ -105,9 +112,9 @@ mod tests {
         let pf = FakePf::default();
         let all = loaded(&pf, &["a", "b", "c"]);
         let mut v = Verifier::default();
-        assert!(v.verify(&pf, "kleene", &all, Some(2)).is_empty());
+        assert!(compare(&pf, "kleene", &v.pick(&all, Some(2))).is_empty());
         pf.clear_calls();
-        v.verify(&pf, "kleene", &all, Some(2));
+        compare(&pf, "kleene", &v.pick(&all, Some(2)));
         let read: Vec<String> = pf
             .calls()
             .into_iter()
@@ -121,11 +128,11 @@ mod tests {
         // pfctl prints `port = 8080`: the same rules, by content.
         let b = pf.anchor("kleene/b").unwrap().replace("port 8080", "port = 8080");
         pf.set_anchor("kleene/b", &b);
-        assert!(v.verify(&pf, "kleene", &all, None).is_empty());
+        assert!(compare(&pf, "kleene", &v.pick(&all, None)).is_empty());
         pf.set_anchor("kleene/b", "pass in all\n");
         pf.set_anchor("kleene/c", "");
-        assert_eq!(v.verify(&pf, "kleene", &all, None), ["b".to_string(), "c".to_string()].into());
+        assert_eq!(compare(&pf, "kleene", &v.pick(&all, None)), ["b".to_string(), "c".to_string()].into());
         pf.refuse(PfOp::Show, "pfctl: DIOCGETRULES: Device busy");
-        assert_eq!(v.verify(&pf, "kleene", &all, None).len(), 3, "unreadable: loaded again");
+        assert_eq!(compare(&pf, "kleene", &v.pick(&all, None)).len(), 3, "unreadable: loaded again");
     }
 }
