@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::conflict;
 use crate::core::model::InterfaceName;
-use crate::core::model::{Family, JailName, NetworkName};
+use crate::core::model::{Family, JailName, LabelKind, NetworkName, is_own_label};
 use crate::core::plan::{
     self, Action, AddrsUnknown, Loaded, Observed, Plan, RenderCache, RunningJail, Settings, Status, Stored,
 };
@@ -166,12 +166,6 @@ enum Ownership {
     Empty,
     /// Rules without this agent's labels.
     Foreign,
-}
-
-/// Whether a label is one this agent puts on its rules: a publication's (`kleene:...`) or a
-/// jail's (`kleene/...`).
-fn is_own_label(label: &str) -> bool {
-    label.starts_with("kleene:") || label.starts_with("kleene/")
 }
 
 /// What applying a plan did not achieve.
@@ -675,7 +669,8 @@ impl Engine {
         let ours: Vec<String> = readback::labels(&rules).into_iter().filter(|l| is_own_label(l)).collect();
         Ok(if !ours.is_empty() {
             // One kill per jail label is enough: every pass rule of an anchor carries it.
-            let jail: Vec<String> = ours.iter().filter(|l| l.starts_with("kleene/")).cloned().collect();
+            let jail: Vec<String> =
+                ours.iter().filter(|l| LabelKind::of(l) == Some(LabelKind::Jail)).cloned().collect();
             Ownership::Ours(if jail.is_empty() { ours } else { jail })
         } else if nat.trim().is_empty() && rules.trim().is_empty() {
             Ownership::Empty

@@ -462,10 +462,61 @@ impl JailName {
     /// `kleene/#` and 16 hex digits when that would pass pf's 63 characters. It cannot equal
     /// a publication label (those start with `kleene:`).
     pub fn label(&self) -> String {
-        let component = self.component();
-        let full = format!("kleene/{component}");
-        if full.len() <= 63 { full } else { format!("kleene/#{:016x}", fnv1a64(component.as_bytes())) }
+        LabelKind::Jail.label(&self.component())
     }
+}
+
+/// The stem of every label this agent puts on its rules: a rule that carries none is not the
+/// agent's (see [`is_own_label`]).
+const LABEL_STEM: &str = "kleene";
+
+/// The longest label pf keeps (`PF_RULE_LABEL_SIZE` is 64 bytes with the terminating NUL).
+const MAX_LABEL: usize = 63;
+
+/// The two kinds of label this agent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelKind {
+    /// A jail's (`kleene/...`): on every pass rule of the jail's anchor.
+    Jail,
+    /// A publication's (`kleene:...`): on the pass rules of that publication.
+    Publication,
+}
+
+impl LabelKind {
+    fn separator(self) -> char {
+        match self {
+            LabelKind::Jail => '/',
+            LabelKind::Publication => ':',
+        }
+    }
+
+    /// The kind of one of this agent's labels; `None` for anybody else's.
+    pub fn of(label: &str) -> Option<LabelKind> {
+        let rest = label.strip_prefix(LABEL_STEM)?;
+        [LabelKind::Jail, LabelKind::Publication].into_iter().find(|k| rest.starts_with(k.separator()))
+    }
+
+    /// The stem, the separator and `body`; when that would pass pf's 63 characters, the stem,
+    /// the separator and 16 hex digits of a hash instead (a jail's: `#` and the hash of `body`;
+    /// a publication's: the hash of the whole label). The forms never change between versions,
+    /// because the states of rules loaded by an earlier agent must be found again.
+    pub(crate) fn label(self, body: &str) -> String {
+        let sep = self.separator();
+        let full = format!("{LABEL_STEM}{sep}{body}");
+        if full.len() <= MAX_LABEL {
+            return full;
+        }
+        match self {
+            LabelKind::Jail => format!("{LABEL_STEM}{sep}#{:016x}", fnv1a64(body.as_bytes())),
+            LabelKind::Publication => format!("{LABEL_STEM}{sep}{:016x}", fnv1a64(full.as_bytes())),
+        }
+    }
+}
+
+/// Whether a label is one this agent puts on its rules: a publication's (`kleene:...`) or a
+/// jail's (`kleene/...`).
+pub fn is_own_label(label: &str) -> bool {
+    LabelKind::of(label).is_some()
 }
 
 /// FNV-1a, 64 bits: small, stable and specified, which is all the naming needs (collisions are
@@ -622,12 +673,23 @@ mod tests {
         assert_eq!(web.label(), "kleene/web");
         assert_eq!(odd.label(), format!("kleene/{c}"));
         let label = "a".repeat(63).parse::<JailName>().unwrap().label();
-        assert!(label.starts_with("kleene/#") && label.len() == 24, "{label}");
+        assert_eq!(label, "kleene/#51c1e07b2aee9066", "the hashed form never changes");
         assert!("a".repeat(255).parse::<JailName>().is_ok());
         for bad in ["", "a b", "a\"b", "a'b", "a\\b", "a\nb", "a\tb", "é"] {
             assert!(bad.parse::<JailName>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(256).parse::<JailName>().is_err());
+    }
+
+    #[test]
+    fn own_labels_are_told_from_others() {
+        let web: JailName = "web".parse().unwrap();
+        assert_eq!(LabelKind::of(&web.label()), Some(LabelKind::Jail));
+        assert_eq!(LabelKind::of("kleene:web:8080:80/tcp"), Some(LabelKind::Publication));
+        assert_eq!(LabelKind::of(&"a".repeat(63).parse::<JailName>().unwrap().label()), Some(LabelKind::Jail));
+        for other in ["kleene", "kleenex/web", "ssh", "", "Kleene/web"] {
+            assert!(!is_own_label(other), "{other:?}");
+        }
     }
 
     #[test]
