@@ -3,11 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kleene_rdr::core::plan::{Observed, RenderCache, RunningJail, Settings, Stored, plan};
-
-const SETTINGS: Settings = Settings { networks: &[], anchor: "kleene" };
+use kleene_rdr::core::plan::{Applied, Desired, Observed, RunningJail, Stored, plan};
 use kleene_rdr::core::publication::Publication;
 use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+use kleene_rdr::core::renderer::Renderer;
 
 fn publications(jails: usize, per_jail: usize) -> Vec<Stored> {
     let mut out = Vec::new();
@@ -57,16 +56,20 @@ fn bench(c: &mut Criterion) {
     let desired = publications(1000, 10);
     let obs = observed(1000);
     let (force, errors) = (BTreeSet::new(), BTreeMap::new());
-    let mut cache = RenderCache::default();
-    let first = plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut cache);
+    let all = |publications| Desired { publications, networks: &[], anchor: "kleene" };
+    let nothing = BTreeMap::new();
+    let cold = Applied { loaded: &nothing, force: &force, pf_errors: &errors };
+    let mut renderer = Renderer::default();
+    let first = plan(&all(&desired), &obs, &cold, &mut renderer);
     let loaded = first.wanted.clone();
     let mut current = obs.clone();
     current.anchors = Some(loaded.keys().cloned().collect());
+    let settled = Applied { loaded: &loaded, force: &force, pf_errors: &errors };
     c.bench_function("plan 1000 jails x 10 publications, nothing changed (cached)", |b| {
-        b.iter(|| plan(&desired, &current, &loaded, &SETTINGS, &force, &errors, &mut cache))
+        b.iter(|| plan(&all(&desired), &current, &settled, &mut renderer))
     });
     c.bench_function("plan 1000 jails x 10 publications, cold (no cache)", |b| {
-        b.iter(|| plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut RenderCache::default()))
+        b.iter(|| plan(&all(&desired), &obs, &cold, &mut Renderer::default()))
     });
 }
 

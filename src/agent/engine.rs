@@ -17,10 +17,11 @@ use crate::core::conflict;
 use crate::core::model::InterfaceName;
 use crate::core::model::{Family, JailName, LabelKind, NetworkName, is_own_label};
 use crate::core::plan::{
-    self, Action, AddrsUnknown, Loaded, Observed, Plan, RenderCache, RunningJail, Settings, Status, Stored,
+    self, Action, AddrsUnknown, Applied, Desired, Loaded, Observed, Plan, RunningJail, Status, Stored,
 };
 use crate::core::publication::Publication;
 use crate::core::readback;
+use crate::core::renderer::Renderer;
 use crate::core::spec::{Place, PortSpec};
 use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Response};
 use crate::sys::host::{IfconfigTool, Interfaces, JailTools, Jails, RouteTool, Routes, SysError};
@@ -192,7 +193,7 @@ pub struct Engine {
     /// When the host's own addresses were last read successfully.
     host_addrs_read: Option<Instant>,
     loaded: BTreeMap<String, Arc<Loaded>>,
-    cache: RenderCache,
+    renderer: Renderer,
     /// Whether something changed since the last plan (state, observation, configuration).
     dirty: bool,
     force: BTreeSet<String>,
@@ -230,7 +231,7 @@ impl Engine {
             vnet,
             host_addrs_read: None,
             loaded: BTreeMap::new(),
-            cache: RenderCache::default(),
+            renderer: Renderer::default(),
             dirty: true,
             force: BTreeSet::new(),
             pf_errors: BTreeMap::new(),
@@ -507,8 +508,9 @@ impl Engine {
     }
 
     fn plan_with(&mut self, publications: &[Stored]) -> Plan {
-        let settings = Settings { networks: &self.cfg.networks, anchor: &self.cfg.anchor };
-        plan::plan(publications, &self.observed, &self.loaded, &settings, &self.force, &self.pf_errors, &mut self.cache)
+        let desired = Desired { publications, networks: &self.cfg.networks, anchor: &self.cfg.anchor };
+        let applied = Applied { loaded: &self.loaded, force: &self.force, pf_errors: &self.pf_errors };
+        plan::plan(&desired, &self.observed, &applied, &mut self.renderer)
     }
 
     fn plan_current(&mut self) -> Plan {
@@ -849,32 +851,28 @@ impl Engine {
             .map(|s| Publication::new(jail.clone(), s, sources.clone(), log_flag, network.clone()))
             .collect();
 
+        let mut taken = conflict::Index::default();
         for (i, p) in new.iter().enumerate() {
             if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
                 return Err(Refusal(ErrorKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
             }
             let mine = conflict::claims(p, None, &self.observed.gateways);
-            if let Some(q) =
-                new[..i].iter().find(|q| conflict::collide(&mine, &conflict::claims(q, None, &self.observed.gateways)))
-            {
+            if let Some(q) = taken.owner(&mine).map(|j: usize| &new[j]) {
                 return Err(Refusal(
                     ErrorKind::Conflict,
                     format!("{} and {} claim the same host port", q.spec, p.spec),
                 ));
             }
+            taken.hold(mine, i);
         }
         let component = self.component(&jail);
-        if let Some(other) = self
+        if let Some(clash) = self
             .state
             .publications
             .iter()
-            .map(|s| &s.publication.jail)
-            .find(|j| **j != jail && (self.component(j) == component || j.component() == jail.component()))
+            .find_map(|s| conflict::name_clash(&jail, &s.publication.jail, &self.cfg.anchor))
         {
-            return Err(Refusal(
-                ErrorKind::Conflict,
-                format!("jail {jail} maps to the same anchor name ({component}) as jail {other}; rename one of them"),
-            ));
+            return Err(Refusal(ErrorKind::Conflict, clash.to_string()));
         }
         let mut fresh = Vec::new();
         let mut already = Vec::new();
