@@ -5,6 +5,9 @@
 //! claims (which publications get their host ports, older first, and which can be loaded at
 //! all), render (each running jail's anchor) and diff (the pf actions). It is idempotent:
 //! applying its actions and planning again yields no action.
+//!
+//! A publish changes one jail and takes ports nobody held, so [`plan_publish`] plans just that
+//! jail against what the last plan held ([`Held`]), and agrees with [`plan`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -156,15 +159,162 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// What every anchor that should hold rules should hold, by component.
     pub wanted: BTreeMap<String, Arc<Loaded>>,
+    /// What the claims phase decided, for the next publish ([`plan_publish`]).
+    pub held: Held,
+}
+
+/// What the claims phase of a plan decided, owned, so that a publish can be checked against it
+/// in O(log n) instead of planning every publication again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// The host ports held, by the seq of the publication holding them.
+    claims: conflict::Index<u64>,
+    /// Every jail's publications, by seq, in seq order.
+    jails: HashMap<JailName, Vec<u64>>,
+    /// The jail each anchor component belongs to: the first to publish of those mapping to it.
+    anchors: HashMap<String, JailName>,
+    /// Addresses more than one running jail reports (nobody gets those).
+    contested: BTreeMap<IpAddr, Vec<JailName>>,
+    /// The highest seq planned.
+    last_seq: u64,
+}
+
+/// A publish planned alone ([`plan_publish`]): its jail's part of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailPlan {
+    pub jail: JailName,
+    /// The jail's anchor component; `None` when the name is another jail's (the jail's
+    /// publications are then errors, and the anchor is none of this plan's business).
+    pub component: Option<String>,
+    /// The status of each of the jail's publications, the new ones included.
+    pub statuses: BTreeMap<u64, PubStatus>,
+    /// What the jail's anchor should hold; `None` when it should hold no rule.
+    pub wanted: Option<Arc<Loaded>>,
+    /// The actions that bring the jail's anchor in step.
+    pub actions: Vec<Action>,
+    /// The new publications, in seq order, and the claims of those that got their ports.
+    new: Vec<(u64, Option<Claims>)>,
+}
+
+impl Plan {
+    /// Takes in a publish planned by [`plan_publish`] against this plan's [`Plan::held`]:
+    /// afterwards this is the plan [`plan`] makes with the new publications, and the next
+    /// publish can be planned against it.
+    pub fn merge(&mut self, publish: JailPlan) {
+        self.statuses.extend(publish.statuses);
+        if let Some(c) = &publish.component {
+            match publish.wanted {
+                Some(w) => self.wanted.insert(c.clone(), w),
+                None => self.wanted.remove(c),
+            };
+            self.actions.retain(|a| a.component() != c);
+            self.actions.extend(publish.actions);
+            self.actions.sort_by(|a, b| action_order(a).cmp(&action_order(b)));
+            self.held.anchors.entry(c.clone()).or_insert_with(|| publish.jail.clone());
+        }
+        let seqs = self.held.jails.entry(publish.jail).or_default();
+        for (seq, claims) in publish.new {
+            seqs.push(seq);
+            self.held.last_seq = self.held.last_seq.max(seq);
+            if let Some(c) = claims {
+                self.held.claims.hold(c, seq);
+            }
+        }
+    }
+}
+
+/// The order [`diff`] gives actions in: loads, then flushes, each by component.
+fn action_order(a: &Action) -> (bool, &str) {
+    (matches!(a, Action::Flush { .. }), a.component())
 }
 
 /// Plans: [`claims`], then [`render`] (through `renderer`, which the caller keeps between
 /// plans so that only what changed is rendered again), then [`diff`].
 pub fn plan(desired: &Desired, observed: &Observed, applied: &Applied, renderer: &mut Renderer) -> Plan {
-    let (mut statuses, jails) = claims(desired, observed);
+    let (mut statuses, jails, held) = claims(desired, observed);
     let wanted = render(&jails, &mut statuses, observed, applied, renderer);
     let actions = diff(&wanted, observed, applied);
-    Plan { statuses: statuses.into_iter().collect(), actions, wanted }
+    Plan { statuses: statuses.into_iter().collect(), actions, wanted, held }
+}
+
+/// Plans a publish alone. The new publications are the last of `desired.publications`, with
+/// seqs above every seq the last plan saw, all of one jail; each is checked against the ports
+/// `held` holds in O(log n), and only that jail is planned again and its anchor rendered.
+///
+/// `held` is [`Plan::held`] of the last plan, made from the same observation and settings and
+/// from the publications without the new ones (whatever `applied` is now). Then the outcome is
+/// that jail's part of what [`plan`] would plan now, and [`Plan::merge`] makes the last plan
+/// into it. `desired.publications` should be in seq order (the agent's state keeps them so):
+/// otherwise finding a publication by seq takes a scan.
+///
+/// `None` (plan in full) when there is no new publication, the new ones are of more than one
+/// jail or not in seq order, or the jail's earlier publications are not the ones `held` knows.
+pub fn plan_publish(
+    desired: &Desired,
+    observed: &Observed,
+    applied: &Applied,
+    held: &Held,
+    renderer: &mut Renderer,
+) -> Option<JailPlan> {
+    let all = desired.publications;
+    let first_new = all.iter().rposition(|s| s.seq <= held.last_seq).map_or(0, |i| i + 1);
+    let new = &all[first_new..];
+    let jail = &new.first()?.publication.jail;
+    let in_order = new.windows(2).all(|w| w[0].seq < w[1].seq);
+    if !in_order || new.iter().any(|s| &s.publication.jail != jail) {
+        return None;
+    }
+    let mut earlier: Vec<&Stored> = Vec::new();
+    for seq in held.jails.get(jail).into_iter().flatten() {
+        earlier.push(by_seq(all, *seq).filter(|s| &s.publication.jail == jail)?);
+    }
+
+    let component = jail.anchor_component(desired.anchor);
+    let clash = held.anchors.get(&component).and_then(|first| name_clash(jail, first, desired.anchor));
+    let running = observed.jails.iter().find(|j| &j.name == jail);
+    let mut facts = JailFacts::new(jail, component, clash, running);
+    let scope = Scope::new(desired, observed, &held.contested);
+    let mut statuses: Vec<(u64, PubStatus)> = Vec::with_capacity(earlier.len() + new.len());
+    // The earlier publications decide as they did: against the older holders only (a port
+    // they hold themselves is held by their own seq).
+    for s in earlier {
+        let older = |c: &Claims| held.claims.owner(c).filter(|o| *o < s.seq).and_then(|o| by_seq(all, o));
+        let (status, _) = admit(s, &mut facts, &scope, &older);
+        statuses.push((s.seq, status));
+    }
+    let mut taken = conflict::Index::default();
+    let mut out = Vec::with_capacity(new.len());
+    for s in new {
+        let older =
+            |c: &Claims| held.claims.owner(c).into_iter().chain(taken.owner(c)).min().and_then(|o| by_seq(all, o));
+        let (status, claims) = admit(s, &mut facts, &scope, &older);
+        if let Some(c) = &claims {
+            taken.hold(c.clone(), s.seq);
+        }
+        statuses.push((s.seq, status));
+        out.push((s.seq, claims));
+    }
+
+    let owns_anchor = facts.clash.is_none();
+    let wanted = render_jail(&facts, &mut statuses, &observed.gateways, applied.pf_errors, renderer);
+    let actions = if owns_anchor { action(&facts.component, wanted.as_ref(), observed, applied) } else { None };
+    Some(JailPlan {
+        jail: jail.clone(),
+        component: owns_anchor.then_some(facts.component),
+        statuses: statuses.into_iter().collect(),
+        wanted,
+        actions: actions.into_iter().collect(),
+        new: out,
+    })
+}
+
+/// The publication `seq` of `publications`: by binary search when they are in seq order, else
+/// by a scan.
+fn by_seq(publications: &[Stored], seq: u64) -> Option<&Stored> {
+    match publications.binary_search_by_key(&seq, |s| s.seq) {
+        Ok(i) => Some(&publications[i]),
+        Err(_) => publications.iter().find(|s| s.seq == seq),
+    }
 }
 
 /// What the planner knows of one jail that has publications.
@@ -180,6 +330,8 @@ struct JailFacts<'a> {
     addrs: Result<&'a [IpAddr], &'a AddrsUnknown>,
     /// Accepted publications of a running jail, with their targets.
     items: Vec<(&'a Stored, Targets)>,
+    /// Every publication's seq, in seq order.
+    seqs: Vec<u64>,
 }
 
 impl<'a> JailFacts<'a> {
@@ -197,6 +349,7 @@ impl<'a> JailFacts<'a> {
             default_targets: None,
             addrs: running.map_or(Ok(&[][..]), |j| j.addrs.as_ref().map(Vec::as_slice)),
             items: vec![],
+            seqs: vec![],
         }
     }
 }
@@ -223,9 +376,9 @@ impl<'a> Scope<'a> {
 
 /// Claims: decides, in seq order (the older first, so the older wins), each publication's
 /// jail facts (its anchor name, whether it runs, its targets) and whether it gets its host
-/// ports. Returns the statuses so far in seq order, and the jails with their accepted
-/// publications.
-fn claims<'a>(desired: &Desired<'a>, observed: &'a Observed) -> (Vec<(u64, PubStatus)>, Vec<JailFacts<'a>>) {
+/// ports. Returns the statuses so far in seq order, the jails with their accepted publications,
+/// and what was held.
+fn claims<'a>(desired: &Desired<'a>, observed: &'a Observed) -> (Vec<(u64, PubStatus)>, Vec<JailFacts<'a>>, Held) {
     let running: HashMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
     let contested = address::contested(
         observed.jails.iter().filter_map(|j| j.addrs.as_ref().ok().map(|a| (&j.name, a.as_slice()))),
@@ -239,14 +392,17 @@ fn claims<'a>(desired: &Desired<'a>, observed: &'a Observed) -> (Vec<(u64, PubSt
     let mut owner_of: HashMap<String, usize> = HashMap::default();
     for s in &order {
         let name = &s.publication.jail;
-        if index.contains_key(name) {
+        if let Some(i) = index.get(name) {
+            jails[*i].seqs.push(s.seq);
             continue;
         }
         let component = name.anchor_component(desired.anchor);
         let first = *owner_of.entry(component.clone()).or_insert(jails.len());
         let clash = (first != jails.len()).then(|| name_clash(name, jails[first].name, desired.anchor)).flatten();
         index.insert(name, jails.len());
-        jails.push(JailFacts::new(name, component, clash, running.get(name).copied()));
+        let mut facts = JailFacts::new(name, component, clash, running.get(name).copied());
+        facts.seqs.push(s.seq);
+        jails.push(facts);
     }
 
     let scope = Scope::new(desired, observed, &contested);
@@ -262,7 +418,14 @@ fn claims<'a>(desired: &Desired<'a>, observed: &'a Observed) -> (Vec<(u64, PubSt
         statuses.push((s.seq, status));
     }
 
-    (statuses, jails)
+    let held = Held {
+        claims: held,
+        jails: jails.iter_mut().map(|f| (f.name.clone(), std::mem::take(&mut f.seqs))).collect(),
+        anchors: owner_of.into_iter().map(|(c, i)| (c, jails[i].name.clone())).collect(),
+        contested,
+        last_seq: order.last().map_or(0, |s| s.seq),
+    };
+    (statuses, jails, held)
 }
 
 /// Decides one publication of `facts`' jail in the claims phase: its status so far, and the
@@ -816,5 +979,233 @@ mod tests {
             p.statuses[&5000]
         );
         assert!(matches!(p.statuses[&5001].status, Status::Pending(_)), "13002 is free");
+    }
+
+    /// Plans in full, then the publish of `new` alone against that plan, with one renderer as
+    /// the agent keeps it. Returns (full plan of `old`, the publish, full plan of both).
+    fn publish(
+        old: &[Stored],
+        new: &[Stored],
+        obs: &Observed,
+        applied: &Applied,
+        networks: &[Network],
+    ) -> (Plan, Option<JailPlan>, Plan) {
+        let mut renderer = Renderer::default();
+        let all: Vec<Stored> = old.iter().chain(new).cloned().collect();
+        let desired = |publications| Desired { publications, networks, anchor: "kleene" };
+        let before = super::plan(&desired(old), obs, applied, &mut renderer);
+        let alone = plan_publish(&desired(&all), obs, applied, &before.held, &mut renderer);
+        let after = super::plan(&desired(&all), obs, applied, &mut Renderer::default());
+        (before, alone, after)
+    }
+
+    #[test]
+    fn a_publish_is_planned_alone() {
+        let old = vec![stored(1, "web", "8080:80"), stored(2, "db", "5432"), stored(3, "web", "8443:443")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
+        let loaded = settle(&old, &mut obs);
+        let (f, e) = none();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let new = [stored(7, "web", "9090:90"), stored(8, "web", "5432:5432")];
+        let (mut before, alone, after) = publish(&old, &new, &obs, &applied, &[]);
+        let alone = alone.expect("one jail's publish");
+        assert_eq!(alone.component.as_deref(), Some("web"));
+        assert_eq!(alone.statuses.keys().copied().collect::<Vec<_>>(), [1, 3, 7, 8], "the jail's publications only");
+        assert_eq!(alone.statuses[&7].status, Status::Active);
+        assert_eq!(
+            alone.statuses[&8].status,
+            Status::Conflict("the host port is already published by jail db as 5432:5432/tcp".into())
+        );
+        let [Action::Load { component, loaded: l, kill_before, kill_after }] = &alone.actions[..] else {
+            panic!("{:?}", alone.actions)
+        };
+        assert_eq!(component, "web");
+        assert!(l.text.contains("port 9090") && !l.text.contains("port 5432"), "{}", l.text);
+        assert!(kill_before.is_empty() && kill_after.is_empty());
+        before.merge(alone);
+        assert_eq!(before, after, "merged, the plan is the full plan");
+    }
+
+    #[test]
+    fn a_publish_plans_alone_only_what_it_can() {
+        let old = vec![stored(1, "web", "8080:80")];
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let loaded = BTreeMap::new();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let (_, alone, _) = publish(&old, &[], &obs, &applied, &[]);
+        assert!(alone.is_none(), "nothing new");
+        let two = [stored(2, "web", "8081:81"), stored(3, "db", "8082:82")];
+        assert!(publish(&old, &two, &obs, &applied, &[]).1.is_none(), "two jails");
+        let late = [stored(1, "db", "8082:82")];
+        let mut renderer = Renderer::default();
+        let desired = Desired { publications: &old, networks: &[], anchor: "kleene" };
+        let before = super::plan(&desired, &obs, &applied, &mut renderer);
+        let all: Vec<Stored> = old.iter().chain(&late).cloned().collect();
+        let desired = Desired { publications: &all, networks: &[], anchor: "kleene" };
+        assert!(plan_publish(&desired, &obs, &applied, &before.held, &mut renderer).is_none(), "not newer");
+        let gone = Desired { publications: &two[..1], networks: &[], anchor: "kleene" };
+        assert!(plan_publish(&gone, &obs, &applied, &before.held, &mut renderer).is_none(), "web's seq 1 is gone");
+    }
+
+    #[test]
+    fn a_publish_into_a_clashing_name_leaves_the_anchor_alone() {
+        let odd: JailName = "_x".parse().unwrap();
+        let twin = odd.component();
+        let old = vec![stored(1, "_x", "8080")];
+        let mut obs = observed(vec![jail("_x", 3, &["10.13.37.2"]), jail(&twin, 4, &["10.13.37.3"])], &[]);
+        let loaded = settle(&old, &mut obs);
+        let (f, e) = none();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let (mut before, alone, after) = publish(&old, &[stored(2, &twin, "8081")], &obs, &applied, &[]);
+        let alone = alone.expect("one jail's publish");
+        assert_eq!(alone.component, None, "the anchor is jail _x's");
+        assert!(alone.actions.is_empty());
+        assert!(matches!(&alone.statuses[&2].status, Status::Error(r) if r.contains("maps to the same anchor name")));
+        before.merge(alone);
+        assert_eq!(before, after);
+    }
+
+    type Running = (u32, u8, u8, bool);
+    type NewPublication = (u8, u8, u8, u8, bool);
+
+    /// A small random host: up to four jails (one of them named like another's anchor), some
+    /// running, some with unknown addresses; publications on the gateway, an interface or an
+    /// address, colliding often; pf settled or not, with forced and refused anchors.
+    #[derive(Debug, Clone)]
+    struct Host {
+        /// A name (of `names` in the test) and, when the jail runs, its jid, addresses (bits of
+        /// `ADDRS`), whether they are known (0, 1), being read (2) or unreadable (3), and VNET.
+        jails: Vec<(u8, Option<Running>)>,
+        inet6_gateway: bool,
+        networks: bool,
+        /// The jail's name, then the spec's place, port, span and protocol, and a network.
+        old: Vec<(u8, NewPublication)>,
+        new_jail: u8,
+        new: Vec<NewPublication>,
+        settled: bool,
+        force: u8,
+        refused: u8,
+        foreign: u8,
+    }
+
+    fn host() -> impl proptest::strategy::Strategy<Value = Host> {
+        use proptest::prelude::*;
+        let running = proptest::option::of((1u32..3, any::<u8>(), 0u8..4, any::<bool>()));
+        let publication = || (0u8..4, 0u8..5, 0u8..2, 0u8..2, any::<bool>());
+        let old = proptest::collection::vec((0u8..5, publication()), 0..10);
+        let new = proptest::collection::vec(publication(), 1..4);
+        (
+            proptest::collection::vec((0u8..5, running), 0..5),
+            any::<bool>(),
+            any::<bool>(),
+            old,
+            0u8..5,
+            new,
+            any::<bool>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+        )
+            .prop_map(
+                |(jails, inet6_gateway, networks, old, new_jail, new, settled, force, refused, foreign)| Host {
+                    jails,
+                    inet6_gateway,
+                    networks,
+                    old,
+                    new_jail,
+                    new,
+                    settled,
+                    force,
+                    refused,
+                    foreign,
+                },
+            )
+    }
+
+    /// Adds a publication with the next seq, unless the jail publishes the spec already.
+    fn add(all: &mut Vec<Stored>, jail: &str, spec: String, network: bool) {
+        let spec: crate::core::spec::PortSpec = spec.parse().unwrap();
+        if !all.iter().any(|s| s.publication.jail.as_str() == jail && s.publication.spec == spec) {
+            let mut s = stored(all.len() as u64 * 2 + 1, jail, &spec.to_string());
+            s.publication.network = network.then(|| "kleenet".parse().unwrap());
+            all.push(s);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn a_publish_planned_alone_agrees_with_the_full_plan(h in host()) {
+            let twin = "_x".parse::<JailName>().unwrap().component();
+            let names = ["web", "db", "_x", twin.as_str(), "idle"];
+            const ADDRS: [&str; 6] = ["10.13.37.2", "10.13.37.3", "10.13.37.255", "fd00::2", "fd00::3", "192.0.2.9"];
+            let mut jails = Vec::new();
+            for (name, running) in &h.jails {
+                let name = names[usize::from(*name)];
+                let Some((jid, mask, known, vnet)) = running else { continue };
+                if jails.iter().any(|j: &RunningJail| j.name.as_str() == name) {
+                    continue;
+                }
+                let addrs: Vec<&str> = ADDRS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, a)| *a).collect();
+                let mut j = jail(name, *jid, &addrs);
+                j.vnet = *vnet;
+                if *known >= 2 {
+                    j.addrs = Err(AddrsUnknown { reason: "reading".into(), pending: *known == 2 });
+                }
+                jails.push(j);
+            }
+            let spec = |place: u8, port: u8, span: u8, proto: u8| {
+                let place = ["", "em1:", "192.0.2.1:", "[2001:db8::1]:"][usize::from(place)];
+                let host = 8000 + u16::from(port);
+                let proto = ["tcp", "udp"][usize::from(proto)];
+                format!("{place}{host}-{}:80/{proto}", host + u16::from(span))
+            };
+            let mut all: Vec<Stored> = Vec::new();
+            for (jail, (place, port, span, proto, network)) in &h.old {
+                add(&mut all, names[usize::from(*jail)], spec(*place, *port, *span, *proto), *network);
+            }
+            let old_len = all.len();
+            let new_jail = names[usize::from(h.new_jail)];
+            for (place, port, span, proto, network) in &h.new {
+                add(&mut all, new_jail, spec(*place, *port, *span, *proto), *network);
+            }
+            proptest::prop_assume!(all.len() > old_len);
+            let networks: Vec<Network> = if h.networks {
+                vec![Network {
+                    name: "kleenet".parse().unwrap(),
+                    subnet: Some("10.13.37.0/24".parse().unwrap()),
+                    subnet6: Some("fd00::/64".parse().unwrap()),
+                }]
+            } else {
+                vec![]
+            };
+            let mut obs = observed(jails, &[]);
+            if h.inet6_gateway {
+                obs.gateways.inet6 = Some("em1".parse().unwrap());
+            }
+            let components: Vec<String> = names.iter().map(|n| n.parse::<JailName>().unwrap().anchor_component("kleene")).collect();
+            let pick = |mask: u8| -> BTreeSet<String> {
+                components.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, c)| c.clone()).collect()
+            };
+            let (f, e) = none();
+            let mut loaded = BTreeMap::new();
+            if h.settled {
+                let d = Desired { publications: &all[..old_len], networks: &networks, anchor: "kleene" };
+                let first = super::plan(&d, &obs, &Applied { loaded: &loaded, force: &f, pf_errors: &e }, &mut Renderer::default());
+                apply(&first, &mut loaded, &mut obs);
+            }
+            obs.anchors.as_mut().unwrap().extend(pick(h.foreign >> 5));
+            obs.foreign = pick(h.foreign & 0x1f);
+            let force = pick(h.force);
+            let pf_errors: BTreeMap<String, String> = pick(h.refused).into_iter().map(|c| (c, "syntax error".into())).collect();
+            let applied = Applied { loaded: &loaded, force: &force, pf_errors: &pf_errors };
+
+            let (mut before, alone, after) = publish(&all[..old_len], &all[old_len..], &obs, &applied, &networks);
+            let alone = alone.expect("one jail's publish");
+            proptest::prop_assert!(alone.statuses.keys().all(|seq| after.statuses.contains_key(seq)));
+            before.merge(alone);
+            proptest::prop_assert_eq!(before, after);
+        }
     }
 }
