@@ -1,9 +1,10 @@
-//! Render and plan throughput, for regressions: `cargo bench --bench micro`.
+//! Render and plan throughput, for regressions: `cargo bench --bench micro` (the publish ones
+//! alone: `cargo bench --bench micro -- publish`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use kleene_rdr::core::plan::{Applied, Desired, Observed, RunningJail, Stored, plan};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use kleene_rdr::core::plan::{Applied, Desired, Observed, RunningJail, Stored, plan, plan_publish};
 use kleene_rdr::core::publication::Publication;
 use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
 use kleene_rdr::core::renderer::Renderer;
@@ -71,6 +72,41 @@ fn bench(c: &mut Criterion) {
     c.bench_function("plan 1000 jails x 10 publications, cold (no cache)", |b| {
         b.iter(|| plan(&all(&desired), &obs, &cold, &mut Renderer::default()))
     });
+
+    // A publish of one port into jail j500 (which holds 10 already), pf settled. Two
+    // alternative publishes (seqs 10001 and 10002) take turns, so that every iteration renders
+    // the jail's anchor again rather than finding it remembered.
+    let last = plan(&all(&desired), &current, &settled, &mut renderer);
+    let with = |seq: u64, port: u16| {
+        let mut d = desired.clone();
+        let spec = format!("{port}:80").parse().unwrap();
+        d.push(Stored { seq, publication: Publication::new("j500".parse().unwrap(), spec, vec![], false, None) });
+        d
+    };
+    let turns = [with(10_001, 30_001), with(10_002, 30_002)];
+    let mut turn = 0;
+    let mut group = c.benchmark_group("publish into 10,000 publications (plan + render, no processes)");
+    group.bench_function("incremental: plan_publish + merge", |b| {
+        b.iter_batched(
+            || last.clone(),
+            |mut last| {
+                turn = 1 - turn;
+                let publish = plan_publish(&all(&turns[turn]), &current, &settled, &last.held, &mut renderer);
+                let publish = publish.expect("a publish into one jail");
+                assert_eq!(publish.actions.len(), 1);
+                last.merge(publish);
+                last
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("full plan (cached renderer)", |b| {
+        b.iter(|| {
+            turn = 1 - turn;
+            plan(&all(&turns[turn]), &current, &settled, &mut renderer)
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {
