@@ -183,12 +183,28 @@ impl fmt::Display for PortRange {
 
 /// A host interface name: 1-15 characters of letters, digits, `_`, `.`, `-`, starting with a
 /// letter (em0, vtnet0, igb0.100, epair3a, bridge0, lagg0).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InterfaceName(String);
+///
+/// Kept inline (FreeBSD's `IFNAMSIZ` leaves 15 bytes), so that a copy costs no allocation:
+/// every claim of a publication on an interface holds one. Zero-padded, so that the derived
+/// order is the names' alphabetical order.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName {
+    bytes: [u8; MAX_INTERFACE_NAME],
+    len: u8,
+}
+
+/// The longest interface name.
+const MAX_INTERFACE_NAME: usize = 15;
 
 impl InterfaceName {
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("validated ASCII")
+    }
+}
+
+impl fmt::Debug for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InterfaceName").field(&self.as_str()).finish()
     }
 }
 
@@ -197,10 +213,15 @@ impl FromStr for InterfaceName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         const RULE: &str = "an interface name is 1-15 letters, digits, '_', '.' or '-', starting \
                             with a letter (em0, vtnet0, igb0.100)";
-        let ok = (1..=15).contains(&s.len())
+        let ok = (1..=MAX_INTERFACE_NAME).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_alphabetic())
             && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if ok { Ok(InterfaceName(s.to_string())) } else { Err(InvalidValue::new("interface name", s, RULE)) }
+        if !ok {
+            return Err(InvalidValue::new("interface name", s, RULE));
+        }
+        let mut bytes = [0; MAX_INTERFACE_NAME];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(InterfaceName { bytes, len: s.len() as u8 })
     }
 }
 
@@ -208,10 +229,10 @@ impl InterfaceName {
     /// The name as pf rule text: quoted when it is a word of pf's grammar (an interface named
     /// `any` or `inet6` is a syntax error bare, and parses quoted), bare otherwise.
     pub fn pf(&self) -> std::borrow::Cow<'_, str> {
-        if PF_KEYWORDS.binary_search(&self.0.as_str()).is_ok() {
-            std::borrow::Cow::Owned(format!("\"{}\"", self.0))
+        if PF_KEYWORDS.binary_search(&self.as_str()).is_ok() {
+            std::borrow::Cow::Owned(format!("\"{}\"", self.as_str()))
         } else {
-            std::borrow::Cow::Borrowed(&self.0)
+            std::borrow::Cow::Borrowed(self.as_str())
         }
     }
 }
@@ -365,7 +386,7 @@ const PF_KEYWORDS: &[&str] = &[
 
 impl fmt::Display for InterfaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 string_serde!(InterfaceName);
@@ -709,6 +730,15 @@ mod tests {
         assert_eq!(odd.anchor_component(&parent), "a_b");
         let long: JailName = "x".repeat(40).parse().unwrap();
         assert_eq!(format!("{parent}/{}", long.anchor_component(&parent)).len(), MAX_ANCHOR_PATH);
+    }
+
+    #[test]
+    fn interface_names_keep_their_text_and_order() {
+        let names = ["a", "abcdefghijklmno", "em", "em0", "em0.100", "em1", "igb0", "vtnet0"];
+        let parsed: Vec<InterfaceName> = names.iter().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(parsed.iter().map(InterfaceName::as_str).collect::<Vec<_>>(), names);
+        assert!(parsed.windows(2).all(|w| w[0] < w[1]), "alphabetical, as the text");
+        assert_eq!(format!("{:?}", parsed[3]), "InterfaceName(\"em0\")");
     }
 
     #[test]
