@@ -1,4 +1,5 @@
-//! Conflict checks: which host ports a publication claims, and whether two claims collide.
+//! Conflict checks: which host ports a publication claims, the one index that says whether a
+//! claim collides with held ones, and the one rule for jails whose anchor names clash.
 //!
 //! pf's `rdr` is first-match and `kleene/*` evaluates child anchors alphabetically, so when two
 //! publications claim the same port the alphabetically first jail would win silently. Conflicts
@@ -94,10 +95,10 @@ impl Claims {
     }
 }
 
-/// Held claims, so that a claim is checked against all of them in O(log n): per key, the held
-/// port ranges by first port, each with its holder `O`. Held ranges never overlap (a claim is
-/// held only once [`Index::owner`] found nothing in its way), so the ranges overlapping a claim
-/// are the few just below its last port.
+/// Held claims, so that a claim is checked against all of them in O(log n) (plus the held
+/// ranges in its way): per key, the held port ranges by first port, each with its holder `O`.
+/// Held ranges never overlap (a claim is held only once [`Index::owner`] found nothing in its
+/// way), so the ranges overlapping a claim are the ones just below its last port.
 ///
 /// The one conflict check: the planner holds the accepted publications by seq (older first, so
 /// the older wins), and a batch of new publications is checked among itself with
