@@ -1,13 +1,13 @@
-//! Render and plan throughput, for regressions: `cargo bench --bench micro`.
+//! Render and plan throughput, for regressions: `cargo bench --bench micro` (the publish ones
+//! alone: `cargo bench --bench micro -- publish`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use kleene_rdr::core::plan::{Observed, RenderCache, RunningJail, Settings, Stored, plan};
-
-const SETTINGS: Settings = Settings { networks: &[], anchor: "kleene" };
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use kleene_rdr::core::plan::{Applied, Desired, Observed, Plan, RunningJail, Stored, plan, plan_publish};
 use kleene_rdr::core::publication::Publication;
 use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+use kleene_rdr::core::renderer::Renderer;
 
 fn publications(jails: usize, per_jail: usize) -> Vec<Stored> {
     let mut out = Vec::new();
@@ -57,17 +57,59 @@ fn bench(c: &mut Criterion) {
     let desired = publications(1000, 10);
     let obs = observed(1000);
     let (force, errors) = (BTreeSet::new(), BTreeMap::new());
-    let mut cache = RenderCache::default();
-    let first = plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut cache);
+    let all = |publications| Desired { publications, networks: &[], anchor: "kleene" };
+    let nothing = BTreeMap::new();
+    let cold = Applied { loaded: &nothing, force: &force, pf_errors: &errors };
+    let mut renderer = Renderer::default();
+    let first = plan(&all(&desired), &obs, &cold, &mut renderer);
     let loaded = first.wanted.clone();
     let mut current = obs.clone();
     current.anchors = Some(loaded.keys().cloned().collect());
+    let settled = Applied { loaded: &loaded, force: &force, pf_errors: &errors };
+    // Each plan replaces the one before, as in the agent: a plan dropped before the next is made
+    // lets glibc hand the top of the heap back, and the next plan pays page faults for it.
+    let mut last = Plan::default();
     c.bench_function("plan 1000 jails x 10 publications, nothing changed (cached)", |b| {
-        b.iter(|| plan(&desired, &current, &loaded, &SETTINGS, &force, &errors, &mut cache))
+        b.iter(|| last = plan(&all(&desired), &current, &settled, &mut renderer))
     });
     c.bench_function("plan 1000 jails x 10 publications, cold (no cache)", |b| {
-        b.iter(|| plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &force, &errors, &mut RenderCache::default()))
+        b.iter(|| last = plan(&all(&desired), &obs, &cold, &mut Renderer::default()))
     });
+
+    // A publish of one port into jail j500 (which holds 10 already), pf settled. Two
+    // alternative publishes (seqs 10001 and 10002) take turns, so that every iteration renders
+    // the jail's anchor again rather than finding it remembered.
+    let before = plan(&all(&desired), &current, &settled, &mut renderer);
+    let with = |seq: u64, port: u16| {
+        let mut d = desired.clone();
+        let spec = format!("{port}:80").parse().unwrap();
+        d.push(Stored { seq, publication: Publication::new("j500".parse().unwrap(), spec, vec![], false, None) });
+        d
+    };
+    let turns = [with(10_001, 30_001), with(10_002, 30_002)];
+    let mut turn = 0;
+    let mut group = c.benchmark_group("publish into 10,000 publications (plan + render, no processes)");
+    group.bench_function("incremental: plan_publish + merge", |b| {
+        b.iter_batched(
+            || before.clone(),
+            |mut p| {
+                turn = 1 - turn;
+                let publish = plan_publish(&all(&turns[turn]), &current, &settled, &p.held, &mut renderer);
+                let publish = publish.expect("a publish into one jail");
+                assert_eq!(publish.actions.len(), 1);
+                p.merge(publish);
+                p
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("full plan (cached renderer)", |b| {
+        b.iter(|| {
+            turn = 1 - turn;
+            last = plan(&all(&turns[turn]), &current, &settled, &mut renderer);
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {

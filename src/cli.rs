@@ -401,15 +401,10 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
         specs.into_iter().map(|s| Publication::new(jail.clone(), s, sources.clone(), a.log, None)).collect();
     let targets = Targets::from_addrs(addrs.iter().copied());
     let families: Vec<Family> = Family::BOTH.into_iter().filter(|f| targets.get(*f).is_some()).collect();
-    for (i, p) in pubs.iter().enumerate() {
-        let mine = conflict::claims(p, Some(&families), &gateways);
-        if let Some(other) =
-            pubs[..i].iter().find(|o| conflict::collide(&mine, &conflict::claims(o, Some(&families), &gateways)))
-        {
-            return Err(
-                Usage(format!("{} conflicts with {}: both claim the same host port", p.spec, other.spec)).into()
-            );
-        }
+    if let Some((other, p)) =
+        conflict::first_collision(pubs.iter().map(|p| (p, conflict::claims(p, Some(&families), &gateways))))
+    {
+        return Err(Usage(format!("{} conflicts with {}: both claim the same host port", p.spec, other.spec)).into());
     }
     let anchor = render_uniform(&pubs, &targets, &gateways);
     for s in anchor.skipped() {

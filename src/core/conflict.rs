@@ -1,46 +1,47 @@
-//! Conflict checks: which host ports a publication claims, and whether two claims collide.
+//! Conflict checks: which host ports a publication claims, the one index that says whether a
+//! claim collides with held ones, and the one rule for jails whose anchor names clash.
 //!
 //! pf's `rdr` is first-match and `kleene/*` evaluates child anchors alphabetically, so when two
 //! publications claim the same port the alphabetically first jail would win silently. Conflicts
 //! are therefore refused before anything is loaded.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 
-use super::model::{Family, InterfaceName, PortRange, Protocol};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::model::{Family, InterfaceName, JailName, PortRange, Protocol};
 use super::publication::Publication;
 use super::render::Gateways;
 use super::spec::Place;
 
 /// Where on the host a claim lands.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ClaimPlace<'a> {
-    Interface(&'a InterfaceName),
+pub enum ClaimPlace {
+    Interface(InterfaceName),
     Address(IpAddr),
+}
+
+/// What two claims must share to collide: protocol, family and place.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimKey {
+    pub proto: Protocol,
+    pub family: Family,
+    pub place: ClaimPlace,
 }
 
 /// One (protocol, family, place, host ports) a publication occupies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Claim<'a> {
-    pub proto: Protocol,
-    pub family: Family,
-    pub place: ClaimPlace<'a>,
+pub struct Claim {
+    pub key: ClaimKey,
     pub ports: PortRange,
-}
-
-impl Claim<'_> {
-    /// Same protocol, family and place, and overlapping host ports.
-    pub fn collides(&self, other: &Claim) -> bool {
-        self.proto == other.proto
-            && self.family == other.family
-            && self.place == other.place
-            && self.ports.overlaps(other.ports)
-    }
 }
 
 /// The claims of `p`. `families` are the families the jail has target addresses in, or `None`
 /// when that is not known yet (the jail is not running): then both families are claimed.
 /// A gateway publication claims the current gateway interface of each family.
-pub fn claims<'a>(p: &'a Publication, families: Option<&[Family]>, gateways: &'a Gateways) -> Claims<'a> {
+pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways) -> Claims {
     let mut out = Claims { items: [None, None] };
     for (slot, family) in Family::BOTH.into_iter().enumerate() {
         if families.is_some_and(|f| !f.contains(&family)) {
@@ -54,34 +55,34 @@ pub fn claims<'a>(p: &'a Publication, families: Option<&[Family]>, gateways: &'a
         }
         let place = match &p.spec.place {
             Place::Gateway => match gateways.get(family) {
-                Some(i) => ClaimPlace::Interface(i),
+                Some(i) => ClaimPlace::Interface(i.clone()),
                 None => continue,
             },
-            Place::Interface(i) => ClaimPlace::Interface(i),
+            Place::Interface(i) => ClaimPlace::Interface(i.clone()),
             Place::Address(a) => ClaimPlace::Address(*a),
         };
-        out.items[slot] = Some(Claim { proto: p.spec.proto, family, place, ports: p.spec.host });
+        out.items[slot] = Some(Claim { key: ClaimKey { proto: p.spec.proto, family, place }, ports: p.spec.host });
     }
     out
 }
 
-impl<'a> IntoIterator for Claims<'a> {
-    type Item = Claim<'a>;
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Claim<'a>>, 2>>;
+impl IntoIterator for Claims {
+    type Item = Claim;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Claim>, 2>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.items.into_iter().flatten()
     }
 }
 
-/// The claims of one publication: at most one per family (no allocation).
+/// The claims of one publication: at most one per family (no allocation of their own).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims<'a> {
-    items: [Option<Claim<'a>>; 2],
+pub struct Claims {
+    items: [Option<Claim>; 2],
 }
 
-impl<'a> Claims<'a> {
-    pub fn iter(&self) -> impl Iterator<Item = &Claim<'a>> {
+impl Claims {
+    pub fn iter(&self) -> impl Iterator<Item = &Claim> {
         self.items.iter().flatten()
     }
 
@@ -94,9 +95,93 @@ impl<'a> Claims<'a> {
     }
 }
 
-/// Whether any claim of `a` collides with any claim of `b`.
-pub fn collide(a: &Claims, b: &Claims) -> bool {
-    a.iter().any(|x| b.iter().any(|y| x.collides(y)))
+/// Held claims, so that a claim is checked against all of them in O(log n) (plus the held
+/// ranges in its way): per key, the held port ranges by first port, each with its holder `O`.
+/// Held ranges never overlap (a claim is held only once [`Index::owner`] found nothing in its
+/// way), so the ranges overlapping a claim are the ones just below its last port.
+///
+/// The one conflict check: the planner holds the accepted publications by seq (older first, so
+/// the older wins), and a batch of new publications is checked among itself with
+/// [`first_collision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index<O> {
+    by_key: HashMap<ClaimKey, BTreeMap<u16, (u16, O)>>,
+}
+
+impl<O> Default for Index<O> {
+    fn default() -> Self {
+        Index { by_key: HashMap::default() }
+    }
+}
+
+impl<O: Copy + Ord> Index<O> {
+    /// The first holder (the least `O`) of a held range that collides with any of `claims`.
+    pub fn owner(&self, claims: &Claims) -> Option<O> {
+        claims
+            .iter()
+            .filter_map(|c| {
+                let held = self.by_key.get(&c.key)?;
+                let overlapping =
+                    held.range(..=c.ports.end()).rev().take_while(|(_, (end, _))| *end >= c.ports.start());
+                overlapping.map(|(_, (_, owner))| *owner).min()
+            })
+            .min()
+    }
+
+    /// Holds `claims` for `owner`. Only claims that [`Index::owner`] found free may be held.
+    pub fn hold(&mut self, claims: Claims, owner: O) {
+        for c in claims {
+            self.by_key.entry(c.key).or_default().insert(c.ports.start(), (c.ports.end(), owner));
+        }
+    }
+}
+
+/// The first of `items` whose claims collide with an earlier item's, and the first earlier item
+/// it collides with: `(earlier, later)`. For a batch of new publications, before they are
+/// planned.
+pub fn first_collision<T>(items: impl IntoIterator<Item = (T, Claims)>) -> Option<(T, T)> {
+    let mut seen: Vec<T> = Vec::new();
+    let mut held = Index::default();
+    for (item, claims) in items {
+        if let Some(i) = held.owner(&claims) {
+            return Some((seen.swap_remove(i), item));
+        }
+        held.hold(claims, seen.len());
+        seen.push(item);
+    }
+    None
+}
+
+/// Two jails that cannot both publish: their anchors below the same parent (or their state
+/// files) would be one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameClash<'a> {
+    pub jail: &'a JailName,
+    /// The jail that has the name already.
+    pub other: &'a JailName,
+    /// `jail`'s anchor component.
+    pub component: String,
+}
+
+impl fmt::Display for NameClash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "jail {} maps to the same anchor name ({}) as jail {}; rename one of them",
+            self.jail, self.component, self.other
+        )
+    }
+}
+
+/// Whether `jail` clashes with `other`, another jail: the same anchor component below `parent`,
+/// or the same state key ([`JailName::component`], which implies the same anchor component).
+pub fn name_clash<'a>(jail: &'a JailName, other: &'a JailName, parent: &str) -> Option<NameClash<'a>> {
+    if jail == other {
+        return None;
+    }
+    let component = jail.anchor_component(parent);
+    let clash = component == other.anchor_component(parent) || jail.component() == other.component();
+    clash.then_some(NameClash { jail, other, component })
 }
 
 #[cfg(test)]
@@ -109,6 +194,10 @@ mod tests {
 
     fn gw(v4: &str, v6: Option<&str>) -> Gateways {
         Gateways { inet: Some(v4.parse().unwrap()), inet6: v6.map(|s| s.parse().unwrap()) }
+    }
+
+    fn collide(a: &Claims, b: &Claims) -> bool {
+        first_collision([(0, a.clone()), (1, b.clone())]).is_some()
     }
 
     fn conflict(a: &str, b: &str, g: &Gateways) -> bool {
@@ -155,6 +244,56 @@ mod tests {
         let g = gw("em0", Some("em0"));
         let c = claims(&p, None, &g);
         assert_eq!(c.len(), 1);
-        assert_eq!(c.iter().next().unwrap().family, Family::Inet);
+        assert_eq!(c.iter().next().unwrap().key.family, Family::Inet);
+    }
+
+    #[test]
+    fn the_first_holder_is_named() {
+        let g = gw("em0", None);
+        let c = |spec: &str| claims(&publication("a", spec), None, &g);
+        let mut held = Index::default();
+        held.hold(c("8000"), 3);
+        held.hold(c("8005"), 1);
+        held.hold(c("8000/udp"), 0);
+        assert_eq!(held.owner(&c("8000-8010")), Some(1), "the least of the two holders in the way");
+        assert_eq!(held.owner(&c("7990-8000")), Some(3));
+        assert_eq!(held.owner(&c("8001-8004")), None);
+        assert_eq!(held.owner(&c("em1:8000:80")), None, "another place");
+        let batch = ["8000", "8005", "9000", "8000-8010"].map(|s| (s, c(s)));
+        assert_eq!(first_collision(batch), Some(("8000", "8000-8010")), "the first earlier item, as given");
+        assert_eq!(first_collision(["8000", "8001"].map(|s| (s, c(s)))), None);
+    }
+
+    /// The one rule, spelled pairwise: same key, overlapping ports.
+    fn collides(a: &Claim, b: &Claim) -> bool {
+        a.key == b.key && a.ports.overlaps(b.ports)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_index_agrees_with_the_pairwise_rule(
+            items in proptest::collection::vec((0u8..2, 0u8..2, 1u16..40, 0u16..6), 1..40)
+        ) {
+            let g = gw("em0", Some("em1"));
+            let mut held = Index::default();
+            let mut accepted: Vec<(usize, Claims)> = Vec::new();
+            for (i, (proto, place, start, span)) in items.into_iter().enumerate() {
+                let proto = ["tcp", "udp"][usize::from(proto)];
+                let place = ["", "em1:"][usize::from(place)];
+                let ports = format!("{start}-{}", start + span);
+                let spec = format!("{place}{ports}:{ports}/{proto}");
+                let c = claims(&publication("a", &spec), None, &g);
+                let pairwise = accepted
+                    .iter()
+                    .filter(|(_, a)| a.iter().any(|x| c.iter().any(|y| collides(x, y))))
+                    .map(|(j, _)| *j)
+                    .min();
+                proptest::prop_assert_eq!(held.owner(&c), pairwise, "{}", spec);
+                if pairwise.is_none() {
+                    held.hold(c.clone(), i);
+                    accepted.push((i, c));
+                }
+            }
+        }
     }
 }

@@ -9,4 +9,5 @@ pub mod plan;
 pub mod publication;
 pub mod readback;
 pub mod render;
+pub mod renderer;
 pub mod spec;

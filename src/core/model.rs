@@ -202,12 +202,28 @@ impl<'de> Deserialize<'de> for PortRange {
 
 /// A host interface name: 1-15 characters of letters, digits, `_`, `.`, `-`, starting with a
 /// letter (em0, vtnet0, igb0.100, epair3a, bridge0, lagg0).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InterfaceName(String);
+///
+/// Kept inline (FreeBSD's `IFNAMSIZ` leaves 15 bytes), so that a copy costs no allocation:
+/// every claim of a publication on an interface holds one. Zero-padded, so that the derived
+/// order is the names' alphabetical order.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName {
+    bytes: [u8; MAX_INTERFACE_NAME],
+    len: u8,
+}
+
+/// The longest interface name.
+const MAX_INTERFACE_NAME: usize = 15;
 
 impl InterfaceName {
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("validated ASCII")
+    }
+}
+
+impl fmt::Debug for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InterfaceName").field(&self.as_str()).finish()
     }
 }
 
@@ -216,10 +232,15 @@ impl FromStr for InterfaceName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         const RULE: &str = "an interface name is 1-15 letters, digits, '_', '.' or '-', starting \
                             with a letter (em0, vtnet0, igb0.100)";
-        let ok = (1..=15).contains(&s.len())
+        let ok = (1..=MAX_INTERFACE_NAME).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_alphabetic())
             && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if ok { Ok(InterfaceName(s.to_string())) } else { Err(InvalidValue::new("interface name", s, RULE)) }
+        if !ok {
+            return Err(InvalidValue::new("interface name", s, RULE));
+        }
+        let mut bytes = [0; MAX_INTERFACE_NAME];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(InterfaceName { bytes, len: s.len() as u8 })
     }
 }
 
@@ -227,10 +248,10 @@ impl InterfaceName {
     /// The name as pf rule text: quoted when it is a word of pf's grammar (an interface named
     /// `any` or `inet6` is a syntax error bare, and parses quoted), bare otherwise.
     pub fn pf(&self) -> std::borrow::Cow<'_, str> {
-        if PF_KEYWORDS.binary_search(&self.0.as_str()).is_ok() {
-            std::borrow::Cow::Owned(format!("\"{}\"", self.0))
+        if PF_KEYWORDS.binary_search(&self.as_str()).is_ok() {
+            std::borrow::Cow::Owned(format!("\"{}\"", self.as_str()))
         } else {
-            std::borrow::Cow::Borrowed(&self.0)
+            std::borrow::Cow::Borrowed(self.as_str())
         }
     }
 }
@@ -384,7 +405,7 @@ const PF_KEYWORDS: &[&str] = &[
 
 impl fmt::Display for InterfaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 string_serde!(InterfaceName);
@@ -481,10 +502,61 @@ impl JailName {
     /// `kleene/#` and 16 hex digits when that would pass pf's 63 characters. It cannot equal
     /// a publication label (those start with `kleene:`).
     pub fn label(&self) -> String {
-        let component = self.component();
-        let full = format!("kleene/{component}");
-        if full.len() <= 63 { full } else { format!("kleene/#{:016x}", fnv1a64(component.as_bytes())) }
+        LabelKind::Jail.label(&self.component())
     }
+}
+
+/// The stem of every label this agent puts on its rules: a rule that carries none is not the
+/// agent's (see [`is_own_label`]).
+const LABEL_STEM: &str = "kleene";
+
+/// The longest label pf keeps (`PF_RULE_LABEL_SIZE` is 64 bytes with the terminating NUL).
+const MAX_LABEL: usize = 63;
+
+/// The two kinds of label this agent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelKind {
+    /// A jail's (`kleene/...`): on every pass rule of the jail's anchor.
+    Jail,
+    /// A publication's (`kleene:...`): on the pass rules of that publication.
+    Publication,
+}
+
+impl LabelKind {
+    fn separator(self) -> char {
+        match self {
+            LabelKind::Jail => '/',
+            LabelKind::Publication => ':',
+        }
+    }
+
+    /// The kind of one of this agent's labels; `None` for anybody else's.
+    pub fn of(label: &str) -> Option<LabelKind> {
+        let rest = label.strip_prefix(LABEL_STEM)?;
+        [LabelKind::Jail, LabelKind::Publication].into_iter().find(|k| rest.starts_with(k.separator()))
+    }
+
+    /// The stem, the separator and `body`; when that would pass pf's 63 characters, the stem,
+    /// the separator and 16 hex digits of a hash instead (a jail's: `#` and the hash of `body`;
+    /// a publication's: the hash of the whole label). The forms never change between versions,
+    /// because the states of rules loaded by an earlier agent must be found again.
+    pub(crate) fn label(self, body: &str) -> String {
+        let sep = self.separator();
+        let full = format!("{LABEL_STEM}{sep}{body}");
+        if full.len() <= MAX_LABEL {
+            return full;
+        }
+        match self {
+            LabelKind::Jail => format!("{LABEL_STEM}{sep}#{:016x}", fnv1a64(body.as_bytes())),
+            LabelKind::Publication => format!("{LABEL_STEM}{sep}{:016x}", fnv1a64(full.as_bytes())),
+        }
+    }
+}
+
+/// Whether a label is one this agent puts on its rules: a publication's (`kleene:...`) or a
+/// jail's (`kleene/...`).
+pub fn is_own_label(label: &str) -> bool {
+    LabelKind::of(label).is_some()
 }
 
 /// FNV-1a, 64 bits: small, stable and specified, which is all the naming needs (collisions are
@@ -641,12 +713,23 @@ mod tests {
         assert_eq!(web.label(), "kleene/web");
         assert_eq!(odd.label(), format!("kleene/{c}"));
         let label = "a".repeat(63).parse::<JailName>().unwrap().label();
-        assert!(label.starts_with("kleene/#") && label.len() == 24, "{label}");
+        assert_eq!(label, "kleene/#51c1e07b2aee9066", "the hashed form never changes");
         assert!("a".repeat(255).parse::<JailName>().is_ok());
         for bad in ["", "a b", "a\"b", "a'b", "a\\b", "a\nb", "a\tb", "é"] {
             assert!(bad.parse::<JailName>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(256).parse::<JailName>().is_err());
+    }
+
+    #[test]
+    fn own_labels_are_told_from_others() {
+        let web: JailName = "web".parse().unwrap();
+        assert_eq!(LabelKind::of(&web.label()), Some(LabelKind::Jail));
+        assert_eq!(LabelKind::of("kleene:web:8080:80/tcp"), Some(LabelKind::Publication));
+        assert_eq!(LabelKind::of(&"a".repeat(63).parse::<JailName>().unwrap().label()), Some(LabelKind::Jail));
+        for other in ["kleene", "kleenex/web", "ssh", "", "Kleene/web"] {
+            assert!(!is_own_label(other), "{other:?}");
+        }
     }
 
     #[test]
@@ -666,6 +749,15 @@ mod tests {
         assert_eq!(odd.anchor_component(&parent), "a_b");
         let long: JailName = "x".repeat(40).parse().unwrap();
         assert_eq!(format!("{parent}/{}", long.anchor_component(&parent)).len(), MAX_ANCHOR_PATH);
+    }
+
+    #[test]
+    fn interface_names_keep_their_text_and_order() {
+        let names = ["a", "abcdefghijklmno", "em", "em0", "em0.100", "em1", "igb0", "vtnet0"];
+        let parsed: Vec<InterfaceName> = names.iter().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(parsed.iter().map(InterfaceName::as_str).collect::<Vec<_>>(), names);
+        assert!(parsed.windows(2).all(|w| w[0] < w[1]), "alphabetical, as the text");
+        assert_eq!(format!("{:?}", parsed[3]), "InterfaceName(\"em0\")");
     }
 
     #[test]

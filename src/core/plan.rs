@@ -1,23 +1,27 @@
-//! Reconcile planning: from what is desired, what is observed and what the agent last loaded,
+//! Reconcile planning: from what is desired, what is observed and what the agent last applied,
 //! the status of every publication and the pf actions that bring pf in step.
 //!
-//! One `plan` serves publish, unpublish, the periodic tick and start-up. It is idempotent:
+//! One [`plan`] serves publish, unpublish, the periodic tick and start-up, in three phases:
+//! claims (which publications get their host ports, older first, and which can be loaded at
+//! all), render (each running jail's anchor) and diff (the pf actions). It is idempotent:
 //! applying its actions and planning again yields no action.
+//!
+//! A publish changes one jail and takes ports nobody held, so [`plan_publish`] plans just that
+//! jail against what the last plan held ([`Held`]), and agrees with [`plan`].
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
-
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap as HashMap;
+
 use super::address::{self, Context, Network, select_targets};
-use super::conflict::{self, ClaimPlace, Claims};
-use super::model::{Family, InterfaceName, JailName, Protocol};
+use super::conflict::{self, Claims, NameClash, name_clash};
+use super::model::{Family, InterfaceName, JailName};
 use super::publication::Publication;
 use super::readback;
-use super::render::{Gateways, Targets, render_anchor};
-use super::spec::PortSpec;
+use super::render::{Gateways, Targets};
+use super::renderer::Renderer;
 
 /// A desired publication with its age: lower `seq` was published first and wins conflicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +65,26 @@ pub struct Observed {
     pub host_addrs: BTreeSet<IpAddr>,
 }
 
-/// What the planner takes from the configuration.
+/// What is desired: the publications, and the settings they are planned under.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings<'a> {
+pub struct Desired<'a> {
+    pub publications: &'a [Stored],
     pub networks: &'a [Network],
     /// The parent anchor (`kleene`): a jail's anchor component is chosen to fit below it.
     pub anchor: &'a str,
+}
+
+/// What the agent has done to pf, as far as it knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied<'a> {
+    /// What the agent loaded, by component.
+    pub loaded: &'a BTreeMap<String, Arc<Loaded>>,
+    /// Components to load even when the agent believes they are current (start-up, failed
+    /// verification).
+    pub force: &'a BTreeSet<String>,
+    /// Why pf refused the last load of a component: its publications are errors (and the load
+    /// is tried again).
+    pub pf_errors: &'a BTreeMap<String, String>,
 }
 
 /// What the agent loaded into one anchor.
@@ -141,82 +159,161 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// What every anchor that should hold rules should hold, by component.
     pub wanted: BTreeMap<String, Arc<Loaded>>,
+    /// What the claims phase decided, for the next publish ([`plan_publish`]).
+    pub held: Held,
 }
 
-/// The inputs one anchor was rendered from. A publication never changes once stored (a new one
-/// gets a new `seq`), so the seqs and their targets identify the publications' part.
+/// What the claims phase of a plan decided, owned, so that a publish can be checked against it
+/// in O(log n) instead of planning every publication again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// The host ports held, by the seq of the publication holding them.
+    claims: conflict::Index<u64>,
+    /// Every jail's publications, by seq, in seq order.
+    jails: HashMap<JailName, Vec<u64>>,
+    /// The jail each anchor component belongs to: the first to publish of those mapping to it.
+    anchors: HashMap<String, JailName>,
+    /// Addresses more than one running jail reports (nobody gets those).
+    contested: BTreeMap<IpAddr, Vec<JailName>>,
+    /// The highest seq planned.
+    last_seq: u64,
+}
+
+/// A publish planned alone ([`plan_publish`]): its jail's part of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct RenderInputs {
-    jail: JailName,
-    jid: u32,
-    gateways: Gateways,
-    items: Vec<(u64, Targets)>,
+pub struct JailPlan {
+    pub jail: JailName,
+    /// The jail's anchor component; `None` when the name is another jail's (the jail's
+    /// publications are then errors, and the anchor is none of this plan's business).
+    pub component: Option<String>,
+    /// The status of each of the jail's publications, the new ones included.
+    pub statuses: BTreeMap<u64, PubStatus>,
+    /// What the jail's anchor should hold; `None` when it should hold no rule.
+    pub wanted: Option<Arc<Loaded>>,
+    /// The actions that bring the jail's anchor in step.
+    pub actions: Vec<Action>,
+    /// The new publications, in seq order, and the claims of those that got their ports.
+    new: Vec<(u64, Option<Claims>)>,
 }
 
-impl RenderInputs {
-    /// Whether these are the inputs of `jail` with `items` under `gateways`.
-    fn matches(&self, jail: &RunningJail, gateways: &Gateways, items: &[(&Stored, Targets)]) -> bool {
-        self.jid == jail.jid
-            && self.jail == jail.name
-            && &self.gateways == gateways
-            && self.items.len() == items.len()
-            && self.items.iter().zip(items).all(|((seq, t), (s, u))| *seq == s.seq && t == u)
-    }
-}
-
-/// What one anchor rendered to: the anchor (None when it holds no rule) and, per publication,
-/// the interfaces its rules are on and why it has no rule at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RenderOutcome {
-    loaded: Option<Arc<Loaded>>,
-    per_pub: Vec<(u64, Arc<[InterfaceName]>, Option<String>)>,
-}
-
-/// Anchors rendered by earlier plans, by component, so that a plan renders only the jails whose
-/// inputs changed: a change costs work proportional to that change, not to the host.
-#[derive(Debug, Clone, Default)]
-pub struct RenderCache {
-    entries: BTreeMap<String, (RenderInputs, RenderOutcome)>,
-}
-
-impl RenderCache {
-    /// How many anchors are cached.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Held port ranges of one place: start -> (end, owner).
-type HeldRanges<'a> = BTreeMap<u16, (u16, &'a Stored)>;
-
-/// Accepted claims, indexed so that a new claim is checked in O(log n): per (protocol, family,
-/// place), the accepted port ranges by start (they never overlap each other).
-#[derive(Default)]
-struct ClaimIndex<'a> {
-    by_place: HashMap<(Protocol, Family, ClaimPlace<'a>), HeldRanges<'a>>,
-}
-
-impl<'a> ClaimIndex<'a> {
-    /// The owner of a held range overlapping any of `claims`.
-    fn owner(&self, claims: &Claims<'a>) -> Option<&'a Stored> {
-        claims.iter().find_map(|c| {
-            let ranges = self.by_place.get(&(c.proto, c.family, c.place.clone()))?;
-            let (_, (end, owner)) = ranges.range(..=c.ports.end()).next_back()?;
-            (*end >= c.ports.start()).then_some(*owner)
-        })
-    }
-
-    fn hold(&mut self, claims: Claims<'a>, owner: &'a Stored) {
-        for c in claims {
-            self.by_place
-                .entry((c.proto, c.family, c.place))
-                .or_default()
-                .insert(c.ports.start(), (c.ports.end(), owner));
+impl Plan {
+    /// Takes in a publish planned by [`plan_publish`] against this plan's [`Plan::held`]:
+    /// afterwards this is the plan [`plan`] makes with the new publications, and the next
+    /// publish can be planned against it.
+    pub fn merge(&mut self, publish: JailPlan) {
+        self.statuses.extend(publish.statuses);
+        if let Some(c) = &publish.component {
+            match publish.wanted {
+                Some(w) => self.wanted.insert(c.clone(), w),
+                None => self.wanted.remove(c),
+            };
+            self.actions.retain(|a| a.component() != c);
+            self.actions.extend(publish.actions);
+            self.actions.sort_by(|a, b| action_order(a).cmp(&action_order(b)));
+            self.held.anchors.entry(c.clone()).or_insert_with(|| publish.jail.clone());
         }
+        let seqs = self.held.jails.entry(publish.jail).or_default();
+        for (seq, claims) in publish.new {
+            seqs.push(seq);
+            self.held.last_seq = self.held.last_seq.max(seq);
+            if let Some(c) = claims {
+                self.held.claims.hold(c, seq);
+            }
+        }
+    }
+}
+
+/// The order [`diff`] gives actions in: loads, then flushes, each by component.
+fn action_order(a: &Action) -> (bool, &str) {
+    (matches!(a, Action::Flush { .. }), a.component())
+}
+
+/// Plans: [`claims`], then [`render`] (through `renderer`, which the caller keeps between
+/// plans so that only what changed is rendered again), then [`diff`].
+pub fn plan(desired: &Desired, observed: &Observed, applied: &Applied, renderer: &mut Renderer) -> Plan {
+    let (mut statuses, jails, held) = claims(desired, observed);
+    let wanted = render(&jails, &mut statuses, observed, applied, renderer);
+    let actions = diff(&wanted, observed, applied);
+    Plan { statuses: statuses.into_iter().collect(), actions, wanted, held }
+}
+
+/// Plans a publish alone. The new publications are the last of `desired.publications`, with
+/// seqs above every seq the last plan saw, all of one jail; each is checked against the ports
+/// `held` holds in O(log n), and only that jail is planned again and its anchor rendered.
+///
+/// `held` is [`Plan::held`] of the last plan, made from the same observation and settings and
+/// from the publications without the new ones (whatever `applied` is now). Then the outcome is
+/// that jail's part of what [`plan`] would plan now, and [`Plan::merge`] makes the last plan
+/// into it. `desired.publications` should be in seq order (the agent's state keeps them so):
+/// otherwise finding a publication by seq takes a scan.
+///
+/// `None` (plan in full) when there is no new publication, the new ones are of more than one
+/// jail or not in seq order, or the jail's earlier publications are not the ones `held` knows.
+pub fn plan_publish(
+    desired: &Desired,
+    observed: &Observed,
+    applied: &Applied,
+    held: &Held,
+    renderer: &mut Renderer,
+) -> Option<JailPlan> {
+    let all = desired.publications;
+    let first_new = all.iter().rposition(|s| s.seq <= held.last_seq).map_or(0, |i| i + 1);
+    let new = &all[first_new..];
+    let jail = &new.first()?.publication.jail;
+    let in_order = new.windows(2).all(|w| w[0].seq < w[1].seq);
+    if !in_order || new.iter().any(|s| &s.publication.jail != jail) {
+        return None;
+    }
+    let mut earlier: Vec<&Stored> = Vec::new();
+    for seq in held.jails.get(jail).into_iter().flatten() {
+        earlier.push(by_seq(all, *seq).filter(|s| &s.publication.jail == jail)?);
+    }
+
+    let component = jail.anchor_component(desired.anchor);
+    let clash = held.anchors.get(&component).and_then(|first| name_clash(jail, first, desired.anchor));
+    let running = observed.jails.iter().find(|j| &j.name == jail);
+    let mut facts = JailFacts::new(jail, component, clash, running);
+    let scope = Scope::new(desired, observed, &held.contested);
+    let mut statuses: Vec<(u64, PubStatus)> = Vec::with_capacity(earlier.len() + new.len());
+    // The earlier publications decide as they did: against the older holders only (a port
+    // they hold themselves is held by their own seq).
+    for s in earlier {
+        let older = |c: &Claims| held.claims.owner(c).filter(|o| *o < s.seq).and_then(|o| by_seq(all, o));
+        let (status, _) = admit(s, &mut facts, &scope, &older);
+        statuses.push((s.seq, status));
+    }
+    let mut taken = conflict::Index::default();
+    let mut out = Vec::with_capacity(new.len());
+    for s in new {
+        let older =
+            |c: &Claims| held.claims.owner(c).into_iter().chain(taken.owner(c)).min().and_then(|o| by_seq(all, o));
+        let (status, claims) = admit(s, &mut facts, &scope, &older);
+        if let Some(c) = &claims {
+            taken.hold(c.clone(), s.seq);
+        }
+        statuses.push((s.seq, status));
+        out.push((s.seq, claims));
+    }
+
+    let owns_anchor = facts.clash.is_none();
+    let wanted = render_jail(&facts, &mut statuses, &observed.gateways, applied.pf_errors, renderer);
+    let actions = if owns_anchor { action(&facts.component, wanted.as_ref(), observed, applied) } else { None };
+    Some(JailPlan {
+        jail: jail.clone(),
+        component: owns_anchor.then_some(facts.component),
+        statuses: statuses.into_iter().collect(),
+        wanted,
+        actions: actions.into_iter().collect(),
+        new: out,
+    })
+}
+
+/// The publication `seq` of `publications`: by binary search when they are in seq order, else
+/// by a scan.
+fn by_seq(publications: &[Stored], seq: u64) -> Option<&Stored> {
+    match publications.binary_search_by_key(&seq, |s| s.seq) {
+        Ok(i) => Some(&publications[i]),
+        Err(_) => publications.iter().find(|s| s.seq == seq),
     }
 }
 
@@ -224,8 +321,8 @@ impl<'a> ClaimIndex<'a> {
 struct JailFacts<'a> {
     name: &'a JailName,
     component: String,
-    /// Another jail with the same component published first.
-    shadowed_by: Option<&'a JailName>,
+    /// A jail that published first has the same anchor name.
+    clash: Option<NameClash<'a>>,
     running: Option<&'a RunningJail>,
     /// Targets for publications that name no network, computed once.
     default_targets: Option<Result<Targets, String>>,
@@ -233,26 +330,60 @@ struct JailFacts<'a> {
     addrs: Result<&'a [IpAddr], &'a AddrsUnknown>,
     /// Accepted publications of a running jail, with their targets.
     items: Vec<(&'a Stored, Targets)>,
+    /// Every publication's seq, in seq order.
+    seqs: Vec<u64>,
 }
 
-/// Plans. `force` names components to load even when the agent believes they are current
-/// (start-up, failed verification); `pf_errors` marks the publications of components whose
-/// last load pf refused; `cache` keeps rendered anchors between plans.
-pub fn plan(
-    desired: &[Stored],
-    observed: &Observed,
-    loaded: &BTreeMap<String, Arc<Loaded>>,
-    settings: &Settings,
-    force: &BTreeSet<String>,
-    pf_errors: &BTreeMap<String, String>,
-    cache: &mut RenderCache,
-) -> Plan {
+impl<'a> JailFacts<'a> {
+    fn new(
+        name: &'a JailName,
+        component: String,
+        clash: Option<NameClash<'a>>,
+        running: Option<&'a RunningJail>,
+    ) -> JailFacts<'a> {
+        JailFacts {
+            name,
+            component,
+            clash,
+            running,
+            default_targets: None,
+            addrs: running.map_or(Ok(&[][..]), |j| j.addrs.as_ref().map(Vec::as_slice)),
+            items: vec![],
+            seqs: vec![],
+        }
+    }
+}
+
+/// What deciding one publication needs beyond its jail.
+struct Scope<'a> {
+    observed: &'a Observed,
+    ctx: Context<'a>,
+    anchor: &'a str,
+    /// The interfaces of a publication without rules (one list, shared).
+    no_interfaces: Arc<[InterfaceName]>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(desired: &Desired<'a>, observed: &'a Observed, contested: &'a BTreeMap<IpAddr, Vec<JailName>>) -> Scope<'a> {
+        Scope {
+            observed,
+            ctx: Context { networks: desired.networks, contested, host: &observed.host_addrs },
+            anchor: desired.anchor,
+            no_interfaces: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// Claims: decides, in seq order (the older first, so the older wins), each publication's
+/// jail facts (its anchor name, whether it runs, its targets) and whether it gets its host
+/// ports. Returns the statuses so far in seq order, the jails with their accepted publications,
+/// and what was held.
+fn claims<'a>(desired: &Desired<'a>, observed: &'a Observed) -> (Vec<(u64, PubStatus)>, Vec<JailFacts<'a>>, Held) {
     let running: HashMap<&JailName, &RunningJail> = observed.jails.iter().map(|j| (&j.name, j)).collect();
     let contested = address::contested(
         observed.jails.iter().filter_map(|j| j.addrs.as_ref().ok().map(|a| (&j.name, a.as_slice()))),
     );
-    let ctx = Context { networks: settings.networks, contested: &contested, host: &observed.host_addrs };
-    let mut order: Vec<&Stored> = desired.iter().collect();
+    let mut order: Vec<&Stored> = desired.publications.iter().collect();
     order.sort_by_key(|s| s.seq);
 
     // One entry per jail, in the order of its first publication.
@@ -261,223 +392,226 @@ pub fn plan(
     let mut owner_of: HashMap<String, usize> = HashMap::default();
     for s in &order {
         let name = &s.publication.jail;
-        if index.contains_key(name) {
+        if let Some(i) = index.get(name) {
+            jails[*i].seqs.push(s.seq);
             continue;
         }
-        let component = name.anchor_component(settings.anchor);
+        let component = name.anchor_component(desired.anchor);
         let first = *owner_of.entry(component.clone()).or_insert(jails.len());
+        let clash = (first != jails.len()).then(|| name_clash(name, jails[first].name, desired.anchor)).flatten();
         index.insert(name, jails.len());
-        let running = running.get(name).copied();
-        jails.push(JailFacts {
-            name,
-            component,
-            shadowed_by: (first != jails.len()).then(|| jails[first].name),
-            running,
-            default_targets: None,
-            addrs: running.map_or(Ok(&[][..]), |j| j.addrs.as_ref().map(Vec::as_slice)),
-            items: vec![],
-        });
+        let mut facts = JailFacts::new(name, component, clash, running.get(name).copied());
+        facts.seqs.push(s.seq);
+        jails.push(facts);
     }
 
+    let scope = Scope::new(desired, observed, &contested);
     let mut statuses: Vec<(u64, PubStatus)> = Vec::with_capacity(order.len());
-    let mut held = ClaimIndex::default();
-    let no_interfaces: Arc<[InterfaceName]> = Arc::from(Vec::new());
+    let mut held = conflict::Index::default();
+    let find = |seq: u64| order.binary_search_by_key(&seq, |s| s.seq).ok().map(|i| order[i]);
     for s in &order {
-        let p = &s.publication;
-        let facts = &mut jails[index[&p.jail]];
-        let mut st =
-            PubStatus { status: Status::Active, interfaces: Arc::clone(&no_interfaces), targets: Targets::default() };
-        if let Some(other) = facts.shadowed_by {
-            st.status = Status::Error(format!(
-                "jail {} maps to the same anchor name ({}) as jail {other}; rename one of them",
-                p.jail, facts.component
-            ));
-            statuses.push((s.seq, st));
-            continue;
+        let facts = &mut jails[index[&s.publication.jail]];
+        let (status, claims) = admit(s, facts, &scope, &|c| held.owner(c).and_then(find));
+        if let Some(c) = claims {
+            held.hold(c, s.seq);
         }
-        if let Some(other) = observed.foreign.get(&facts.component) {
-            st.status = Status::Error(format!(
-                "the anchor {}/{other} holds rules this agent did not write; it is left alone: rename the jail, \
-                 or remove those rules (pfctl -a {}/{other} -F all) if they are stale",
-                settings.anchor, settings.anchor
-            ));
-            statuses.push((s.seq, st));
-            continue;
-        }
-        let addrs = match facts.addrs {
-            Ok(a) => Ok(a),
-            Err(unknown) => Err(if unknown.pending {
-                Status::Pending(unknown.reason.clone())
-            } else {
-                Status::Error(unknown.reason.clone())
-            }),
-        };
-        let targets = match (facts.running, addrs) {
-            (None, _) => None,
-            (Some(_), Err(status)) => Some(Err(status)),
-            (Some(j), Ok(addrs)) => {
-                let jail = address::Jail { name: &j.name, vnet: j.vnet, addrs };
-                Some(
-                    match &p.network {
-                        None => facts.default_targets.get_or_insert_with(|| select_targets(&jail, &ctx, None)).clone(),
-                        Some(n) => select_targets(&jail, &ctx, Some(n)),
-                    }
-                    .map_err(Status::Error),
-                )
-            }
-        };
-        let (claims, targets) = match targets {
-            None => (conflict::claims(p, None, &observed.gateways), None),
-            Some(Err(status @ Status::Pending(_))) => {
-                // The port stays claimed while the jail's addresses are being read.
-                let claims = conflict::claims(p, None, &observed.gateways);
-                if let Some(owner) = held.owner(&claims) {
-                    let o = &owner.publication;
-                    st.status = Status::Conflict(format!(
-                        "the host port is already published by jail {} as {}",
-                        o.jail, o.spec
-                    ));
-                } else {
-                    held.hold(claims, s);
-                    st.status = status;
-                }
-                statuses.push((s.seq, st));
-                continue;
-            }
-            Some(Err(status)) => {
-                st.status = status;
-                statuses.push((s.seq, st));
-                continue;
-            }
-            Some(Ok(t)) => {
-                let fams: &[Family] = match (t.inet.is_some(), t.inet6.is_some()) {
-                    (true, true) => &Family::BOTH,
-                    (true, false) => &Family::BOTH[..1],
-                    (false, true) => &Family::BOTH[1..],
-                    (false, false) => &[],
-                };
-                (conflict::claims(p, Some(fams), &observed.gateways), Some(t))
-            }
-        };
-        if let Some(owner) = held.owner(&claims) {
-            let o = &owner.publication;
-            st.status =
-                Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec));
-            statuses.push((s.seq, st));
-            continue;
-        }
-        held.hold(claims, s);
-        match targets {
-            Some(t) => {
-                st.targets = t.clone();
-                facts.items.push((s, t));
-            }
-            None => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
-        }
-        statuses.push((s.seq, st));
+        statuses.push((s.seq, status));
     }
 
-    let mut out = Plan::default();
-    let mut next_cache = RenderCache::default();
-    for facts in jails {
-        let Some(jail) = facts.running.filter(|_| !facts.items.is_empty()) else { continue };
-        let (inputs, outcome) = match cache.entries.remove(&facts.component) {
-            Some((cached, outcome)) if cached.matches(jail, &observed.gateways, &facts.items) => (cached, outcome),
-            _ => {
-                let inputs = RenderInputs {
-                    jail: jail.name.clone(),
-                    jid: jail.jid,
-                    gateways: observed.gateways.clone(),
-                    items: facts.items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
-                };
-                (inputs, render_outcome(jail, &facts.items, &observed.gateways))
-            }
-        };
-        let pf_error = pf_errors.get(&facts.component);
-        for (seq, interfaces, no_rules) in &outcome.per_pub {
-            let i = statuses.binary_search_by_key(seq, |(q, _)| *q).expect("status recorded above");
-            let st = &mut statuses[i].1;
-            st.interfaces = Arc::clone(interfaces);
-            if let Some(err) = pf_error {
-                st.status = Status::Error(format!("pf refused the anchor: {err}"));
-            } else if let Some(why) = no_rules {
-                st.status = Status::Error(why.clone());
-            }
-        }
-        if let Some(l) = &outcome.loaded {
-            out.wanted.insert(facts.component.clone(), Arc::clone(l));
-        }
-        next_cache.entries.insert(facts.component, (inputs, outcome));
-    }
-    *cache = next_cache;
-    out.statuses = statuses.into_iter().collect();
-
-    for (component, want) in &out.wanted {
-        let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
-        let current = loaded.get(component).is_some_and(|l| Arc::ptr_eq(l, want) || **l == **want);
-        if current && present && !force.contains(component) {
-            continue;
-        }
-        let (kill_before, kill_after) = match loaded.get(component) {
-            Some(l) if l.jid != want.jid => (vec![l.jail.label()], vec![]),
-            Some(l) => (vec![], readback::labels(&l.text).difference(&readback::labels(&want.text)).cloned().collect()),
-            None => (vec![], vec![]),
-        };
-        out.actions.push(Action::Load {
-            component: component.clone(),
-            loaded: Arc::clone(want),
-            kill_before,
-            kill_after,
-        });
-    }
-    let stale = loaded
-        .keys()
-        .chain(observed.anchors.iter().flatten().filter(|c| !observed.foreign.contains(*c)))
-        .filter(|c| !out.wanted.contains_key(*c));
-    let stale: BTreeSet<&String> = stale.collect();
-    for component in stale {
-        let kill = loaded.get(component).map(|l| vec![l.jail.label()]);
-        out.actions.push(Action::Flush { component: component.clone(), kill });
-    }
-    out
+    let held = Held {
+        claims: held,
+        jails: jails.iter_mut().map(|f| (f.name.clone(), std::mem::take(&mut f.seqs))).collect(),
+        anchors: owner_of.into_iter().map(|(c, i)| (c, jails[i].name.clone())).collect(),
+        contested,
+        last_seq: order.last().map_or(0, |s| s.seq),
+    };
+    (statuses, jails, held)
 }
 
-/// Renders one running jail's anchor.
-fn render_outcome(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gateways) -> RenderOutcome {
-    let seq_of: BTreeMap<&PortSpec, u64> = items.iter().map(|(s, _)| (&s.publication.spec, s.seq)).collect();
-    let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), gateways);
-    let mut shared: Vec<Arc<[InterfaceName]>> = Vec::new();
-    let per_pub = anchor
-        .publications
-        .iter()
-        .map(|(p, r)| {
-            let why = (!r.is_active()).then(|| {
-                let why: Vec<String> =
-                    r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
-                why.join("; ")
-            });
-            // Publications of one jail mostly share their interface list: share it too.
-            let interfaces = match shared.iter().find(|l| l[..] == r.interfaces[..]) {
-                Some(l) => Arc::clone(l),
-                None => {
-                    let l: Arc<[InterfaceName]> = Arc::from(r.interfaces.clone());
-                    shared.push(Arc::clone(&l));
-                    l
+/// Decides one publication of `facts`' jail in the claims phase: its status so far, and the
+/// claims it holds from now on (`None`: it holds no port). `older` names the older publication
+/// that holds a port of given claims, if any.
+fn admit<'a>(
+    s: &'a Stored,
+    facts: &mut JailFacts<'a>,
+    scope: &Scope,
+    older: &dyn Fn(&Claims) -> Option<&'a Stored>,
+) -> (PubStatus, Option<Claims>) {
+    let p = &s.publication;
+    let gateways = &scope.observed.gateways;
+    let mut st =
+        PubStatus { status: Status::Active, interfaces: Arc::clone(&scope.no_interfaces), targets: Targets::default() };
+    let taken = |owner: &Stored| {
+        let o = &owner.publication;
+        Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec))
+    };
+    if let Some(clash) = &facts.clash {
+        st.status = Status::Error(clash.to_string());
+        return (st, None);
+    }
+    if let Some(other) = scope.observed.foreign.get(&facts.component) {
+        let anchor = scope.anchor;
+        st.status = Status::Error(format!(
+            "the anchor {anchor}/{other} holds rules this agent did not write; it is left alone: rename the jail, \
+             or remove those rules (pfctl -a {anchor}/{other} -F all) if they are stale"
+        ));
+        return (st, None);
+    }
+    let addrs = match facts.addrs {
+        Ok(a) => Ok(a),
+        Err(unknown) => Err(if unknown.pending {
+            Status::Pending(unknown.reason.clone())
+        } else {
+            Status::Error(unknown.reason.clone())
+        }),
+    };
+    let targets = match (facts.running, addrs) {
+        (None, _) => None,
+        (Some(_), Err(status)) => Some(Err(status)),
+        (Some(j), Ok(addrs)) => {
+            let jail = address::Jail { name: &j.name, vnet: j.vnet, addrs };
+            Some(
+                match &p.network {
+                    None => {
+                        facts.default_targets.get_or_insert_with(|| select_targets(&jail, &scope.ctx, None)).clone()
+                    }
+                    Some(n) => select_targets(&jail, &scope.ctx, Some(n)),
                 }
+                .map_err(Status::Error),
+            )
+        }
+    };
+    let (claims, targets) = match targets {
+        None => (conflict::claims(p, None, gateways), None),
+        Some(Err(status @ Status::Pending(_))) => {
+            // The port stays claimed while the jail's addresses are being read.
+            let claims = conflict::claims(p, None, gateways);
+            if let Some(owner) = older(&claims) {
+                st.status = taken(owner);
+                return (st, None);
+            }
+            st.status = status;
+            return (st, Some(claims));
+        }
+        Some(Err(status)) => {
+            st.status = status;
+            return (st, None);
+        }
+        Some(Ok(t)) => {
+            let fams: &[Family] = match (t.inet.is_some(), t.inet6.is_some()) {
+                (true, true) => &Family::BOTH,
+                (true, false) => &Family::BOTH[..1],
+                (false, true) => &Family::BOTH[1..],
+                (false, false) => &[],
             };
-            (seq_of[&p.spec], interfaces, why)
-        })
+            (conflict::claims(p, Some(fams), gateways), Some(t))
+        }
+    };
+    if let Some(owner) = older(&claims) {
+        st.status = taken(owner);
+        return (st, None);
+    }
+    match targets {
+        Some(t) => {
+            st.targets = t.clone();
+            facts.items.push((s, t));
+        }
+        None => st.status = Status::Pending(format!("jail {} is not running", p.jail)),
+    }
+    (st, Some(claims))
+}
+
+/// Render: each running jail's accepted publications become its anchor (through `renderer`,
+/// which renders again only what changed, and forgets the anchors no jail wants any more).
+/// Each publication learns the interfaces its rules are on; one that got no rule at all, or
+/// whose anchor pf refused last time, is an error after all. Returns what every anchor that
+/// should hold rules should hold.
+fn render(
+    jails: &[JailFacts],
+    statuses: &mut [(u64, PubStatus)],
+    observed: &Observed,
+    applied: &Applied,
+    renderer: &mut Renderer,
+) -> BTreeMap<String, Arc<Loaded>> {
+    let mut wanted = BTreeMap::new();
+    for facts in jails {
+        if let Some(l) = render_jail(facts, statuses, &observed.gateways, applied.pf_errors, renderer) {
+            wanted.insert(facts.component.clone(), l);
+        }
+    }
+    renderer.sweep();
+    wanted
+}
+
+/// The render phase of one jail: its anchor, when it runs and has accepted publications and
+/// the anchor holds rules. `statuses` (in seq order) holds at least the jail's publications.
+fn render_jail(
+    facts: &JailFacts,
+    statuses: &mut [(u64, PubStatus)],
+    gateways: &Gateways,
+    pf_errors: &BTreeMap<String, String>,
+    renderer: &mut Renderer,
+) -> Option<Arc<Loaded>> {
+    let jail = facts.running.filter(|_| !facts.items.is_empty())?;
+    let rendered = renderer.render(&facts.component, jail, &facts.items, gateways);
+    let pf_error = pf_errors.get(&facts.component);
+    for r in &rendered.publications {
+        let i = statuses.binary_search_by_key(&r.seq, |(q, _)| *q).expect("status recorded in the claims phase");
+        let st = &mut statuses[i].1;
+        st.interfaces = Arc::clone(&r.interfaces);
+        if let Some(err) = pf_error {
+            st.status = Status::Error(format!("pf refused the anchor: {err}"));
+        } else if let Some(why) = &r.no_rules {
+            st.status = Status::Error(why.clone());
+        }
+    }
+    rendered.loaded.clone()
+}
+
+/// Diff: the pf actions that make pf hold what is wanted. A load for each anchor that pf does
+/// not hold as wanted (or that is forced), with the labels whose states to kill; a flush for
+/// each anchor that holds rules nobody wants, except anchors holding rules this agent did not
+/// write. Loads come first, each kind in component order.
+fn diff(wanted: &BTreeMap<String, Arc<Loaded>>, observed: &Observed, applied: &Applied) -> Vec<Action> {
+    let loads = wanted.iter().filter_map(|(c, w)| action(c, Some(w), observed, applied));
+    let stale: BTreeSet<&String> = applied
+        .loaded
+        .keys()
+        .chain(observed.anchors.iter().flatten().filter(|c| !observed.foreign.contains(*c)))
+        .filter(|c| !wanted.contains_key(*c))
         .collect();
-    let loaded =
-        (!anchor.is_empty()).then(|| Arc::new(Loaded { jail: jail.name.clone(), jid: jail.jid, text: anchor.text() }));
-    RenderOutcome { loaded, per_pub }
+    let flushes = stale.into_iter().filter_map(|c| action(c, None, observed, applied));
+    loads.chain(flushes).collect()
+}
+
+/// The action that brings one anchor in step, if it is not: `want` is what it should hold
+/// (`None`: no rule).
+fn action(component: &str, want: Option<&Arc<Loaded>>, observed: &Observed, applied: &Applied) -> Option<Action> {
+    let before = applied.loaded.get(component);
+    let Some(want) = want else {
+        let in_pf = observed.anchors.as_ref().is_some_and(|a| a.contains(component));
+        let stale = before.is_some() || (in_pf && !observed.foreign.contains(component));
+        let kill = before.map(|l| vec![l.jail.label()]);
+        return stale.then(|| Action::Flush { component: component.to_string(), kill });
+    };
+    let present = observed.anchors.as_ref().is_none_or(|a| a.contains(component));
+    let current = before.is_some_and(|l| Arc::ptr_eq(l, want) || **l == **want);
+    if current && present && !applied.force.contains(component) {
+        return None;
+    }
+    let (kill_before, kill_after) = match before {
+        Some(l) if l.jid != want.jid => (vec![l.jail.label()], vec![]),
+        Some(l) => (vec![], readback::labels(&l.text).difference(&readback::labels(&want.text)).cloned().collect()),
+        None => (vec![], vec![]),
+    };
+    Some(Action::Load { component: component.to_string(), loaded: Arc::clone(want), kill_before, kill_after })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Plans with a fresh cache (the cache has its own test below).
+    /// Plans with a fresh renderer (the memo has its own tests, and one below).
     fn plan(
         desired: &[Stored],
         observed: &Observed,
@@ -486,11 +620,9 @@ mod tests {
         force: &BTreeSet<String>,
         pf_errors: &BTreeMap<String, String>,
     ) -> Plan {
-        let settings = Settings { networks, anchor: "kleene" };
-        super::plan(desired, observed, loaded, &settings, force, pf_errors, &mut RenderCache::default())
+        let desired = Desired { publications: desired, networks, anchor: "kleene" };
+        super::plan(&desired, observed, &Applied { loaded, force, pf_errors }, &mut Renderer::default())
     }
-
-    const SETTINGS: Settings = Settings { networks: &[], anchor: "kleene" };
 
     fn stored(seq: u64, jail: &str, spec: &str) -> Stored {
         Stored { seq, publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None) }
@@ -807,25 +939,29 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_renders_only_what_changed() {
+    fn the_renderer_renders_only_what_changed() {
         let desired = vec![stored(1, "web", "8080:80"), stored(2, "db", "5432")];
         let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
         let (f, e) = none();
-        let mut cache = RenderCache::default();
-        let first = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
-        assert_eq!(cache.len(), 2);
+        let loaded = BTreeMap::new();
+        let mut renderer = Renderer::default();
+        let mut with_renderer = |obs: &Observed| {
+            let d = Desired { publications: &desired, networks: &[], anchor: "kleene" };
+            super::plan(&d, obs, &Applied { loaded: &loaded, force: &f, pf_errors: &e }, &mut renderer)
+        };
+        let first = with_renderer(&obs);
         obs.jails[1] = jail("db", 5, &["10.13.37.9"]);
-        let second = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
+        let second = with_renderer(&obs);
         assert!(Arc::ptr_eq(&first.wanted["web"], &second.wanted["web"]), "web was not rendered again");
         assert!(!Arc::ptr_eq(&first.wanted["db"], &second.wanted["db"]));
         assert!(second.wanted["db"].text.contains("10.13.37.9"));
-        assert_eq!(second, plan(&desired, &obs, &BTreeMap::new(), &[], &f, &e), "the same plan as without a cache");
+        assert_eq!(second, plan(&desired, &obs, &loaded, &[], &f, &e), "the same plan as with a fresh renderer");
         obs.gateways.inet = Some("em9".parse().unwrap());
-        let third = super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
+        let third = with_renderer(&obs);
         assert!(third.wanted["web"].text.contains("(em9)"), "a gateway change renders again");
         obs.jails.remove(1);
-        super::plan(&desired, &obs, &BTreeMap::new(), &SETTINGS, &f, &e, &mut cache);
-        assert_eq!(cache.len(), 1, "stopped jails leave the cache");
+        with_renderer(&obs);
+        assert_eq!(renderer.len(), 1, "stopped jails are forgotten");
     }
 
     #[test]
@@ -843,5 +979,233 @@ mod tests {
             p.statuses[&5000]
         );
         assert!(matches!(p.statuses[&5001].status, Status::Pending(_)), "13002 is free");
+    }
+
+    /// Plans in full, then the publish of `new` alone against that plan, with one renderer as
+    /// the agent keeps it. Returns (full plan of `old`, the publish, full plan of both).
+    fn publish(
+        old: &[Stored],
+        new: &[Stored],
+        obs: &Observed,
+        applied: &Applied,
+        networks: &[Network],
+    ) -> (Plan, Option<JailPlan>, Plan) {
+        let mut renderer = Renderer::default();
+        let all: Vec<Stored> = old.iter().chain(new).cloned().collect();
+        let desired = |publications| Desired { publications, networks, anchor: "kleene" };
+        let before = super::plan(&desired(old), obs, applied, &mut renderer);
+        let alone = plan_publish(&desired(&all), obs, applied, &before.held, &mut renderer);
+        let after = super::plan(&desired(&all), obs, applied, &mut Renderer::default());
+        (before, alone, after)
+    }
+
+    #[test]
+    fn a_publish_is_planned_alone() {
+        let old = vec![stored(1, "web", "8080:80"), stored(2, "db", "5432"), stored(3, "web", "8443:443")];
+        let mut obs = observed(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])], &[]);
+        let loaded = settle(&old, &mut obs);
+        let (f, e) = none();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let new = [stored(7, "web", "9090:90"), stored(8, "web", "5432:5432")];
+        let (mut before, alone, after) = publish(&old, &new, &obs, &applied, &[]);
+        let alone = alone.expect("one jail's publish");
+        assert_eq!(alone.component.as_deref(), Some("web"));
+        assert_eq!(alone.statuses.keys().copied().collect::<Vec<_>>(), [1, 3, 7, 8], "the jail's publications only");
+        assert_eq!(alone.statuses[&7].status, Status::Active);
+        assert_eq!(
+            alone.statuses[&8].status,
+            Status::Conflict("the host port is already published by jail db as 5432:5432/tcp".into())
+        );
+        let [Action::Load { component, loaded: l, kill_before, kill_after }] = &alone.actions[..] else {
+            panic!("{:?}", alone.actions)
+        };
+        assert_eq!(component, "web");
+        assert!(l.text.contains("port 9090") && !l.text.contains("port 5432"), "{}", l.text);
+        assert!(kill_before.is_empty() && kill_after.is_empty());
+        before.merge(alone);
+        assert_eq!(before, after, "merged, the plan is the full plan");
+    }
+
+    #[test]
+    fn a_publish_plans_alone_only_what_it_can() {
+        let old = vec![stored(1, "web", "8080:80")];
+        let obs = observed(vec![jail("web", 3, &["10.13.37.2"])], &[]);
+        let (f, e) = none();
+        let loaded = BTreeMap::new();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let (_, alone, _) = publish(&old, &[], &obs, &applied, &[]);
+        assert!(alone.is_none(), "nothing new");
+        let two = [stored(2, "web", "8081:81"), stored(3, "db", "8082:82")];
+        assert!(publish(&old, &two, &obs, &applied, &[]).1.is_none(), "two jails");
+        let late = [stored(1, "db", "8082:82")];
+        let mut renderer = Renderer::default();
+        let desired = Desired { publications: &old, networks: &[], anchor: "kleene" };
+        let before = super::plan(&desired, &obs, &applied, &mut renderer);
+        let all: Vec<Stored> = old.iter().chain(&late).cloned().collect();
+        let desired = Desired { publications: &all, networks: &[], anchor: "kleene" };
+        assert!(plan_publish(&desired, &obs, &applied, &before.held, &mut renderer).is_none(), "not newer");
+        let gone = Desired { publications: &two[..1], networks: &[], anchor: "kleene" };
+        assert!(plan_publish(&gone, &obs, &applied, &before.held, &mut renderer).is_none(), "web's seq 1 is gone");
+    }
+
+    #[test]
+    fn a_publish_into_a_clashing_name_leaves_the_anchor_alone() {
+        let odd: JailName = "_x".parse().unwrap();
+        let twin = odd.component();
+        let old = vec![stored(1, "_x", "8080")];
+        let mut obs = observed(vec![jail("_x", 3, &["10.13.37.2"]), jail(&twin, 4, &["10.13.37.3"])], &[]);
+        let loaded = settle(&old, &mut obs);
+        let (f, e) = none();
+        let applied = Applied { loaded: &loaded, force: &f, pf_errors: &e };
+        let (mut before, alone, after) = publish(&old, &[stored(2, &twin, "8081")], &obs, &applied, &[]);
+        let alone = alone.expect("one jail's publish");
+        assert_eq!(alone.component, None, "the anchor is jail _x's");
+        assert!(alone.actions.is_empty());
+        assert!(matches!(&alone.statuses[&2].status, Status::Error(r) if r.contains("maps to the same anchor name")));
+        before.merge(alone);
+        assert_eq!(before, after);
+    }
+
+    type Running = (u32, u8, u8, bool);
+    type NewPublication = (u8, u8, u8, u8, bool);
+
+    /// A small random host: up to four jails (one of them named like another's anchor), some
+    /// running, some with unknown addresses; publications on the gateway, an interface or an
+    /// address, colliding often; pf settled or not, with forced and refused anchors.
+    #[derive(Debug, Clone)]
+    struct Host {
+        /// A name (of `names` in the test) and, when the jail runs, its jid, addresses (bits of
+        /// `ADDRS`), whether they are known (0, 1), being read (2) or unreadable (3), and VNET.
+        jails: Vec<(u8, Option<Running>)>,
+        inet6_gateway: bool,
+        networks: bool,
+        /// The jail's name, then the spec's place, port, span and protocol, and a network.
+        old: Vec<(u8, NewPublication)>,
+        new_jail: u8,
+        new: Vec<NewPublication>,
+        settled: bool,
+        force: u8,
+        refused: u8,
+        foreign: u8,
+    }
+
+    fn host() -> impl proptest::strategy::Strategy<Value = Host> {
+        use proptest::prelude::*;
+        let running = proptest::option::of((1u32..3, any::<u8>(), 0u8..4, any::<bool>()));
+        let publication = || (0u8..4, 0u8..5, 0u8..2, 0u8..2, any::<bool>());
+        let old = proptest::collection::vec((0u8..5, publication()), 0..10);
+        let new = proptest::collection::vec(publication(), 1..4);
+        (
+            proptest::collection::vec((0u8..5, running), 0..5),
+            any::<bool>(),
+            any::<bool>(),
+            old,
+            0u8..5,
+            new,
+            any::<bool>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+        )
+            .prop_map(
+                |(jails, inet6_gateway, networks, old, new_jail, new, settled, force, refused, foreign)| Host {
+                    jails,
+                    inet6_gateway,
+                    networks,
+                    old,
+                    new_jail,
+                    new,
+                    settled,
+                    force,
+                    refused,
+                    foreign,
+                },
+            )
+    }
+
+    /// Adds a publication with the next seq, unless the jail publishes the spec already.
+    fn add(all: &mut Vec<Stored>, jail: &str, spec: String, network: bool) {
+        let spec: crate::core::spec::PortSpec = spec.parse().unwrap();
+        if !all.iter().any(|s| s.publication.jail.as_str() == jail && s.publication.spec == spec) {
+            let mut s = stored(all.len() as u64 * 2 + 1, jail, &spec.to_string());
+            s.publication.network = network.then(|| "kleenet".parse().unwrap());
+            all.push(s);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn a_publish_planned_alone_agrees_with_the_full_plan(h in host()) {
+            let twin = "_x".parse::<JailName>().unwrap().component();
+            let names = ["web", "db", "_x", twin.as_str(), "idle"];
+            const ADDRS: [&str; 6] = ["10.13.37.2", "10.13.37.3", "10.13.37.255", "fd00::2", "fd00::3", "192.0.2.9"];
+            let mut jails = Vec::new();
+            for (name, running) in &h.jails {
+                let name = names[usize::from(*name)];
+                let Some((jid, mask, known, vnet)) = running else { continue };
+                if jails.iter().any(|j: &RunningJail| j.name.as_str() == name) {
+                    continue;
+                }
+                let addrs: Vec<&str> = ADDRS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, a)| *a).collect();
+                let mut j = jail(name, *jid, &addrs);
+                j.vnet = *vnet;
+                if *known >= 2 {
+                    j.addrs = Err(AddrsUnknown { reason: "reading".into(), pending: *known == 2 });
+                }
+                jails.push(j);
+            }
+            let spec = |place: u8, port: u8, span: u8, proto: u8| {
+                let place = ["", "em1:", "192.0.2.1:", "[2001:db8::1]:"][usize::from(place)];
+                let host = 8000 + u16::from(port);
+                let proto = ["tcp", "udp"][usize::from(proto)];
+                format!("{place}{host}-{}:80/{proto}", host + u16::from(span))
+            };
+            let mut all: Vec<Stored> = Vec::new();
+            for (jail, (place, port, span, proto, network)) in &h.old {
+                add(&mut all, names[usize::from(*jail)], spec(*place, *port, *span, *proto), *network);
+            }
+            let old_len = all.len();
+            let new_jail = names[usize::from(h.new_jail)];
+            for (place, port, span, proto, network) in &h.new {
+                add(&mut all, new_jail, spec(*place, *port, *span, *proto), *network);
+            }
+            proptest::prop_assume!(all.len() > old_len);
+            let networks: Vec<Network> = if h.networks {
+                vec![Network {
+                    name: "kleenet".parse().unwrap(),
+                    subnet: Some("10.13.37.0/24".parse().unwrap()),
+                    subnet6: Some("fd00::/64".parse().unwrap()),
+                }]
+            } else {
+                vec![]
+            };
+            let mut obs = observed(jails, &[]);
+            if h.inet6_gateway {
+                obs.gateways.inet6 = Some("em1".parse().unwrap());
+            }
+            let components: Vec<String> = names.iter().map(|n| n.parse::<JailName>().unwrap().anchor_component("kleene")).collect();
+            let pick = |mask: u8| -> BTreeSet<String> {
+                components.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, c)| c.clone()).collect()
+            };
+            let (f, e) = none();
+            let mut loaded = BTreeMap::new();
+            if h.settled {
+                let d = Desired { publications: &all[..old_len], networks: &networks, anchor: "kleene" };
+                let first = super::plan(&d, &obs, &Applied { loaded: &loaded, force: &f, pf_errors: &e }, &mut Renderer::default());
+                apply(&first, &mut loaded, &mut obs);
+            }
+            obs.anchors.as_mut().unwrap().extend(pick(h.foreign >> 5));
+            obs.foreign = pick(h.foreign & 0x1f);
+            let force = pick(h.force);
+            let pf_errors: BTreeMap<String, String> = pick(h.refused).into_iter().map(|c| (c, "syntax error".into())).collect();
+            let applied = Applied { loaded: &loaded, force: &force, pf_errors: &pf_errors };
+
+            let (mut before, alone, after) = publish(&all[..old_len], &all[old_len..], &obs, &applied, &networks);
+            let alone = alone.expect("one jail's publish");
+            proptest::prop_assert!(alone.statuses.keys().all(|seq| after.statuses.contains_key(seq)));
+            before.merge(alone);
+            proptest::prop_assert_eq!(before, after);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::model::JailName;
+use crate::core::model::{JailName, LabelKind, is_own_label};
 use crate::core::plan::{Action, Loaded};
 use crate::core::publication::Publication;
 use crate::core::readback;
@@ -99,12 +99,6 @@ enum Ownership {
     Empty,
     /// Rules without this agent's labels.
     Foreign,
-}
-
-/// Whether a label is one this agent puts on its rules: a publication's (`kleene:...`) or a
-/// jail's (`kleene/...`).
-fn is_own_label(label: &str) -> bool {
-    label.starts_with("kleene:") || label.starts_with("kleene/")
 }
 
 /// What applying actions did, failures included. Anchors are named by component, kills by label.
@@ -495,7 +489,7 @@ fn ownership(pf: &dyn Pf, path: &str) -> Result<Ownership, String> {
     let ours: Vec<String> = readback::labels(&rules).into_iter().filter(|l| is_own_label(l)).collect();
     Ok(if !ours.is_empty() {
         // One kill per jail label is enough: every pass rule of an anchor carries it.
-        let jail: Vec<String> = ours.iter().filter(|l| l.starts_with("kleene/")).cloned().collect();
+        let jail: Vec<String> = ours.iter().filter(|l| LabelKind::of(l) == Some(LabelKind::Jail)).cloned().collect();
         Ownership::Ours(if jail.is_empty() { ours } else { jail })
     } else if nat.trim().is_empty() && rules.trim().is_empty() {
         Ownership::Empty

@@ -38,7 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::core::model::JailName;
-use crate::core::plan::{self, Plan, RenderCache, Settings, Stored};
+use crate::core::plan::{self, Applied, Desired, Plan, Stored};
+use crate::core::renderer::Renderer;
 use crate::sys::host::{IfconfigTool, Interfaces, JailTools, Jails, RouteTool, Routes};
 use crate::sys::pf::{Pf, Pfctl};
 use crate::sys::runner::Limits;
@@ -102,7 +103,7 @@ pub struct Engine {
     observer: Observer,
     executor: Executor,
     verifier: Verifier,
-    cache: RenderCache,
+    renderer: Renderer,
     /// Whether something changed since the last plan (state, observation, configuration).
     dirty: bool,
     /// Components to load although the agent believes pf holds them (start-up, verification).
@@ -154,7 +155,7 @@ impl Engine {
             sys: Arc::new(sys),
             store,
             state,
-            cache: RenderCache::default(),
+            renderer: Renderer::default(),
             dirty: true,
             force: BTreeSet::new(),
             last: Plan::default(),
@@ -254,16 +255,11 @@ impl Engine {
     }
 
     fn plan_current(&mut self) -> Plan {
-        let settings = Settings { networks: &self.cfg.networks, anchor: &self.cfg.anchor };
-        plan::plan(
-            &self.state.publications,
-            self.observer.observed(),
-            self.executor.loaded(),
-            &settings,
-            &self.force,
-            self.executor.refused_loads(),
-            &mut self.cache,
-        )
+        let desired =
+            Desired { publications: &self.state.publications, networks: &self.cfg.networks, anchor: &self.cfg.anchor };
+        let applied =
+            Applied { loaded: self.executor.loaded(), force: &self.force, pf_errors: self.executor.refused_loads() };
+        plan::plan(&desired, self.observer.observed(), &applied, &mut self.renderer)
     }
 
     /// Applies `actions` to pf, and takes in what pf was seen doing.

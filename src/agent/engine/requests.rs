@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use crate::core::address::Network;
 use crate::core::conflict;
 use crate::core::model::{JailName, NetworkName};
-use crate::core::plan::{Action, Plan, Status, Stored};
+use crate::core::plan::{self, Action, Applied, Desired, JailPlan, Plan, PubStatus, Status, Stored};
 use crate::core::publication::Publication;
 use crate::core::render::Gateways;
 use crate::core::spec::Place;
@@ -36,6 +36,22 @@ use crate::core::spec::Place;
 use super::super::api::{Answer, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest};
 use super::Engine;
 use super::executor::{AnchorFailure, Bypass, Outcome};
+
+/// How a change was planned: in full, or (a publish when nothing else changed since the last
+/// plan) its jail alone, against the ports the last plan held.
+enum Planned {
+    Full(Plan),
+    Jail(JailPlan),
+}
+
+impl Planned {
+    fn status(&self, seq: u64) -> &PubStatus {
+        match self {
+            Planned::Full(p) => &p.statuses[&seq],
+            Planned::Jail(j) => &j.statuses[&seq],
+        }
+    }
+}
 
 /// What undoes a change to the state in memory.
 enum Undo {
@@ -127,16 +143,20 @@ impl Engine {
             seqs.push(seq);
             self.state.publications.push(Stored { seq, publication: p });
         }
-        let plan = self.plan_current();
+        let planned = self.plan_publish();
         for seq in &seqs {
-            if let Status::Conflict(why) = &plan.statuses[seq].status {
+            if let Status::Conflict(why) = &planned.status(*seq).status {
                 let spec = &self.publication(*seq).spec;
                 let msg = format!("cannot publish {spec} for jail {jail}: {why}");
-                self.abort(undo);
+                match planned {
+                    // The last plan is still the plan of the state once undone.
+                    Planned::Jail(_) => self.undo_quietly(undo),
+                    Planned::Full(_) => self.abort(undo),
+                }
                 return Err(Refusal::new(RefusalKind::Conflict, msg));
             }
         }
-        self.commit(jail, plan, undo).map_err(|f| f.refusal(jail, "published"))?;
+        self.commit(jail, planned, undo).map_err(|f| f.refusal(jail, "published"))?;
         lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
         Ok(lines.join("\n"))
     }
@@ -151,7 +171,7 @@ impl Engine {
         let (removed, kept): (Vec<Stored>, Vec<Stored>) =
             std::mem::take(&mut self.state.publications).into_iter().partition(|s| remove.contains(&s.seq));
         self.state.publications = kept;
-        let plan = self.plan_current();
+        let plan = Planned::Full(self.plan_current());
         let outcome =
             self.commit(jail, plan, Undo::Removed(removed.clone())).map_err(|f| f.refusal(jail, "unpublished"))?;
         let removed: Vec<Publication> = removed.into_iter().map(|s| s.publication).collect();
@@ -177,11 +197,13 @@ impl Engine {
     /// Applies the candidate state (already in `self.state`) for `jail`: pf first, then the
     /// disk, then the rest of the plan (see the module documentation). On failure the state in
     /// memory is undone with `undo`, and pf holds what the state on disk says.
-    fn commit(&mut self, jail: &JailName, plan: Plan, undo: Undo) -> Result<Outcome, Failed> {
+    fn commit(&mut self, jail: &JailName, planned: Planned, undo: Undo) -> Result<Outcome, Failed> {
         let component = self.component(jail);
         let refused_before = self.executor.refused_loads().clone();
-        let (mine, others): (Vec<Action>, Vec<Action>) =
-            plan.actions.iter().cloned().partition(|a| a.component() == component);
+        let (mine, others): (Vec<Action>, Vec<Action>) = match &planned {
+            Planned::Full(plan) => plan.actions.iter().cloned().partition(|a| a.component() == component),
+            Planned::Jail(j) => (j.actions.clone(), vec![]),
+        };
         let mut outcome = self.apply(&mine, Bypass::Component(&component));
         if let Some(failure) = outcome.anchor_failure(&component) {
             // pf holds what it held, which is what the state says once undone.
@@ -198,8 +220,34 @@ impl Engine {
             return Err(Failed::Persist { error, put_back });
         }
         outcome.merge(self.apply(&others, Bypass::None));
-        self.settle(plan, &refused_before);
+        match planned {
+            Planned::Full(plan) => self.settle(plan, &refused_before),
+            Planned::Jail(j) => self.last.merge(j),
+        }
         Ok(outcome)
+    }
+
+    /// Plans a publish whose new publications are the last of the state: its jail alone when
+    /// nothing but the state changed since the last plan (the observation, the configuration
+    /// and pf's refusals are what it was made from), else in full.
+    fn plan_publish(&mut self) -> Planned {
+        if !self.dirty {
+            let desired = Desired {
+                publications: &self.state.publications,
+                networks: &self.cfg.networks,
+                anchor: &self.cfg.anchor,
+            };
+            let applied = Applied {
+                loaded: self.executor.loaded(),
+                force: &self.force,
+                pf_errors: self.executor.refused_loads(),
+            };
+            let observed = self.observer.observed();
+            if let Some(j) = plan::plan_publish(&desired, observed, &applied, &self.last.held, &mut self.renderer) {
+                return Planned::Jail(j);
+            }
+        }
+        Planned::Full(self.plan_current())
     }
 
     /// Loads the anchor `component` as the state says again, after pf took a change the disk
@@ -230,6 +278,14 @@ impl Engine {
     fn abort(&mut self, undo: Undo) {
         self.undo(undo);
         self.last = self.plan_current();
+    }
+
+    /// Undoes appended publications that were planned alone and refused before pf was asked:
+    /// the last plan is the plan of the state as it is again.
+    fn undo_quietly(&mut self, undo: Undo) {
+        let dirty = self.dirty;
+        self.undo(undo);
+        self.dirty = dirty;
     }
 
     fn publication(&self, seq: u64) -> &Publication {
@@ -290,34 +346,28 @@ fn configured(networks: &[Network], network: Option<&NetworkName>) -> Result<(),
 
 /// Refuses a request whose publications repeat a spec or claim the same host port.
 fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
+    let mut taken = conflict::Index::default();
     for (i, p) in new.iter().enumerate() {
         if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
             return Err(Refusal::new(RefusalKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
         }
         let mine = conflict::claims(p, None, gateways);
-        if let Some(q) = new[..i].iter().find(|q| conflict::collide(&mine, &conflict::claims(q, None, gateways))) {
+        if let Some(q) = taken.owner(&mine).map(|j: usize| &new[j]) {
             return Err(Refusal::new(
                 RefusalKind::Conflict,
                 format!("{} and {} claim the same host port", q.spec, p.spec),
             ));
         }
+        taken.hold(mine, i);
     }
     Ok(())
 }
 
 /// Refuses `jail` when another stored jail maps to the same anchor below `parent`.
 fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<(), Refusal> {
-    let component = jail.anchor_component(parent);
-    let other = publications
-        .iter()
-        .map(|s| &s.publication.jail)
-        .find(|j| *j != jail && (j.anchor_component(parent) == component || j.component() == jail.component()));
-    match other {
+    match publications.iter().find_map(|s| conflict::name_clash(jail, &s.publication.jail, parent)) {
         None => Ok(()),
-        Some(other) => Err(Refusal::new(
-            RefusalKind::Conflict,
-            format!("jail {jail} maps to the same anchor name ({component}) as jail {other}; rename one of them"),
-        )),
+        Some(clash) => Err(Refusal::new(RefusalKind::Conflict, clash.to_string())),
     }
 }
 
