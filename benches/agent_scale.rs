@@ -224,10 +224,15 @@ fn main() {
     );
     println!("## 5. Memory");
     println!(
-        "- agent peak RSS (VmHWM) after all of the above ({} publications): {} KiB; now {} KiB\n",
+        "- agent peak RSS (VmHWM) after all of the above ({} publications): {} KiB; now {} KiB",
         jails * PER_JAIL + publishes,
         status_kib(pid, "VmHWM:"),
         status_kib(pid, "VmRSS:")
+    );
+    println!(
+        "- of the RSS now: {} KiB anonymous (heap, stacks), {} KiB file-backed (the binary and libraries)\n",
+        status_kib(pid, "RssAnon:"),
+        status_kib(pid, "RssFile:")
     );
     agent.stop();
 
