@@ -92,6 +92,9 @@ hook_with_agent_down() { # what a jail.conf hook does while the agent is stopped
 	service kleene_rdr start >/dev/null
 	return $rc
 }
+client_says() { # TEXT: kleenectl ls --json for jail client holds TEXT (a state or a reason)
+	kleenectl ls -j client --json | tr -d '\n' | grep -q "$1"
+}
 anchor_listed() {
 	pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/web$'
 }
@@ -99,6 +102,7 @@ anchor_listed() {
 cleanup() {
 	kleenectl unpublish -j web --all >/dev/null 2>&1
 	kleenectl unpublish -j web2 --all >/dev/null 2>&1
+	kleenectl unpublish -j client --all >/dev/null 2>&1
 	for j in client web2 web; do
 		jail -r "$j" >/dev/null 2>&1
 		rm -f "/etc/jail.conf.d/$j.conf"
@@ -244,6 +248,22 @@ check "tcp to $HOST4:8080 is closed" eventually 5 tcp_closed "$HOST4" 8080
 check "the range still works" tcp_reply "$HOST4" 9000 web-81
 check "kleenectl unpublish -j web --all" kleenectl unpublish -j web --all
 check "kleene/web is gone" eventually 5 sh -c '! pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/web$"'
+
+say "== 8. a VNET jail's addresses: read with the host's ifconfig -j, validated"
+# The client's own addresses ($CLIENT4, $CLIENT6) are outside the configured
+# networks (the sample config's kleenet, 10.13.37.0/24): nothing is loaded,
+# and the reason lists what the host's ifconfig -j read inside the jail.
+check "kleenectl publish -j client 7070:7070 is stored" kleenectl publish -j client 7070:7070
+check "ls: client is error, naming its address read inside the jail" \
+	eventually 10 sh -c "kleenectl ls -j client --json | tr -d '\n' | grep -q '\"state\": *\"error\"' && kleenectl ls -j client --json | grep -q '$CLIENT4'"
+check_not "no anchor was loaded for client" sh -c 'pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/client$"'
+# The jail's root takes web2's address: neither jail may have it.
+check "the client's root adds web2's address $WEB2_4 inside the jail" \
+	jexec client ifconfig "$EPB" inet "$WEB2_4/24" alias
+check "kleenectl reconcile reads the jail again" kleenectl reconcile
+check "ls: the address is refused as claimed by jail web2" eventually 10 client_says "also claimed by jail web2"
+check_not "still no anchor for client" sh -c 'pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/client$"'
+check "kleenectl unpublish -j client --all" kleenectl unpublish -j client --all
 
 say ""
 say "$PASSED passed, $FAILED failed"
