@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::agent::config::{DEFAULT_CONFIG, DEFAULT_SOCKET};
+use crate::agent::config::{ConfigFile, DEFAULT_SOCKET};
 use crate::client::{self, ClientError};
 use crate::core::conflict;
 use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName, NetworkName};
@@ -49,9 +49,10 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground (started by the rc.d script kleene_rdr).
     Agent {
-        /// The configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG, value_name = "PATH")]
-        config: PathBuf,
+        /// The configuration file (default /usr/local/etc/kleene-rdr.yml, where a missing file
+        /// means every default; a file given here must exist).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
         /// Only validate the configuration and the state file, then exit (0 when both are valid).
         #[arg(long)]
         check: bool,
@@ -192,8 +193,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let default = if hook { HOOK_TIMEOUT_SECS } else { DEFAULT_TIMEOUT_SECS };
     let socket = AgentSocket { socket: cli.socket, timeout: Duration::from_secs(cli.timeout.unwrap_or(default)) };
     match cli.command {
-        Command::Agent { config, check: true } => crate::agent::check(&config).map(|()| 0),
-        Command::Agent { config, check: false } => crate::agent::run(&config).map(|()| 0),
+        Command::Agent { config, check: true } => crate::agent::check(&ConfigFile::new(config)).map(|()| 0),
+        Command::Agent { config, check: false } => crate::agent::run(&ConfigFile::new(config)).map(|()| 0),
         Command::Render(a) => render(a),
         Command::Publish { jail, sources, log, network, specs } => {
             let jail = check_jail(&jail)?;

@@ -516,6 +516,15 @@ fn agent_check_validates_without_side_effects() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yml"), "{out:?}");
+    // A typo in the path (rc.conf's kleene_rdr_config) must not run the agent on defaults.
+    let typo = h.root().join("kleene-rdr.ymll");
+    for args in [&["agent", "--check", "--config"][..], &["agent", "--config"][..]] {
+        let out = std::process::Command::new(common::KLEENECTL).args(args).arg(&typo).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("kleene-rdr.ymll does not exist (given with --config)"), "{err}");
+    }
+    assert!(!h.socket().exists(), "nothing was served");
 }
 
 #[test]

@@ -89,6 +89,38 @@ impl Default for Config {
     }
 }
 
+/// Where the agent reads its configuration: the default path, where a missing file means every
+/// default, or a path given with `--config`, which must exist (a typo in `kleene_rdr_config`
+/// must not run the agent on defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// Given explicitly: a missing file is an error.
+    pub given: bool,
+}
+
+impl ConfigFile {
+    /// `--config PATH` when given, else [`DEFAULT_CONFIG`].
+    pub fn new(given: Option<PathBuf>) -> ConfigFile {
+        match given {
+            Some(path) => ConfigFile { path, given: true },
+            None => ConfigFile { path: DEFAULT_CONFIG.into(), given: false },
+        }
+    }
+
+    /// Reads and validates the configuration.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        if self.given && !self.path.exists() {
+            bail!(
+                "config file {} does not exist (given with --config): create it (a sample with every key is \
+                 /usr/local/etc/kleene-rdr.yml.sample), or leave --config out to use the defaults",
+                self.path.display()
+            );
+        }
+        Config::load(&self.path)
+    }
+}
+
 impl Config {
     /// Reads `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -233,6 +265,18 @@ mod tests {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_config_file_given_explicitly_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("kleene-rdr.ymll");
+        let e = format!("{:#}", ConfigFile::new(Some(typo.clone())).load().unwrap_err());
+        assert!(e.contains("does not exist (given with --config)") && e.contains("kleene-rdr.ymll"), "{e}");
+        std::fs::write(&typo, "poll_interval_ms: 500\n").unwrap();
+        assert_eq!(ConfigFile::new(Some(typo)).load().unwrap().poll_interval_ms, 500);
+        let default = ConfigFile::new(None);
+        assert_eq!((default.path.as_path(), default.given), (Path::new(DEFAULT_CONFIG), false));
     }
 
     #[test]

@@ -10,14 +10,13 @@ pub mod server;
 pub mod state;
 pub mod vnet;
 
-use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use config::Config;
+use config::ConfigFile;
 use engine::{Engine, System};
 
 /// What wakes the agent's main loop besides its poll timer.
@@ -28,12 +27,13 @@ enum Event {
 }
 
 /// `kleenectl agent --check`: validates the configuration and the state file, changing nothing.
-pub fn check(config_path: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(config_path)?;
+pub fn check(config: &ConfigFile) -> anyhow::Result<()> {
+    let cfg = config.load()?;
     let (state_dir, state) = state::Store::check(&cfg.state_dir)?;
     println!(
-        "{}: valid; state {}: valid, {} publications",
-        config_path.display(),
+        "{}: valid{}; state {}: valid, {} publications",
+        config.path.display(),
+        if config.path.exists() { "" } else { " (no such file: every default)" },
         state_dir.display(),
         state.publications.len()
     );
@@ -42,9 +42,10 @@ pub fn check(config_path: &Path) -> anyhow::Result<()> {
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT. Errors before it serves (bad
 /// config, unreadable state, socket in use) are returned.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
+pub fn run(config: &ConfigFile) -> anyhow::Result<()> {
     crate::sys::tune_allocator();
-    let cfg = Config::load(config_path)?;
+    let config_path = config.path.as_path();
+    let cfg = config.load()?;
     let sys = System::from_config(&cfg);
     let socket = cfg.socket.clone();
     let poll = Duration::from_millis(cfg.poll_interval_ms);
@@ -101,7 +102,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                     e.reconcile();
                 }
             }
-            Ok(Event::Signal(SIGHUP)) => match Config::load(config_path) {
+            Ok(Event::Signal(SIGHUP)) => match config.load() {
                 Ok(cfg) => {
                     log::info("SIGHUP: configuration re-read");
                     poll = Duration::from_millis(cfg.poll_interval_ms);
