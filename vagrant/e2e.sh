@@ -11,6 +11,11 @@
 # through an epair whose host side is the published interface; then it checks
 # the product step by step, printing PASS/FAIL, and exits non-zero when any
 # check failed. Everything it creates is removed at the end.
+#
+# pf must evaluate the kleene anchors. The test VM's ruleset (provision.sh with
+# KLEENE_RDR_WRITE_PF_CONF=1) blocks inbound traffic by default and passes
+# nothing on the epair: the client reaches a published port only through the
+# agent's `pass in quick` rules. (It also works under a `pass all` ruleset.)
 set -u
 
 WORK=/var/tmp/kleene-e2e
@@ -69,9 +74,11 @@ eventually() {
 	"$@"
 }
 
-# Probes run from the VNET client jail.
+# Probes run from the VNET client jail. -N: shut the connection down at EOF on
+# stdin (at once, </dev/null), so the listener answers and closes instead of
+# both sides waiting for the -w idle timeout.
 tcp_reply() { # HOST PORT EXPECTED
-	jexec client nc -w 2 "$1" "$2" </dev/null | grep -q "$3"
+	jexec client nc -N -w 2 "$1" "$2" </dev/null | grep -q "$3"
 }
 tcp_closed() { # HOST PORT
 	! jexec client nc -z -w 2 "$1" "$2"
@@ -97,6 +104,26 @@ client_says() { # TEXT: kleenectl ls --json for jail client holds TEXT (a state 
 }
 anchor_listed() {
 	pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/web$'
+}
+# service jail start/stop exit 0 even when jail(8) failed (libexec/rc/rc.d/jail
+# prints "cannot start jail" and carries on): jls decides.
+jails_start() { # NAME...
+	service jail start "$@" || return 1
+	for j in "$@"; do
+		if ! jls -j "$j" jid >/dev/null 2>&1; then
+			say "jls: jail $j is not running after service jail start"
+			return 1
+		fi
+	done
+}
+jails_stop() { # NAME...: gone, or dying (jls -j fails for both)
+	service jail stop "$@" || return 1
+	for j in "$@"; do
+		if jls -j "$j" jid >/dev/null 2>&1; then
+			say "jls: jail $j still runs after service jail stop"
+			return 1
+		fi
+	done
 }
 
 cleanup() {
@@ -142,7 +169,7 @@ check "kleenectl check: agent, pf and the pf.conf anchors are ready" kleenectl c
 # the port and family; udp datagrams are appended to udp.log.
 cat >"$WORK/listeners.sh" <<EOF
 #!/bin/sh
-serve_tcp() { while :; do echo "\$3" | nc -l "\$1" "\$2" >/dev/null 2>&1 || sleep 0.2; done; }
+serve_tcp() { while :; do echo "\$3" | nc -N -l "\$1" "\$2" >/dev/null 2>&1 || sleep 0.2; done; }
 serve_udp() { while :; do timeout 3 nc -u -l "\$1" "\$2" >>"$WORK/udp.log" 2>/dev/null; done; }
 serve_tcp $WEB4 80 web-tcp &
 serve_tcp $WEB6 80 web-tcp6 &
@@ -183,7 +210,7 @@ EOF
 
 OLD_JAIL_ENABLE=$(sysrc -n jail_enable 2>/dev/null || echo NO)
 sysrc jail_enable=YES >/dev/null
-check "service jail start web web2 client" service jail start web web2 client
+check "service jail start web web2 client (jls: all three run)" jails_start web web2 client
 
 EP=$(ifconfig epair create)
 EPB="${EP%a}b"
@@ -224,11 +251,11 @@ check_not "web2 publishing $EP:8080:80 is refused" kleenectl publish -j web2 "$E
 check "the refusal names the owner" sh -c "kleenectl publish -j web2 '$EP:8080:80' 2>&1 | grep -q 'already published by jail web'"
 
 say "== 5. the jail stops and starts"
-check "service jail stop web" service jail stop web
+check "service jail stop web (jls: gone)" jails_stop web
 check "pfctl -a kleene -s Anchors no longer lists kleene/web" eventually 5 sh -c '! pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/web$"'
 check "the client's connection fails" tcp_closed "$HOST4" 8080
 check "ls --json: pending" published_state "$EP:8080:80/tcp" pending
-check "service jail start web" service jail start web
+check "service jail start web (jls: runs)" jails_start web
 check "kleene/web is back without any kleenectl call" eventually 10 anchor_listed
 check "tcp works again" eventually 10 tcp_reply "$HOST4" 8080 web-tcp
 check "udp works again" eventually 10 udp_reaches "$HOST4" 8080
