@@ -233,6 +233,13 @@ impl Engine {
         self.dirty |= self.observer.observe_jail(&self.sys, name);
     }
 
+    /// Whether the last complete observation saw `jail` running and is less than one poll
+    /// interval old: a publish then trusts it rather than reading the jail and the routes again
+    /// (the next poll finds what changed since, as it would a moment after the publish).
+    pub fn observed_recently(&self, jail: &JailName) -> bool {
+        self.observer.recent(jail, Duration::from_millis(self.cfg.poll_interval_ms))
+    }
+
     /// Records, for a poll reading without the lock, what a request saw or changed.
     fn touch(&mut self, f: impl FnOnce(&mut Touched)) {
         if let Some(t) = self.touched.as_mut() {
@@ -418,7 +425,9 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 /// holding the engine's lock, so that nobody else waits for it.
 pub fn publish(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
     let mut e = lock(engine);
-    e.observe_jail(&request.jail);
+    if !e.observed_recently(&request.jail) {
+        e.observe_jail(&request.jail);
+    }
     if e.vnet_pending(Some(&request.jail)) {
         let (vnet, deadline) = (e.vnet(), e.read_deadline());
         drop(e);

@@ -64,6 +64,8 @@ pub(super) struct Reading {
     anchors: Result<Vec<String>, CmdError>,
     /// Read only when VNET jails run and the last read is older than the refresh interval.
     host_addrs: Option<Result<Vec<IpAddr>, SysError>>,
+    /// When the reading started: what it says is at least this old.
+    started: Instant,
 }
 
 /// What requests observed or changed while a poll was reading: the poll's older reading of
@@ -92,12 +94,21 @@ pub(super) struct Observer {
     host_addrs_read: Option<Instant>,
     /// Why the last observation was incomplete, per source.
     problems: BTreeMap<Source, String>,
+    /// When the last reading that listed every jail and read both default routes started.
+    complete_at: Option<Instant>,
 }
 
 impl Observer {
     /// Nothing observed yet.
     pub(super) fn new(vnet: Arc<VnetAddrs>, refresh: Duration) -> Observer {
-        Observer { observed: Observed::default(), vnet, refresh, host_addrs_read: None, problems: BTreeMap::new() }
+        Observer {
+            observed: Observed::default(),
+            vnet,
+            refresh,
+            host_addrs_read: None,
+            problems: BTreeMap::new(),
+            complete_at: None,
+        }
     }
 
     /// What was observed last.
@@ -113,6 +124,16 @@ impl Observer {
     /// Why sources could not be read, per source.
     pub(super) fn problems(&self) -> &BTreeMap<Source, String> {
         &self.problems
+    }
+
+    /// Whether `jail` was seen running by a complete observation (every jail listed, both
+    /// default routes read) that started less than `max_age` ago, and nothing read since
+    /// failed: a request may then trust what it says about the jail and the gateways instead of
+    /// reading them again. What changed since is found by the next poll, at most one poll later.
+    pub(super) fn recent(&self, jail: &JailName, max_age: Duration) -> bool {
+        let fresh = self.complete_at.is_some_and(|t| t.elapsed() < max_age);
+        let failing = self.problems.keys().any(|s| matches!(s, Source::Jls | Source::Route(_)));
+        fresh && !failing && self.observed.jails.iter().any(|j| &j.name == jail)
     }
 
     /// Why pf could not be asked for its anchors, when it could not.
@@ -159,6 +180,7 @@ impl Observer {
     /// own addresses when `host_addrs_due` and a VNET jail runs. Runs processes and nothing
     /// else: it needs no lock. The reads are independent and run at once.
     pub(super) fn read(sys: &System, parent: &str, host_addrs_due: bool) -> Reading {
+        let started = Instant::now();
         let (jails, gateways, anchors) = std::thread::scope(|s| {
             let jails = s.spawn(|| sys.jails.list());
             let gateways = s.spawn(|| read_gateways(&*sys.routes));
@@ -168,7 +190,7 @@ impl Observer {
         });
         let vnet = jails.as_ref().is_ok_and(|list| list.iter().any(|j| j.vnet));
         let host_addrs = (vnet && host_addrs_due).then(|| sys.ifaces.host_addrs());
-        Reading { jails, gateways, anchors, host_addrs }
+        Reading { jails, gateways, anchors, host_addrs, started }
     }
 
     /// Takes in a poll's reading, except what requests `touched` while it was read (what they
@@ -178,25 +200,30 @@ impl Observer {
         if touched.all {
             return false;
         }
-        let before = self.observed.clone();
+        let mut changed = false;
         if let Some(addrs) = reading.host_addrs {
-            self.take_host_addrs(addrs);
+            changed |= self.take_host_addrs(addrs);
         }
+        let complete = reading.jails.is_ok() && reading.gateways.iter().all(Result::is_ok);
         match reading.jails {
             Ok(list) => {
                 self.problems.remove(&Source::Jls);
-                let kept: Vec<RunningJail> =
-                    self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned().collect();
+                let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
                 let read: Vec<RunningJail> =
                     list.into_iter().filter(|j| !touched.jails.contains(&j.name)).map(|j| self.running(j)).collect();
-                let live: BTreeSet<u32> = kept.iter().chain(&read).map(|j| j.jid).collect();
+                let jails: Vec<RunningJail> = kept.chain(read).collect();
+                let live: BTreeSet<u32> = jails.iter().map(|j| j.jid).collect();
                 self.vnet.retain(&live);
-                self.observed.jails = kept.into_iter().chain(read).collect();
+                changed |= jails != self.observed.jails;
+                self.observed.jails = jails;
             }
             Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
         }
         if !touched.gateways {
-            self.apply_gateways(reading.gateways);
+            changed |= self.apply_gateways(reading.gateways);
+        }
+        if complete && touched.jails.is_empty() && !touched.gateways {
+            self.complete_at = Some(reading.started);
         }
         let prefix = format!("{parent}/");
         match reading.anchors {
@@ -211,79 +238,96 @@ impl Observer {
                     .collect();
                 let known = self.observed.anchors.iter().flatten();
                 present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
+                let foreign = self.observed.foreign.len();
                 self.observed.foreign.retain(|c| present.contains(c));
+                changed |= self.observed.foreign.len() != foreign;
+                changed |= self.observed.anchors.as_ref() != Some(&present);
                 self.observed.anchors = Some(present);
             }
             Err(e) => {
                 self.problem(Source::Pf, format!("pf is not usable: {}", e.message()));
-                self.observed.anchors = None;
+                changed |= self.observed.anchors.take().is_some();
             }
         }
-        self.observed != before
+        changed
     }
 
     /// What a request that changes one jail observes: that jail (`jls -j`) and the default
     /// routes, so that the request costs work proportional to it, not to the host. The full
     /// jail list and pf's anchors are read every poll. Returns whether the observation changed.
     pub(super) fn observe_jail(&mut self, sys: &System, name: &JailName) -> bool {
-        let before = self.observed.clone();
         let (jail, gateways) = std::thread::scope(|s| {
             let gateways = s.spawn(|| read_gateways(&*sys.routes));
             let jail = sys.jails.get(name);
             (jail, gateways.join().expect("observation threads do not panic"))
         });
+        let mut changed = false;
         match jail {
             Ok(found) => {
                 if found.as_ref().is_some_and(|j| j.vnet) && self.host_addrs_read.is_none() {
-                    self.read_host_addrs(sys, false);
+                    changed |= self.read_host_addrs(sys, false);
                 }
                 let fresh = found.map(|j| self.running(j));
                 let at = self.observed.jails.iter().position(|j| &j.name == name);
                 match (at, fresh) {
-                    (Some(i), Some(j)) => self.observed.jails[i] = j,
+                    (Some(i), Some(j)) => {
+                        changed |= self.observed.jails[i] != j;
+                        self.observed.jails[i] = j;
+                    }
                     (Some(i), None) => {
                         self.observed.jails.remove(i);
+                        changed = true;
                     }
-                    (None, Some(j)) => self.observed.jails.push(j),
+                    (None, Some(j)) => {
+                        self.observed.jails.push(j);
+                        changed = true;
+                    }
                     (None, None) => {}
                 }
             }
             Err(e) => self.problem(Source::Jls, format!("cannot read jail {name}: {e}")),
         }
-        self.apply_gateways(gateways);
-        self.observed != before
+        changed | self.apply_gateways(gateways)
     }
 
     /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
     /// VNET jail's addresses and the host's again. Returns whether the observation changed.
     pub(super) fn observe_all_again(&mut self, sys: &System, parent: &str) -> bool {
         self.vnet.invalidate_all();
-        let changed = self.observe(sys, parent);
+        let mut changed = self.observe(sys, parent);
         if self.observed.jails.iter().any(|j| j.vnet) {
-            self.read_host_addrs(sys, true);
+            changed |= self.read_host_addrs(sys, true);
         }
         changed
     }
 
     /// Reads the host's own addresses (which a VNET jail may not claim) when they are older
     /// than the refresh interval, or now when `force`. A failed read keeps the last good one.
-    fn read_host_addrs(&mut self, sys: &System, force: bool) {
+    /// Returns whether they changed.
+    fn read_host_addrs(&mut self, sys: &System, force: bool) -> bool {
         let fresh = self.host_addrs_read.is_some_and(|t| t.elapsed() < self.refresh);
         if fresh && !force {
-            return;
+            return false;
         }
-        self.take_host_addrs(sys.ifaces.host_addrs());
+        self.take_host_addrs(sys.ifaces.host_addrs())
     }
 
     /// Takes in a read of the host's own addresses; a failed one keeps the last good one.
-    fn take_host_addrs(&mut self, read: Result<Vec<IpAddr>, SysError>) {
+    /// Returns whether they changed.
+    fn take_host_addrs(&mut self, read: Result<Vec<IpAddr>, SysError>) -> bool {
         match read {
             Ok(addrs) => {
                 self.problems.remove(&Source::HostAddrs);
-                self.observed.host_addrs = addrs.into_iter().collect();
+                let addrs: BTreeSet<IpAddr> = addrs.into_iter().collect();
+                let changed = addrs != self.observed.host_addrs;
+                self.observed.host_addrs = addrs;
                 self.host_addrs_read = Some(Instant::now());
+                changed
             }
-            Err(e) => self.problem(Source::HostAddrs, format!("cannot read the host's own addresses: {e}")),
+            Err(e) => {
+                self.problem(Source::HostAddrs, format!("cannot read the host's own addresses: {e}"));
+                false
+            }
         }
     }
 
@@ -334,7 +378,10 @@ impl Observer {
             .any(|j| matches!(&j.addrs, Err(u) if u.pending))
     }
 
-    fn apply_gateways(&mut self, gateways: [Result<Option<InterfaceName>, SysError>; 2]) {
+    /// Takes in a read of the default routes; a failed family keeps the last one. Returns
+    /// whether a gateway changed.
+    fn apply_gateways(&mut self, gateways: [Result<Option<InterfaceName>, SysError>; 2]) -> bool {
+        let mut changed = false;
         for (family, gateway) in Family::BOTH.into_iter().zip(gateways) {
             let source = Source::Route(family);
             match gateway {
@@ -344,6 +391,7 @@ impl Observer {
                         Family::Inet6 => &mut self.observed.gateways.inet6,
                     };
                     if *slot != g {
+                        changed = true;
                         log::info(&format!(
                             "{} gateway interface: {}",
                             family.human(),
@@ -359,6 +407,7 @@ impl Observer {
                 ),
             }
         }
+        changed
     }
 
     fn problem(&mut self, source: Source, msg: String) {
@@ -466,6 +515,30 @@ mod tests {
         assert_eq!(o.observed().jails[0].jid, 5);
         assert!(o.observe_jail(&f.system(), &"db".parse().unwrap()));
         assert_eq!(names(&o), ["web"]);
+    }
+
+    #[test]
+    fn a_request_trusts_only_a_recent_complete_observation_of_a_running_jail() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        let (web, db) = ("web".parse().unwrap(), "db".parse().unwrap());
+        let hour = Duration::from_secs(3600);
+        assert!(!o.recent(&web, hour), "nothing observed yet");
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        o.observe(&f.system(), "kleene");
+        assert!(o.recent(&web, hour));
+        assert!(!o.recent(&db, hour), "a jail not seen running is read");
+        assert!(!o.recent(&web, Duration::ZERO), "an observation older than a poll is read again");
+        f.routes.refuse(Family::Inet6, Some("route: timed out"));
+        o.observe(&f.system(), "kleene");
+        assert!(!o.recent(&web, hour), "a failing route read is not trusted");
+        f.routes.refuse(Family::Inet6, None);
+        f.jails.refuse(Some("jls: timed out"));
+        o.observe(&f.system(), "kleene");
+        assert!(!o.recent(&web, hour), "a failing jls is not trusted");
+        f.jails.refuse(None);
+        o.observe(&f.system(), "kleene");
+        assert!(o.recent(&web, hour));
     }
 
     #[test]

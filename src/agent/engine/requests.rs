@@ -363,8 +363,13 @@ fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Refuses `jail` when another stored jail maps to the same anchor below `parent`.
+/// Refuses `jail` when another stored jail maps to the same anchor below `parent`. A jail
+/// already stored was checked when its first publication was (and the planner refuses a clash
+/// that a state file brings), so only a new jail's name is compared with every other.
 fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<(), Refusal> {
+    if publications.iter().any(|s| &s.publication.jail == jail) {
+        return Ok(());
+    }
     match publications.iter().find_map(|s| conflict::name_clash(jail, &s.publication.jail, parent)) {
         None => Ok(()),
         Some(clash) => Err(Refusal::new(RefusalKind::Conflict, clash.to_string())),
