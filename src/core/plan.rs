@@ -53,6 +53,7 @@ pub struct AddrsUnknown {
 /// What the agent observed on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
+    /// The running jails, sorted by name.
     pub jails: Vec<RunningJail>,
     pub gateways: Gateways,
     /// Components of the anchors below the parent that pf holds; `None` when pf could not be

@@ -133,7 +133,7 @@ impl Observer {
     pub(super) fn recent(&self, jail: &JailName, max_age: Duration) -> bool {
         let fresh = self.complete_at.is_some_and(|t| t.elapsed() < max_age);
         let failing = self.problems.keys().any(|s| matches!(s, Source::Jls | Source::Route(_)));
-        fresh && !failing && self.observed.jails.iter().any(|j| &j.name == jail)
+        fresh && !failing && self.observed.jails.binary_search_by(|j| j.name.cmp(jail)).is_ok()
     }
 
     /// Why pf could not be asked for its anchors, when it could not.
@@ -211,7 +211,10 @@ impl Observer {
                 let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
                 let read: Vec<RunningJail> =
                     list.into_iter().filter(|j| !touched.jails.contains(&j.name)).map(|j| self.running(j)).collect();
-                let jails: Vec<RunningJail> = kept.chain(read).collect();
+                let mut jails: Vec<RunningJail> = kept.chain(read).collect();
+                // By name, whatever order jls printed and requests read them in: a poll that
+                // finds the same jails finds no change (and plans nothing).
+                jails.sort_unstable_by(|a, b| a.name.cmp(&b.name));
                 let live: BTreeSet<u32> = jails.iter().map(|j| j.jid).collect();
                 self.vnet.retain(&live);
                 changed |= jails != self.observed.jails;
@@ -268,21 +271,21 @@ impl Observer {
                     changed |= self.read_host_addrs(sys, false);
                 }
                 let fresh = found.map(|j| self.running(j));
-                let at = self.observed.jails.iter().position(|j| &j.name == name);
+                let at = self.observed.jails.binary_search_by(|j| j.name.cmp(name));
                 match (at, fresh) {
-                    (Some(i), Some(j)) => {
+                    (Ok(i), Some(j)) => {
                         changed |= self.observed.jails[i] != j;
                         self.observed.jails[i] = j;
                     }
-                    (Some(i), None) => {
+                    (Ok(i), None) => {
                         self.observed.jails.remove(i);
                         changed = true;
                     }
-                    (None, Some(j)) => {
-                        self.observed.jails.push(j);
+                    (Err(i), Some(j)) => {
+                        self.observed.jails.insert(i, j);
                         changed = true;
                     }
-                    (None, None) => {}
+                    (Err(_), None) => {}
                 }
             }
             Err(e) => self.problem(Source::Jls, format!("cannot read jail {name}: {e}")),
@@ -511,10 +514,33 @@ mod tests {
         f.jails.set(vec![jail("web", 5, &["10.13.37.9"])]);
         assert!(o.observe_jail(&f.system(), &"web".parse().unwrap()));
         assert_eq!(f.jails.calls(), [None, Some("web".parse().unwrap())]);
-        assert_eq!(names(&o), ["web", "db"], "db is re-read by the next poll, not by this request");
-        assert_eq!(o.observed().jails[0].jid, 5);
+        assert_eq!(names(&o), ["db", "web"], "db is re-read by the next poll, not by this request");
+        assert_eq!(o.observed().jails[1].jid, 5);
         assert!(o.observe_jail(&f.system(), &"db".parse().unwrap()));
         assert_eq!(names(&o), ["web"]);
+    }
+
+    #[test]
+    fn the_same_jails_in_another_order_are_no_change() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(names(&o), ["db", "web"], "sorted by name");
+        f.jails.set(vec![jail("db", 4, &["10.13.37.3"]), jail("web", 3, &["10.13.37.2"])]);
+        assert!(!o.observe(&f.system(), "kleene"));
+        assert!(!o.observe_jail(&f.system(), &"app".parse().unwrap()), "a jail still not running is no change");
+        f.jails.set(vec![
+            jail("web", 3, &["10.13.37.2"]),
+            jail("db", 4, &["10.13.37.3"]),
+            jail("app", 9, &["10.13.37.4"]),
+        ]);
+        assert!(o.observe_jail(&f.system(), &"app".parse().unwrap()));
+        assert_eq!(names(&o), ["app", "db", "web"], "a jail a request reads goes in its place");
+        let reading = Observer::read(&f.system(), "kleene", false);
+        let touched = Touched { jails: ["app".parse().unwrap()].into(), ..Touched::default() };
+        assert!(!o.take(reading, "kleene", &touched), "a poll that saw what the request saw changes nothing");
+        assert_eq!(names(&o), ["app", "db", "web"]);
     }
 
     #[test]
