@@ -81,7 +81,11 @@ fn tcp_udp() -> Value {
 fn host() -> Host {
     let h = Host::new();
     h.set_gateway6(Some("em0"));
-    h.set_jails(json!([Host::vnet_jail("cni-1", 7, &["10.88.0.5/16"]), Host::jail("web", 3, &["10.13.37.2"])]));
+    h.set_jails(json!([
+        Host::vnet_jail("cni-1", 7, &["10.88.0.5/16"]),
+        Host::vnet_jail("cni-2", 8, &["10.88.0.6/16"]),
+        Host::jail("web", 3, &["10.13.37.2"])
+    ]));
     h
 }
 
@@ -181,13 +185,18 @@ fn a_held_host_port_fails_the_add_naming_the_holder_and_publishes_nothing() {
     assert_eq!(plugin("ADD", "other", "cni-1", &h.socket(), &udp).code, 0);
     let e = error(&plugin("ADD", ID, "cni-1", &h.socket(), &udp));
     assert_eq!(e["code"], 100);
-    assert!(
-        e["details"]
-            .as_str()
-            .unwrap()
-            .ends_with("already published by container other (CNI network podman) in jail cni-1 as 5353:53/udp")
-            || e["details"].as_str().unwrap().contains("already publishes 5353:53/udp"),
-        "{e}"
+    assert_eq!(
+        e["details"],
+        "cannot publish 5353:53/udp for jail cni-1: it is already published there by container other (CNI network \
+         podman) in jail cni-1 (kleenectl ls -j cni-1)"
+    );
+    // And from another container's jail.
+    let e = error(&plugin("ADD", ID, "cni-2", &h.socket(), &udp));
+    assert_eq!(e["code"], 100);
+    assert_eq!(
+        e["details"],
+        "cannot publish 5353:53/udp for jail cni-2: the host port is already published by container other (CNI \
+         network podman) in jail cni-1 as 5353:53/udp"
     );
 }
 

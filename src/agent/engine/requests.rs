@@ -462,6 +462,19 @@ fn split_known(
     for p in new {
         match publications.iter().find(|s| s.publication.jail == p.jail && s.publication.spec == p.spec) {
             Some(s) if s.publication == p => already.push(p),
+            Some(s) if s.publication.container.is_some() || p.container.is_some() => {
+                let held = &s.publication;
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "cannot publish {} for jail {}: it is already published there by {} (kleenectl ls -j {})",
+                        p.spec,
+                        p.jail,
+                        held.holder(),
+                        p.jail
+                    ),
+                ));
+            }
             Some(_) => {
                 return Err(Refusal::new(
                     RefusalKind::Conflict,
@@ -805,6 +818,15 @@ mod tests {
                 "already published by container c1aaaaaaaaaa (CNI network podman) in jail cni-1 as 9090:90/tcp"
             ),
             "{e:?}"
+        );
+        let e = add(&h, "cni-1", "c3", &["10.88.0.5"], &["9090:90"]).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (
+                RefusalKind::Conflict,
+                "cannot publish 9090:90/tcp for jail cni-1: it is already published there by container c1aaaaaaaaaa \
+                 (CNI network podman) in jail cni-1 (kleenectl ls -j cni-1)"
+            )
         );
         let e = h.publish("web", &["9090"]).unwrap_err();
         assert!(e.message.contains("by container c1aaaaaaaaaa (CNI network podman) in jail cni-1"), "{e:?}");
