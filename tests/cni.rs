@@ -411,7 +411,6 @@ fn go_driver(dir: &Path) -> Option<PathBuf> {
         .arg(&src)
         .env("GO111MODULE", "off")
         .env("GOPATH", gopath)
-        .env("GOFLAGS", "-mod=mod")
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPROXY", "off")
         .output()
