@@ -217,6 +217,13 @@ fn del_is_idempotent() {
         assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{del:?}");
     }
     assert!(h.ls().is_empty());
+    // The DEL a runtime sends after a failed ADD succeeds, whatever the ADD refused.
+    let mut refused = self::conf("1.0.0", json!([{"hostPort": 0, "containerPort": 80}]));
+    refused["hairpin"] = json!(true);
+    let add = plugin("ADD", ID, "cni-1", &h.socket(), &refused.to_string());
+    assert_eq!(error(&add)["code"], 2);
+    let del = plugin("DEL", ID, "cni-1", &h.socket(), &refused.to_string());
+    assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{del:?}");
     // Another network's DEL does not touch this network's publications.
     assert_eq!(plugin("ADD", ID, "cni-1", &h.socket(), &conf).code, 0);
     let other = json!({"cniVersion": "1.0.0", "name": "other", "type": "kleene-portmap"}).to_string();

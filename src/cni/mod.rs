@@ -308,8 +308,11 @@ pub fn netconf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         Some(Value::String(s)) => CniName::parse_as("CNI network name", s).map_err(|e| invalid(e.to_string()))?,
         _ => return Err(invalid("name is missing or not a string".into())),
     };
+    // DEL must clean up after a failed ADD (and GC and STATUS use no mapping): only ADD and
+    // CHECK read the mappings and the options of a publication.
+    let publishing = matches!(command, Command::Add | Command::Check);
     for key in ["hairpin", "localhost"] {
-        if let Some(value) = conf.get(key) {
+        if let Some(value) = conf.get(key).filter(|_| publishing) {
             return Err(CniError::new(
                 &v,
                 code::UNSUPPORTED_FIELD,
@@ -323,12 +326,12 @@ pub fn netconf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         Some(Value::String(s)) if s.starts_with('/') => Some(PathBuf::from(s)),
         Some(other) => return Err(invalid(format!("socket must be an absolute path; it is {other}"))),
     };
-    let anchor = match conf.get("anchor") {
+    let anchor = match conf.get("anchor").filter(|_| publishing) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => return Err(invalid(format!("anchor must be a string; it is {other}"))),
     };
-    let mappings = match conf.get("runtimeConfig").and_then(|r| r.get("portMappings")) {
+    let mappings = match conf.get("runtimeConfig").and_then(|r| r.get("portMappings")).filter(|_| publishing) {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(items)) => {
             let mut specs: Vec<PortSpec> = Vec::new();
