@@ -311,8 +311,12 @@ pub fn ls_table(views: &[PublicationView]) -> String {
             Some(r) => format!("{} ({r})", v.state),
             None => v.state.to_string(),
         };
+        let jail = match &v.container {
+            None => v.jail.to_string(),
+            Some(c) => format!("{} (container {})", v.jail, c.id.short()),
+        };
         rows.push(vec![
-            v.jail.to_string(),
+            jail,
             format!("{place}:{}", v.host_ports),
             if targets.is_empty() { format!("-:{}", v.jail_ports) } else { targets.join(",") },
             v.protocol.to_string(),
@@ -450,6 +454,21 @@ mod tests {
              web   em1:8443              -:443                       udp    pending (why)\n\
              web   192.0.2.10:8000-8010  10.13.37.2:9000-9010        tcp    active\n\
              web   [2001:db8::10]:80     -:8080                      tcp    removing (why)\n"
+        );
+    }
+
+    #[test]
+    fn a_container_publication_shows_its_short_id_beside_its_jail() {
+        let mut v = view("8080:80", Standing::Active, &["em0"], &["10.88.0.5"]);
+        v.container = Some(crate::core::container::Container {
+            id: "3f6940ab5ab43bc522569d15b23f8c1bbde1d7678b080398506924fc01d72755".parse().unwrap(),
+            network: "podman".parse().unwrap(),
+            addresses: vec!["10.88.0.5".parse().unwrap()],
+        });
+        assert_eq!(
+            ls_table(&[v]),
+            "JAIL                          PUBLISHED  TARGET        PROTO  STATE\n\
+             web (container 3f6940ab5ab4)  em0:8080   10.88.0.5:80  tcp    active\n"
         );
     }
 }

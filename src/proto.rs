@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::api;
+use crate::core::container::{CniName, Container};
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName, PortRange, Protocol};
 use crate::core::spec::{Place, PortSpec};
 
@@ -36,6 +37,24 @@ pub enum Request {
     /// Remove `specs` of `jail`, or every publication of it when `all`: exactly one of the two
     /// (specs given, or `all`), as [`decode_request`] checks.
     Unpublish { jail: JailName, specs: Vec<PortSpec>, all: bool },
+    /// Publish `specs` of the container `container`, attached to the CNI network `cni_network`,
+    /// whose network is in `jail`, targeting `addresses` (the `kleene-portmap` plugin's ADD). On
+    /// the wire, a `publish` with `container`. `anchor`, when given, must be the agent's parent
+    /// anchor.
+    #[serde(rename = "publish")]
+    PublishContainer {
+        jail: JailName,
+        specs: Vec<PortSpec>,
+        container: CniName,
+        cni_network: CniName,
+        addresses: Vec<IpAddr>,
+        anchor: Option<String>,
+    },
+    /// Remove every publication of the container `container` on the CNI network `cni_network`,
+    /// in whichever jail; succeeds when there is none (the plugin's DEL). On the wire, an
+    /// `unpublish` with `container`.
+    #[serde(rename = "unpublish")]
+    UnpublishContainer { container: CniName, cni_network: CniName },
     /// The publications, of one jail or all.
     List { jail: Option<JailName> },
     /// The anchors the agent loaded, of one jail or all.
@@ -50,8 +69,8 @@ impl Request {
     /// The operation's name, for logs.
     pub fn op(&self) -> &'static str {
         match self {
-            Request::Publish { .. } => "publish",
-            Request::Unpublish { .. } => "unpublish",
+            Request::Publish { .. } | Request::PublishContainer { .. } => "publish",
+            Request::Unpublish { .. } | Request::UnpublishContainer { .. } => "unpublish",
             Request::List { .. } => "ls",
             Request::Rules { .. } => "rules",
             Request::Check => "check",
@@ -61,7 +80,14 @@ impl Request {
 
     /// Whether the request changes pf or the state.
     pub fn mutates(&self) -> bool {
-        matches!(self, Request::Publish { .. } | Request::Unpublish { .. } | Request::Reconcile { .. })
+        matches!(
+            self,
+            Request::Publish { .. }
+                | Request::PublishContainer { .. }
+                | Request::Unpublish { .. }
+                | Request::UnpublishContainer { .. }
+                | Request::Reconcile { .. }
+        )
     }
 }
 
@@ -142,10 +168,13 @@ fn version_mismatch(sent: &str) -> String {
 mod wire {
     use std::fmt;
 
+    use std::net::IpAddr;
+
     use serde::Deserialize;
     use serde::de::{Deserializer, MapAccess, Visitor};
     use serde_json::{Map, Value};
 
+    use crate::core::container::CniName;
     use crate::core::model::{Cidr, JailName, NetworkName};
     use crate::core::spec::PortSpec;
 
@@ -200,13 +229,26 @@ mod wire {
             log: bool,
             #[serde(default)]
             network: Option<String>,
+            #[serde(default)]
+            container: Option<String>,
+            #[serde(default)]
+            cni_network: Option<String>,
+            #[serde(default)]
+            addresses: Vec<String>,
+            #[serde(default)]
+            anchor: Option<String>,
         },
         Unpublish {
-            jail: String,
+            #[serde(default)]
+            jail: Option<String>,
             #[serde(default)]
             specs: Vec<String>,
             #[serde(default)]
             all: bool,
+            #[serde(default)]
+            container: Option<String>,
+            #[serde(default)]
+            cni_network: Option<String>,
         },
         List {
             #[serde(default)]
@@ -233,6 +275,13 @@ mod wire {
         s.as_deref().map(jail).transpose()
     }
 
+    /// A container's owner: its id and its CNI network (required with it).
+    fn owner(container: &str, network: Option<String>) -> Result<(CniName, CniName), String> {
+        let id = CniName::parse_as("container id", container).map_err(|e| e.to_string())?;
+        let Some(n) = network else { return Err("give the container's CNI network (cni_network)".into()) };
+        Ok((id, CniName::parse_as("CNI network name", &n).map_err(|e| e.to_string())?))
+    }
+
     fn specs(specs: &[String]) -> Result<Vec<PortSpec>, String> {
         specs.iter().map(|s| PortSpec::parse(s).map_err(|e| e.to_string())).collect()
     }
@@ -242,7 +291,49 @@ mod wire {
         /// command line checks them.
         pub(super) fn validate(self) -> Result<super::Request, String> {
             Ok(match self {
-                Request::Publish { jail: j, specs: s, sources, log, network } => {
+                Request::Publish {
+                    jail: j,
+                    specs: s,
+                    container: Some(c),
+                    cni_network,
+                    addresses,
+                    anchor,
+                    sources,
+                    log,
+                    network,
+                } => {
+                    let jail = jail(&j)?;
+                    if s.is_empty() {
+                        return Err("give at least one port spec".into());
+                    }
+                    let specs = specs(&s)?;
+                    if !sources.is_empty() || log || network.is_some() {
+                        return Err("sources, log and network are not for a container's publications".into());
+                    }
+                    let (container, cni_network) = owner(&c, cni_network)?;
+                    if addresses.is_empty() {
+                        return Err("give the container's addresses".into());
+                    }
+                    let addresses = addresses
+                        .iter()
+                        .map(|a| a.parse::<IpAddr>().map_err(|e| format!("invalid address {a:?}: {e}")))
+                        .collect::<Result<_, _>>()?;
+                    super::Request::PublishContainer { jail, specs, container, cni_network, addresses, anchor }
+                }
+                Request::Publish {
+                    jail: j,
+                    specs: s,
+                    sources,
+                    log,
+                    network,
+                    container: None,
+                    cni_network,
+                    addresses,
+                    anchor,
+                } => {
+                    if cni_network.is_some() || !addresses.is_empty() || anchor.is_some() {
+                        return Err("cni_network, addresses and anchor go with container".into());
+                    }
                     let jail = jail(&j)?;
                     if s.is_empty() {
                         return Err("give at least one port spec".into());
@@ -257,7 +348,18 @@ mod wire {
                         network.as_deref().map(str::parse::<NetworkName>).transpose().map_err(|e| e.to_string())?;
                     super::Request::Publish { jail, specs, sources, log, network }
                 }
-                Request::Unpublish { jail: j, specs: s, all } => {
+                Request::Unpublish { container: Some(c), cni_network, jail: j, specs: s, all } => {
+                    if j.is_some() || !s.is_empty() || all {
+                        return Err("an unpublish by container takes no jail, specs or all".into());
+                    }
+                    let (container, cni_network) = owner(&c, cni_network)?;
+                    super::Request::UnpublishContainer { container, cni_network }
+                }
+                Request::Unpublish { jail: j, specs: s, all, container: None, cni_network } => {
+                    if cni_network.is_some() {
+                        return Err("cni_network goes with container".into());
+                    }
+                    let Some(j) = j else { return Err("malformed request: missing field `jail`".into()) };
                     let jail = jail(&j)?;
                     if all != s.is_empty() {
                         return Err("give the specs to unpublish, or --all (\"all\": true), not both".into());
@@ -440,6 +542,9 @@ pub struct PublicationView {
     pub sources: Vec<Cidr>,
     pub log: bool,
     pub network: Option<NetworkName>,
+    /// The owner and addresses of a container publication; absent for a jail's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl From<api::PublicationState> for PublicationView {
@@ -463,6 +568,7 @@ impl From<api::PublicationState> for PublicationView {
             sources: p.sources,
             log: p.log,
             network: p.network,
+            container: p.container,
         }
     }
 }
@@ -582,6 +688,69 @@ mod tests {
         assert!(m.starts_with(r#"invalid jail name "": "#), "{m}");
         let m = invalid(&v(r#""op":"rules","jail":"a b""#));
         assert!(m.starts_with(r#"invalid jail name "a b": "#), "{m}");
+    }
+
+    #[test]
+    fn a_container_publish_and_unpublish_are_publish_and_unpublish_with_a_container() {
+        let add = Request::PublishContainer {
+            jail: "cni-1".parse().unwrap(),
+            specs: vec!["8080:80".parse().unwrap(), "[2001:db8::10]:53:53/udp".parse().unwrap()],
+            container: "c1".parse().unwrap(),
+            cni_network: "podman".parse().unwrap(),
+            addresses: vec!["10.88.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            anchor: Some("kleene".into()),
+        };
+        let line = encode_request(&add);
+        assert_eq!(
+            line,
+            r#"{"version":2,"op":"publish","jail":"cni-1","specs":["8080:80/tcp","[2001:db8::10]:53:53/udp"],"container":"c1","cni_network":"podman","addresses":["10.88.0.5","fd00::5"],"anchor":"kleene"}"#
+        );
+        assert_eq!(decode(&line).unwrap(), add);
+        let del =
+            Request::UnpublishContainer { container: "c1".parse().unwrap(), cni_network: "podman".parse().unwrap() };
+        let line = encode_request(&del);
+        assert_eq!(line, r#"{"version":2,"op":"unpublish","container":"c1","cni_network":"podman"}"#);
+        assert_eq!(decode(&line).unwrap(), del);
+        assert_eq!((add.op(), del.op(), add.mutates(), del.mutates()), ("publish", "unpublish", true, true));
+
+        let v = |rest: &str| format!(r#"{{"version":2,{rest}}}"#);
+        let c = r#""op":"publish","jail":"cni-1","specs":["80"],"container":"c1""#;
+        for (text, want) in [
+            (v(&format!(r#"{c},"addresses":["10.88.0.5"]"#)), "give the container's CNI network (cni_network)"),
+            (v(&format!(r#"{c},"cni_network":"podman""#)), "give the container's addresses"),
+            (
+                v(&format!(r#"{c},"cni_network":"podman","addresses":["10.88.0.5/16"]"#)),
+                "invalid address \"10.88.0.5/16\": ",
+            ),
+            (v(&format!(r#"{c},"cni_network":"p d","addresses":["10.88.0.5"]"#)), "invalid CNI network name \"p d\": "),
+            (
+                v(&format!(r#"{c},"cni_network":"podman","addresses":["10.88.0.5"],"log":true"#)),
+                "sources, log and network are not for a container's publications",
+            ),
+            (
+                v(
+                    r#""op":"publish","jail":"cni-1","specs":["80"],"container":"-c1","cni_network":"podman","addresses":["10.88.0.5"]"#,
+                ),
+                "invalid container id \"-c1\": ",
+            ),
+            (
+                v(r#""op":"publish","jail":"web","specs":["80"],"anchor":"kleene""#),
+                "cni_network, addresses and anchor go with container",
+            ),
+            (v(r#""op":"unpublish","container":"c1""#), "give the container's CNI network (cni_network)"),
+            (
+                v(r#""op":"unpublish","container":"c1","cni_network":"podman","all":true"#),
+                "an unpublish by container takes no jail, specs or all",
+            ),
+            (v(r#""op":"unpublish","all":true"#), "malformed request: missing field `jail`"),
+            (
+                v(r#""op":"unpublish","jail":"web","all":true,"cni_network":"podman""#),
+                "cni_network goes with container",
+            ),
+        ] {
+            let m = invalid(&text);
+            assert!(m.starts_with(want), "{text}: {m}");
+        }
     }
 
     #[test]

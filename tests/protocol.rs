@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 /// The value docs/protocol.md writes for a field whose value varies from host to host.
 const VARIES: &str = "<varies>";
 
-/// The host the documented session runs on: one running jail, `web` (jid 3) at 10.13.37.2, and
-/// the default route on em0 (192.0.2.10).
+/// The host the documented session runs on: the jail `web` (jid 3) at 10.13.37.2, the VNET jail
+/// `cni-1` (jid 7) holding a container's network, and the default route on em0 (192.0.2.10).
 fn documented_host() -> Host {
     let h = Host::new();
-    h.set_jails(json!([Host::jail("web", 3, &["10.13.37.2"])]));
+    h.set_jails(json!([Host::jail("web", 3, &["10.13.37.2"]), Host::vnet_jail("cni-1", 7, &["10.88.0.5/16"])]));
     h
 }
 

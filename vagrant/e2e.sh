@@ -8,7 +8,9 @@
 #
 # It creates a non-VNET jail `web` (path /, addresses on lo1) running tcp and
 # udp listeners, a second jail `web2`, and a VNET jail `client` attached
-# through an epair whose host side is the published interface; then it checks
+# through an epair whose host side is the published interface (and, for the
+# CNI step, a VNET jail `ctr` behind a second epair, the host forwarding
+# between them, and kleene-portmap installed); then it checks
 # the product step by step, printing PASS/FAIL, and exits non-zero when any
 # check failed. Everything it creates is removed at the end.
 #
@@ -126,7 +128,74 @@ jails_stop() { # NAME...: gone, or dying (jls -j fails for both)
 	done
 }
 
+# --- CNI (kleene-portmap run as a container runtime runs it): step 9 ---
+PORTMAP=${KLEENE_PORTMAP:-/usr/local/libexec/cni/kleene-portmap}
+CTR4=10.88.0.5
+CTRGW4=10.88.0.1
+EPC=
+OLD_FORWARDING=
+
+cni_conf() { # the network configuration a runtime passes: bridge's prevResult gave the container $CTR4
+	cat <<EOF
+{"cniVersion": "1.0.0", "name": "e2e", "type": "kleene-portmap",
+ "runtimeConfig": {"portMappings": [{"hostPort": 8088, "containerPort": 80, "protocol": "tcp", "hostIP": "$HOST4"}]},
+ "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "ctr"}],
+  "ips": [{"address": "$CTR4/24", "gateway": "$CTRGW4", "interface": 0}]}}
+EOF
+}
+cni() { # COMMAND: the plugin for container e2e-ctr, whose network is the VNET jail ctr
+	cni_conf | env CNI_COMMAND="$1" CNI_CONTAINERID=e2e-ctr CNI_NETNS=ctr CNI_IFNAME=eth0 \
+		CNI_PATH=/usr/local/libexec/cni "$PORTMAP"
+}
+cni_setup() { # the VNET jail ctr on $CTR4 behind its own epair, serving tcp port 80; the host forwards
+	jail -c name=ctr path=/ host.hostname=ctr vnet persist || return 1
+	EPC=$(ifconfig epair create) || return 1
+	ifconfig "$EPC" inet "$CTRGW4/24" up
+	ifconfig "${EPC%a}b" vnet ctr
+	jexec ctr ifconfig lo0 up
+	jexec ctr ifconfig "${EPC%a}b" inet "$CTR4/24" up
+	jexec ctr route -q add -inet default "$CTRGW4"
+	OLD_FORWARDING=$(sysctl -n net.inet.ip.forwarding)
+	sysctl net.inet.ip.forwarding=1 >/dev/null
+	jexec ctr /usr/sbin/daemon -f /bin/sh -c \
+		'while :; do echo ctr-tcp | nc -N -l 80 >/dev/null 2>&1 || sleep 0.2; done'
+}
+ctr_active() {
+	kleenectl ls -j ctr --json | tr -d ' \n' | grep -q '"state":"active".*"id":"e2e-ctr"'
+}
+ctr_anchor_gone() {
+	! pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/ctr$'
+}
+cni_step() {
+	say "== 9. CNI: kleene-portmap publishes a VNET jail's port (ADD), then removes it (DEL)"
+	check "kleene-portmap is installed at $PORTMAP" test -x "$PORTMAP"
+	check "a VNET jail ctr on $CTR4 serves tcp port 80" cni_setup
+	check_not "before ADD, $HOST4:8088 is closed" tcp_reply "$HOST4" 8088 ctr-tcp
+	check "CNI ADD publishes $HOST4:8088:80 for container e2e-ctr in jail ctr" cni ADD
+	check "ls --json: the container's publication is active" eventually 5 ctr_active
+	check "tcp to $HOST4:8088 reaches the container's port 80" eventually 5 tcp_reply "$HOST4" 8088 ctr-tcp
+	check "CNI CHECK passes" cni CHECK
+	check "CNI DEL removes it" cni DEL
+	check "tcp to $HOST4:8088 is closed again" eventually 5 tcp_closed "$HOST4" 8088
+	check "kleene/ctr is gone" eventually 5 ctr_anchor_gone
+	check "a second CNI DEL succeeds" cni DEL
+}
+cni_cleanup() {
+	if [ -x "$PORTMAP" ]; then
+		cni DEL >/dev/null 2>&1
+	fi
+	jail -r ctr >/dev/null 2>&1
+	if [ -n "$EPC" ]; then
+		ifconfig "$EPC" destroy >/dev/null 2>&1
+	fi
+	if [ -n "$OLD_FORWARDING" ]; then
+		sysctl net.inet.ip.forwarding="$OLD_FORWARDING" >/dev/null
+	fi
+}
+# --- end of CNI ---
+
 cleanup() {
+	cni_cleanup
 	kleenectl unpublish -j web --all >/dev/null 2>&1
 	kleenectl unpublish -j web2 --all >/dev/null 2>&1
 	kleenectl unpublish -j client --all >/dev/null 2>&1
@@ -291,6 +360,8 @@ check "kleenectl reconcile reads the jail again" kleenectl reconcile
 check "ls: the address is refused as claimed by jail web2" eventually 10 client_says "also claimed by jail web2"
 check_not "still no anchor for client" sh -c 'pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/client$"'
 check "kleenectl unpublish -j client --all" kleenectl unpublish -j client --all
+
+cni_step
 
 say ""
 say "$PASSED passed, $FAILED failed"

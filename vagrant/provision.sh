@@ -33,6 +33,8 @@ mkdir -p "$build"
 (cd "$src" && CARGO_TARGET_DIR="$build" cargo build --release --locked)
 
 install -m 555 "$build/release/kleenectl" /usr/local/bin/kleenectl
+install -d -m 755 /usr/local/libexec/cni
+install -m 555 "$build/release/kleene-portmap" /usr/local/libexec/cni/kleene-portmap
 install -m 555 "$src/rc.d/kleene_rdr" /usr/local/etc/rc.d/kleene_rdr
 install -m 644 "$src/docs/kleene-rdr.yml.sample" /usr/local/etc/kleene-rdr.yml.sample
 install -m 444 "$src/docs/kleenectl.8" /usr/local/share/man/man8/kleenectl.8

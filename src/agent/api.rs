@@ -2,6 +2,7 @@
 //! validated (the protocol decodes straight into these types); the answers are turned into
 //! protocol responses by the server alone, so nothing below the server knows the wire format.
 
+use crate::core::container::{Container, Owner};
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName};
 use crate::core::publication::Publication;
 use crate::core::render::Targets;
@@ -18,6 +19,19 @@ pub struct PublishRequest {
     pub network: Option<NetworkName>,
 }
 
+/// A container's publications, as the `kleene-portmap` CNI plugin asks for them (CNI `ADD`):
+/// all or none, each active at once, targeting the container's given addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPublishRequest {
+    /// The jail holding the container's network (`CNI_NETNS`); it must be running.
+    pub jail: JailName,
+    /// At least one.
+    pub specs: Vec<PortSpec>,
+    pub container: Container,
+    /// The parent anchor the caller expects the agent to use, if it says.
+    pub anchor: Option<String>,
+}
+
 /// What `kleenectl unpublish` removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
@@ -25,6 +39,8 @@ pub enum Removal {
     Specs(Vec<PortSpec>),
     /// Every publication of the jail.
     All,
+    /// Every publication of the jail that this container owns.
+    Owned(Owner),
 }
 
 impl Removal {

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::core::container::{Container, Owner};
 use crate::proto::{
     AnchorView, DecodeError, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, decode_request,
 };
 
 use super::access::{self, Peer, Policy, RefusalLog};
-use super::api::{PublishRequest, Removal, UnpublishRequest};
+use super::api::{ContainerPublishRequest, PublishRequest, Removal, UnpublishRequest};
 use super::engine::{self, Engine};
 use super::log;
 
@@ -242,6 +243,14 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     match req {
         Request::Publish { jail, specs, sources, log, network } => {
             Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network }))
+        }
+        Request::PublishContainer { jail, specs, container, cni_network, addresses, anchor } => {
+            let container = Container { id: container, network: cni_network, addresses };
+            let request = ContainerPublishRequest { jail, specs, container, anchor };
+            Response::answer(engine::publish_container(engine, &request))
+        }
+        Request::UnpublishContainer { container, cni_network } => {
+            Response::answer(lock().unpublish_owned(&Owner { id: container, network: cni_network }))
         }
         Request::Unpublish { jail, specs, all } => {
             let removal = if all { Removal::All } else { Removal::Specs(specs) };

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::core::container::Container;
 use crate::core::model::{Cidr, JailName, NetworkName};
 use crate::core::plan::Stored;
 use crate::core::publication::Publication;
@@ -40,7 +41,7 @@ use crate::core::spec::PortSpec;
 const DIR: &str = "publications";
 const VERSION: u32 = 1;
 const FIELDS: &str = "a state file has the fields version, jail and publications, and each publication \
-                      seq, spec and optionally sources, log and network";
+                      seq, spec and optionally sources, log, network and container";
 
 /// The highest `seq` the agent stores or hands out: 2^53 - 1, the largest integer an IEEE 754
 /// double holds exactly, so that a seq survives any JSON client that reads numbers as doubles
@@ -74,6 +75,10 @@ struct Entry {
     log: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     network: Option<NetworkName>,
+    /// A container publication's owner and addresses (`kleene-portmap`); absent in the files
+    /// of earlier releases, and for a jail's publications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<Container>,
 }
 
 /// Reads a `seq` in `1..=MAX_SEQ`. Checking it here, inside the parser, gives the error the
@@ -338,6 +343,7 @@ fn render(jail: &JailName, publications: &[&Stored]) -> String {
                     sources: p.sources.clone(),
                     log: p.log,
                     network: p.network.clone(),
+                    container: p.container.clone(),
                 }
             })
             .collect(),
@@ -458,10 +464,12 @@ fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Vec<Stored>> {
         if let Some(j) = out.iter().position(|s| s.publication.spec == e.spec) {
             bail!("publications[{j}] and publications[{i}] publish the same spec; remove one of them");
         }
-        out.push(Stored {
-            seq: e.seq,
-            publication: Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network),
-        });
+        let publication = Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network);
+        let publication = match e.container {
+            Some(c) => publication.owned(c),
+            None => publication,
+        };
+        out.push(Stored { seq: e.seq, publication });
     }
     Ok(out)
 }
@@ -669,6 +677,38 @@ publications:
         let web: Vec<&Stored> = st.publications.iter().filter(|s| s.publication.jail.as_str() == "web").collect();
         store.save_jail(&jail("web"), &web).unwrap();
         assert_eq!(fs::read_to_string(store.dir().join("web.yml")).unwrap(), written, "written back byte for byte");
+        assert!(st.publications.iter().all(|s| s.publication.container.is_none()), "no container in the old format");
+    }
+
+    #[test]
+    fn a_container_publication_is_stored_with_its_owner_and_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let written = "\
+# kleene-rdr: publications of one jail, written by the agent (kleenectl publish/unpublish).
+version: 1
+jail: cni-1
+publications:
+- seq: 3
+  spec: 8080:80/tcp
+  container:
+    id: 3f6940ab5ab4
+    network: podman
+    addresses:
+    - 10.88.0.5
+    - fd00::5
+";
+        fs::write(store.dir().join("cni-1.yml"), written).unwrap();
+        let (_, st) = Store::open(dir.path()).unwrap();
+        let c = st.publications[0].publication.container.clone().expect("the container is read");
+        assert_eq!((c.id.as_str(), c.network.as_str(), c.addresses.len()), ("3f6940ab5ab4", "podman", 2));
+        let all: Vec<&Stored> = st.publications.iter().collect();
+        store.save_jail(&jail("cni-1"), &all).unwrap();
+        assert_eq!(fs::read_to_string(store.dir().join("cni-1.yml")).unwrap(), written, "written back byte for byte");
+        let bad = written.replace("network: podman", "network: '-podman'");
+        fs::write(store.dir().join("cni-1.yml"), bad).unwrap();
+        let e = format!("{:#}", Store::open(dir.path()).unwrap_err());
+        assert!(e.contains("state file") && e.contains("cni-1.yml does not parse"), "{e}");
     }
 
     #[test]

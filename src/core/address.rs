@@ -207,6 +207,20 @@ pub fn select_targets(jail: &Jail, ctx: &Context, only: Option<&NetworkName>) ->
     Err(why)
 }
 
+/// The targets of a container publication: the first acceptable address of each family among
+/// those its runtime gave it (see [`crate::core::container`]). The runtime is the authority on
+/// where the container is, so neither the jail's addresses nor the networks are consulted; only
+/// addresses that are never a target are refused. `Err` says why there is none.
+pub fn given_targets(addrs: &[IpAddr]) -> Result<Targets, String> {
+    let (good, bad): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|ip| never_target(ip).is_none());
+    if good.is_empty() {
+        let refused: Vec<String> =
+            bad.iter().filter_map(|ip| never_target(ip).map(|why| format!("{ip} is {why}"))).collect();
+        return Err(format!("the container has no usable address (refused: {})", refused.join("; ")));
+    }
+    Ok(Targets::from_addrs(good))
+}
+
 /// Addresses that more than one of `jails` reports, with the jails that report each.
 pub fn contested<'a>(jails: impl IntoIterator<Item = (&'a JailName, &'a [IpAddr])>) -> BTreeMap<IpAddr, Vec<JailName>> {
     let mut by_addr: BTreeMap<IpAddr, Vec<JailName>> = BTreeMap::new();
@@ -225,6 +239,18 @@ pub fn contested<'a>(jails: impl IntoIterator<Item = (&'a JailName, &'a [IpAddr]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_containers_given_addresses_are_its_targets_unless_never_a_target() {
+        let t = given_targets(&ips(&["127.0.0.1", "10.88.0.5", "10.88.0.6", "fe80::1", "fd00::5"])).unwrap();
+        assert_eq!(t, Targets::from_addrs(ips(&["10.88.0.5", "fd00::5"])));
+        assert_eq!(given_targets(&ips(&["fd00::5"])).unwrap().inet, None);
+        assert_eq!(
+            given_targets(&ips(&["127.0.0.1", "ff02::1"])).unwrap_err(),
+            "the container has no usable address (refused: 127.0.0.1 is a loopback address; ff02::1 is a multicast \
+             address)"
+        );
+    }
 
     fn ips(s: &[&str]) -> Vec<IpAddr> {
         s.iter().map(|a| a.parse().unwrap()).collect()

@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod conflict;
+pub mod container;
 pub mod model;
 pub mod plan;
 pub mod publication;

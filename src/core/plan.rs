@@ -444,7 +444,7 @@ fn admit<'a>(
         PubStatus { status: Status::Active, interfaces: Arc::clone(&scope.no_interfaces), targets: Targets::default() };
     let taken = |owner: &Stored| {
         let o = &owner.publication;
-        Status::Conflict(format!("the host port is already published by jail {} as {}", o.jail, o.spec))
+        Status::Conflict(format!("the host port is already published by {} as {}", o.holder(), o.spec))
     };
     if let Some(clash) = &facts.clash {
         st.status = Status::Error(clash.to_string());
@@ -468,6 +468,10 @@ fn admit<'a>(
     };
     let targets = match (facts.running, addrs) {
         (None, _) => None,
+        // A container's runtime gave its addresses: what the jail reports does not matter.
+        (Some(_), _) if p.container.is_some() => {
+            Some(address::given_targets(p.container.as_ref().map_or(&[][..], |c| &c.addresses)).map_err(Status::Error))
+        }
         (Some(_), Err(status)) => Some(Err(status)),
         (Some(j), Ok(addrs)) => {
             let jail = address::Jail { name: &j.name, vnet: j.vnet, addrs };

@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::container::Container;
 use super::model::{Cidr, Family, JailName, LabelKind, NetworkName};
 use super::spec::PortSpec;
 
 /// What a user asked for: publish `spec` of `jail`, optionally only to `sources`, optionally
-/// logged, optionally targeting the jail's address in `network`.
+/// logged, optionally targeting the jail's address in `network`. A container publication (made
+/// by the `kleene-portmap` CNI plugin) also names its `container`: its owner, and the addresses
+/// it targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Publication {
@@ -19,6 +22,10 @@ pub struct Publication {
     pub log: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkName>,
+    /// The container that owns it, for a container publication; absent in state files of
+    /// earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl Publication {
@@ -33,7 +40,21 @@ impl Publication {
     ) -> Publication {
         sources.sort();
         sources.dedup();
-        Publication { jail, spec, sources, log, network }
+        Publication { jail, spec, sources, log, network, container: None }
+    }
+
+    /// The same publication, owned by `container`.
+    pub fn owned(self, container: Container) -> Publication {
+        Publication { container: Some(container), ..self }
+    }
+
+    /// Who holds its host port, for messages: `jail web`, or `container 3f6940ab5ab4 (CNI
+    /// network podman) in jail web`.
+    pub fn holder(&self) -> String {
+        match &self.container {
+            None => format!("jail {}", self.jail),
+            Some(c) => format!("{} in jail {}", c.owner(), self.jail),
+        }
     }
 
     /// The sources of one family; `None` means from any.
@@ -99,5 +120,27 @@ mod tests {
         assert_eq!(serde_yaml::from_str::<Publication>(&text).unwrap(), p);
         assert!(serde_yaml::from_str::<Publication>("jail: web\nspec: 'em1:8080'\n").is_err());
         assert!(serde_yaml::from_str::<Publication>("jail: web\nspec: '80'\nbogus: 1\n").is_err());
+    }
+
+    #[test]
+    fn a_container_publication_names_its_owner_and_round_trips() {
+        let c = Container {
+            id: "3f6940ab5ab43bc522569d15b23f8c1b".parse().unwrap(),
+            network: "podman".parse().unwrap(),
+            addresses: vec!["10.88.0.5".parse().unwrap()],
+        };
+        let p = publication("cni-1", "8080:80").owned(c);
+        assert_eq!(p.holder(), "container 3f6940ab5ab4 (CNI network podman) in jail cni-1");
+        assert_eq!(publication("web", "80").holder(), "jail web");
+        let text = serde_yaml::to_string(&p).unwrap();
+        assert!(
+            text.ends_with(
+                "container:\n  id: 3f6940ab5ab43bc522569d15b23f8c1b\n  network: podman\n  addresses:\n  - 10.88.0.5\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_yaml::from_str::<Publication>(&text).unwrap(), p);
+        assert_eq!(p.label(), "kleene:cni-1:8080:80/tcp", "the label is the jail's and the spec's, as before");
+        assert!(!serde_yaml::to_string(&publication("web", "80")).unwrap().contains("container"));
     }
 }

@@ -44,7 +44,7 @@ use crate::sys::host::{IfconfigTool, Interfaces, JailTools, Jails, RouteTool, Ro
 use crate::sys::pf::{Pf, Pfctl};
 use crate::sys::runner::Limits;
 
-use super::api::{Answer, PublishRequest, Refusal, RefusalKind};
+use super::api::{Answer, ContainerPublishRequest, PublishRequest, Refusal, RefusalKind};
 use super::config::Config;
 use super::log;
 use super::state::{State, Store};
@@ -436,6 +436,15 @@ pub fn publish(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
         e.refresh_vnet();
     }
     e.publish(request)
+}
+
+/// A container's publications (CNI `ADD`), as the server runs them: observes the jail, then
+/// publishes. Its targets are the container's given addresses, so no read of a VNET jail's
+/// addresses is waited for.
+pub fn publish_container(engine: &Mutex<Engine>, request: &ContainerPublishRequest) -> Answer {
+    let mut e = lock(engine);
+    e.observe_jail(&request.jail);
+    e.publish_container(request)
 }
 
 /// `kleenectl reconcile`, as the server runs it: observes everything and reads every VNET jail's

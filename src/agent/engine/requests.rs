@@ -27,13 +27,16 @@ use std::net::IpAddr;
 
 use crate::core::address::Network;
 use crate::core::conflict;
+use crate::core::container::Owner;
 use crate::core::model::{JailName, NetworkName};
 use crate::core::plan::{self, Action, Applied, Desired, JailPlan, Plan, PubStatus, Status, Stored};
 use crate::core::publication::Publication;
 use crate::core::render::Gateways;
 use crate::core::spec::Place;
 
-use super::super::api::{Answer, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest};
+use super::super::api::{
+    Answer, ContainerPublishRequest, PublishRequest, Refusal, RefusalKind, Removal, UnpublishRequest,
+};
 use super::Engine;
 use super::executor::{AnchorFailure, Bypass, Outcome};
 
@@ -111,6 +114,43 @@ impl Engine {
             .iter()
             .map(|s| Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone()))
             .collect();
+        self.publish_new(jail, new, false)
+    }
+
+    /// A container's publications (CNI `ADD`): like `publish`, and each must be active at once
+    /// (its jail running, its rules loaded), else none is stored. The caller observed the jail
+    /// first ([`super::publish_container`]).
+    pub fn publish_container(&mut self, request: &ContainerPublishRequest) -> Answer {
+        let ContainerPublishRequest { jail, specs, container, anchor } = request;
+        if let Some(a) = anchor {
+            if a != &self.cfg.anchor {
+                return Err(Refusal::new(
+                    RefusalKind::Invalid,
+                    format!(
+                        "the plugin's configuration says anchor {a:?}, but this agent loads its rules below the \
+                         parent anchor {:?} (anchor in its configuration): make the two agree, or leave anchor out of \
+                         the plugin's configuration",
+                        self.cfg.anchor
+                    ),
+                ));
+            }
+        }
+        if specs.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "give at least one port spec"));
+        }
+        if container.addresses.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "give the container's addresses"));
+        }
+        let new: Vec<Publication> = specs
+            .iter()
+            .map(|s| Publication::new(jail.clone(), s.clone(), vec![], false, None).owned(container.clone()))
+            .collect();
+        self.publish_new(jail, new, true)
+    }
+
+    /// Stores and applies `new`, publications of `jail`, all or none; with `active`, each must be
+    /// active once planned.
+    fn publish_new(&mut self, jail: &JailName, new: Vec<Publication>, active: bool) -> Answer {
         apart(&new, &self.observer.observed().gateways)?;
         own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
         let (fresh, already) = split_known(&self.state.publications, new)?;
@@ -145,20 +185,60 @@ impl Engine {
         }
         let planned = self.plan_publish();
         for seq in &seqs {
-            if let Status::Conflict(why) = &planned.status(*seq).status {
-                let spec = &self.publication(*seq).spec;
-                let msg = format!("cannot publish {spec} for jail {jail}: {why}");
-                match planned {
-                    // The last plan is still the plan of the state once undone.
-                    Planned::Jail(_) => self.undo_quietly(undo),
-                    Planned::Full(_) => self.abort(undo),
-                }
-                return Err(Refusal::new(RefusalKind::Conflict, msg));
+            let (kind, why) = match &planned.status(*seq).status {
+                Status::Conflict(why) => (RefusalKind::Conflict, why),
+                Status::Pending(why) | Status::Error(why) if active => (RefusalKind::Invalid, why),
+                _ => continue,
+            };
+            let spec = &self.publication(*seq).spec;
+            let msg = format!("cannot publish {spec} for jail {jail}: {why}");
+            match planned {
+                // The last plan is still the plan of the state once undone.
+                Planned::Jail(_) => self.undo_quietly(undo),
+                Planned::Full(_) => self.abort(undo),
             }
+            return Err(Refusal::new(kind, msg));
         }
         self.commit(jail, planned, undo).map_err(|f| f.refusal(jail, "published"))?;
         lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
         Ok(lines.join("\n"))
+    }
+
+    /// Removes every publication `owner` owns, in whichever jails (CNI `DEL`). Idempotent: an
+    /// owner that owns nothing (never published, removed already, or a state that was lost)
+    /// succeeds and says so.
+    pub fn unpublish_owned(&mut self, owner: &Owner) -> Answer {
+        let jails: BTreeSet<JailName> = self
+            .state
+            .publications
+            .iter()
+            .filter(|s| s.publication.container.as_ref().is_some_and(|c| c.owned_by(owner)))
+            .map(|s| s.publication.jail.clone())
+            .collect();
+        if jails.is_empty() {
+            return Ok(format!("{owner} publishes nothing; nothing changed"));
+        }
+        let mut done = Vec::new();
+        let mut failed: Option<Refusal> = None;
+        for jail in jails {
+            match self.unpublish(&UnpublishRequest { jail, removal: Removal::Owned(owner.clone()) }) {
+                Ok(msg) => done.push(msg),
+                Err(r) => {
+                    let f = failed.get_or_insert(Refusal::new(r.kind, String::new()));
+                    f.message.push_str(if f.message.is_empty() { "" } else { "\n" });
+                    f.message.push_str(&r.message);
+                }
+            }
+        }
+        match failed {
+            None => Ok(done.join("\n")),
+            Some(mut f) => {
+                if !done.is_empty() {
+                    f.message = format!("{}\n{}", done.join("\n"), f.message);
+                }
+                Err(f)
+            }
+        }
     }
 
     /// `kleenectl unpublish`: removes the request's publications, or every one of the jail's.
@@ -387,6 +467,19 @@ fn split_known(
     for p in new {
         match publications.iter().find(|s| s.publication.jail == p.jail && s.publication.spec == p.spec) {
             Some(s) if s.publication == p => already.push(p),
+            Some(s) if s.publication.container.is_some() || p.container.is_some() => {
+                let held = &s.publication;
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "cannot publish {} for jail {}: it is already published there by {} (kleenectl ls -j {})",
+                        p.spec,
+                        p.jail,
+                        held.holder(),
+                        p.jail
+                    ),
+                ));
+            }
             Some(_) => {
                 return Err(Refusal::new(
                     RefusalKind::Conflict,
@@ -433,6 +526,12 @@ fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result
     let mine = |s: &&Stored| &s.publication.jail == jail;
     let seqs: BTreeSet<u64> = match removal {
         Removal::All => publications.iter().filter(mine).map(|s| s.seq).collect(),
+        Removal::Owned(owner) => publications
+            .iter()
+            .filter(mine)
+            .filter(|s| s.publication.container.as_ref().is_some_and(|c| c.owned_by(owner)))
+            .map(|s| s.seq)
+            .collect(),
         Removal::Specs(specs) if specs.is_empty() => return Err(Removal::missing()),
         Removal::Specs(specs) => {
             let mut seqs = BTreeSet::new();
@@ -660,6 +759,144 @@ mod tests {
         h.pf().allow(PfOp::Kill);
         assert_eq!(h.reconcile().unwrap(), "reconciled: 1 anchors loaded");
         assert!(h.standing("web", "8081:81/tcp").is_none() && h.problems().is_empty());
+    }
+
+    fn container(id: &str, addrs: &[&str]) -> crate::core::container::Container {
+        crate::core::container::Container {
+            id: id.parse().unwrap(),
+            network: "podman".parse().unwrap(),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    fn add(h: &Harness, jail: &str, id: &str, addrs: &[&str], specs: &[&str]) -> Answer {
+        let request = ContainerPublishRequest {
+            jail: jail.parse().unwrap(),
+            specs: specs.iter().map(|s| s.parse().unwrap()).collect(),
+            container: container(id, addrs),
+            anchor: None,
+        };
+        crate::agent::engine::publish_container(h.engine_mutex(), &request)
+    }
+
+    fn del(h: &Harness, id: &str) -> Answer {
+        h.engine().unpublish_owned(&container(id, &[]).owner())
+    }
+
+    #[test]
+    fn a_container_targets_its_given_address_not_the_jails() {
+        // A VNET jail with no networks configured: a jail publication could not target it.
+        let h = Harness::running(vec![crate::agent::engine::testing::jail_info("cni-1", 7, &[], true)]);
+        let ok = add(&h, "cni-1", "c1", &["10.88.0.5", "fd00::5"], &["8080:80", "5353/udp"]).unwrap();
+        assert_eq!(
+            ok,
+            "published cni-1 8080:80/tcp on em0 -> 10.88.0.5, fd00::5\npublished cni-1 5353:5353/udp on em0 -> 10.88.0.5, fd00::5"
+        );
+        let anchor = h.pf().anchor("kleene/cni-1").unwrap();
+        assert!(anchor.contains("-> 10.88.0.5 port 80"), "{anchor}");
+        assert!(h.stored("cni-1").unwrap().contains("container:\n    id: c1\n    network: podman"));
+        assert_eq!(
+            add(&h, "cni-1", "c1", &["10.88.0.5", "fd00::5"], &["8080:80"]).unwrap(),
+            "cni-1 8080:80/tcp: already published, nothing changed"
+        );
+    }
+
+    #[test]
+    fn a_containers_port_held_by_a_jail_or_another_container_names_the_holder_and_stores_nothing() {
+        let h = Harness::running(vec![
+            jail("web", 3, &["10.13.37.2"]),
+            crate::agent::engine::testing::jail_info("cni-1", 7, &[], true),
+            crate::agent::engine::testing::jail_info("cni-2", 8, &[], true),
+        ]);
+        h.publish("web", &["8080:80"]).unwrap();
+        let e = add(&h, "cni-1", "c1", &["10.88.0.5"], &["9090:90", "8080:80"]).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Conflict);
+        assert_eq!(
+            e.message,
+            "cannot publish 8080:80/tcp for jail cni-1: the host port is already published by jail web as 8080:80/tcp"
+        );
+        assert!(h.stored("cni-1").is_none() && h.pf().anchor("kleene/cni-1").is_none(), "all or nothing");
+        add(&h, "cni-1", "c1aaaaaaaaaaaaaaaa", &["10.88.0.5"], &["9090:90"]).unwrap();
+        let e = add(&h, "cni-2", "c2", &["10.88.0.6"], &["9090"]).unwrap_err();
+        assert!(
+            e.message.ends_with(
+                "already published by container c1aaaaaaaaaa (CNI network podman) in jail cni-1 as 9090:90/tcp"
+            ),
+            "{e:?}"
+        );
+        let e = add(&h, "cni-1", "c3", &["10.88.0.5"], &["9090:90"]).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (
+                RefusalKind::Conflict,
+                "cannot publish 9090:90/tcp for jail cni-1: it is already published there by container c1aaaaaaaaaa \
+                 (CNI network podman) in jail cni-1 (kleenectl ls -j cni-1)"
+            )
+        );
+        let e = h.publish("web", &["9090"]).unwrap_err();
+        assert!(e.message.contains("by container c1aaaaaaaaaa (CNI network podman) in jail cni-1"), "{e:?}");
+    }
+
+    #[test]
+    fn a_container_publication_must_be_active_at_once() {
+        let h = Harness::running(vec![crate::agent::engine::testing::jail_info("cni-1", 7, &[], true)]);
+        let e = add(&h, "cni-9", "c9", &["10.88.0.9"], &["8080"]).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (RefusalKind::Invalid, "cannot publish 8080:8080/tcp for jail cni-9: jail cni-9 is not running")
+        );
+        let e = add(&h, "cni-1", "c1", &["127.0.0.1"], &["8080"]).unwrap_err();
+        assert!(
+            e.message.ends_with("the container has no usable address (refused: 127.0.0.1 is a loopback address)"),
+            "{e:?}"
+        );
+        let e = add(&h, "cni-1", "c1", &["fd00::5"], &["192.0.2.10:8080:80"]).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Invalid, "an IPv4 host address and an IPv6 container make no rule: {e:?}");
+        assert!(h.list().is_empty() && h.stored("cni-1").is_none() && h.stored("cni-9").is_none());
+    }
+
+    #[test]
+    fn unpublishing_a_container_removes_what_it_owns_and_is_idempotent() {
+        let h = Harness::running(vec![
+            jail("web", 3, &["10.13.37.2"]),
+            crate::agent::engine::testing::jail_info("cni-1", 7, &[], true),
+        ]);
+        add(&h, "cni-1", "c1", &["10.88.0.5"], &["8080:80", "8081:81/udp"]).unwrap();
+        assert_eq!(del(&h, "c2").unwrap(), "container c2 (CNI network podman) publishes nothing; nothing changed");
+        h.pf().clear_calls();
+        assert_eq!(del(&h, "c1").unwrap(), "unpublished cni-1 8080:80/tcp, 8081:81/udp");
+        assert_eq!(h.pf().changes(), ["flush kleene/cni-1", "kill kleene/cni-1"]);
+        assert!(h.stored("cni-1").is_none() && h.list().is_empty());
+        assert_eq!(del(&h, "c1").unwrap(), "container c1 (CNI network podman) publishes nothing; nothing changed");
+    }
+
+    #[test]
+    fn container_publications_survive_a_restart() {
+        let h = Harness::running(vec![crate::agent::engine::testing::jail_info("cni-1", 7, &[], true)]);
+        add(&h, "cni-1", "c1", &["10.88.0.5"], &["8080:80"]).unwrap();
+        let h = h.reopen();
+        h.start();
+        let list = h.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].standing.word(), "active", "{:?}", list[0].reason);
+        assert_eq!(list[0].publication.container, Some(container("c1", &["10.88.0.5"])));
+        assert_eq!(del(&h, "c1").unwrap(), "unpublished cni-1 8080:80/tcp");
+    }
+
+    #[test]
+    fn the_plugins_anchor_must_be_the_agents() {
+        let h = Harness::running(vec![crate::agent::engine::testing::jail_info("cni-1", 7, &[], true)]);
+        let request = ContainerPublishRequest {
+            jail: "cni-1".parse().unwrap(),
+            specs: vec!["8080".parse().unwrap()],
+            container: container("c1", &["10.88.0.5"]),
+            anchor: Some("podman".into()),
+        };
+        let e = h.engine().publish_container(&request).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Invalid);
+        assert!(e.message.starts_with("the plugin's configuration says anchor \"podman\", but this agent loads its rules below the parent anchor \"kleene\""), "{e:?}");
+        let request = ContainerPublishRequest { anchor: Some("kleene".into()), ..request };
+        assert!(h.engine().publish_container(&request).is_ok());
     }
 
     #[test]

@@ -415,6 +415,11 @@ impl Harness {
         Harness { engine: Mutex::new(engine), fakes: self.fakes, dir: self.dir, _wake: rx }
     }
 
+    /// The engine's mutex, as the server holds it.
+    pub fn engine_mutex(&self) -> &Mutex<Engine> {
+        &self.engine
+    }
+
     /// The engine, locked.
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
         lock(&self.engine)
