@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::api;
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName, PortRange, Protocol};
+use crate::core::reach::{self, ReachOff};
 use crate::core::spec::{Place, PortSpec};
 
 /// The protocol version this build speaks. Version 1 was the unversioned protocol of earlier
@@ -31,8 +32,17 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Publish `specs` of `jail` (at least one spec).
-    Publish { jail: JailName, specs: Vec<PortSpec>, sources: Vec<Cidr>, log: bool, network: Option<NetworkName> },
+    /// Publish `specs` of `jail` (at least one spec); `reach_off`: the reaches turned off for
+    /// them (sent only when one is).
+    Publish {
+        jail: JailName,
+        specs: Vec<PortSpec>,
+        sources: Vec<Cidr>,
+        log: bool,
+        network: Option<NetworkName>,
+        #[serde(skip_serializing_if = "ReachOff::is_none")]
+        reach_off: ReachOff,
+    },
     /// Remove `specs` of `jail`, or every publication of it when `all`: exactly one of the two
     /// (specs given, or `all`), as [`decode_request`] checks.
     Unpublish { jail: JailName, specs: Vec<PortSpec>, all: bool },
@@ -147,6 +157,7 @@ mod wire {
     use serde_json::{Map, Value};
 
     use crate::core::model::{Cidr, JailName, NetworkName};
+    use crate::core::reach::ReachOff;
     use crate::core::spec::PortSpec;
 
     /// A JSON object whose keys are all different (a repeated key is refused, not silently
@@ -200,6 +211,8 @@ mod wire {
             log: bool,
             #[serde(default)]
             network: Option<String>,
+            #[serde(default)]
+            reach_off: ReachOff,
         },
         Unpublish {
             jail: String,
@@ -242,7 +255,7 @@ mod wire {
         /// command line checks them.
         pub(super) fn validate(self) -> Result<super::Request, String> {
             Ok(match self {
-                Request::Publish { jail: j, specs: s, sources, log, network } => {
+                Request::Publish { jail: j, specs: s, sources, log, network, reach_off } => {
                     let jail = jail(&j)?;
                     if s.is_empty() {
                         return Err("give at least one port spec".into());
@@ -255,7 +268,7 @@ mod wire {
                         .map_err(|e| e.to_string())?;
                     let network =
                         network.as_deref().map(str::parse::<NetworkName>).transpose().map_err(|e| e.to_string())?;
-                    super::Request::Publish { jail, specs, sources, log, network }
+                    super::Request::Publish { jail, specs, sources, log, network, reach_off }
                 }
                 Request::Unpublish { jail: j, specs: s, all } => {
                     let jail = jail(&j)?;
@@ -440,6 +453,14 @@ pub struct PublicationView {
     pub sources: Vec<Cidr>,
     pub log: bool,
     pub network: Option<NetworkName>,
+    /// Where it can be reached from now: `outside`, `jails` (through the published port),
+    /// `networks` (the configured networks, at the jail's own address), `host`. Empty unless
+    /// active.
+    #[serde(default)]
+    pub reachable_from: Vec<reach::From>,
+    /// The reaches the publication turned off for itself.
+    #[serde(default)]
+    pub reach_off: ReachOff,
 }
 
 impl From<api::PublicationState> for PublicationView {
@@ -451,7 +472,7 @@ impl From<api::PublicationState> for PublicationView {
             jail_ports: p.spec.jail,
             address: match p.spec.place {
                 Place::Address(a) => Some(a),
-                Place::Gateway | Place::Interface(_) => None,
+                Place::Gateway | Place::Interface(_) | Place::Localhost => None,
             },
             jail: p.jail,
             spec: p.spec,
@@ -463,6 +484,8 @@ impl From<api::PublicationState> for PublicationView {
             sources: p.sources,
             log: p.log,
             network: p.network,
+            reachable_from: s.reached,
+            reach_off: p.reach_off,
         }
     }
 }
@@ -524,6 +547,7 @@ mod tests {
             sources: vec!["192.0.2.0/24".parse().unwrap()],
             log: true,
             network: None,
+            reach_off: ReachOff::default(),
         };
         let line = encode_request(&req);
         assert_eq!(
@@ -548,6 +572,7 @@ mod tests {
                 sources: vec![],
                 log: false,
                 network: Some("kleenet".parse().unwrap()),
+                reach_off: ReachOff { hairpin: true, host: true, networks: false },
             },
             Request::Unpublish { jail: web.clone(), specs: vec!["8000-8010:9000/udp".parse().unwrap()], all: false },
             Request::Unpublish { jail: web.clone(), specs: vec![], all: true },
@@ -593,6 +618,7 @@ mod tests {
         ));
         for (text, want) in [
             (v(r#""op":"publish","jail":"web","specs":["8080"],"x":1"#), "unknown field `x`"),
+            (v(r#""op":"publish","jail":"web","specs":["8080"],"reach_off":{"all":true}"#), "unknown field `all`"),
             (v(r#""op":"nuke""#), "unknown variant `nuke`"),
             (v(r#""op":"check","x":1"#), "unknown field `x`"),
             (v(r#""jail":"web""#), "missing field `op`"),
@@ -719,17 +745,19 @@ mod tests {
             reason: (standing != api::Standing::Active).then(|| "jail web is not running".into()),
             interfaces: vec!["em0".parse().unwrap()],
             targets: Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]),
+            reached: vec![],
         }
         .into()
     }
 
     #[test]
     fn a_publication_view_keeps_the_json_of_version_1() {
-        // The exact text version 1's untyped view produced for this publication.
+        // The exact text version 1's untyped view produced for this publication, then the
+        // fields added since (where it is reachable from, the reaches it turned off).
         let v = view("8000-8010:9000/udp", api::Standing::Pending);
         assert_eq!(
             serde_json::to_string(&v).unwrap(),
-            r#"{"jail":"web","spec":"8000-8010:9000-9010/udp","protocol":"udp","host_ports":"8000-8010","jail_ports":"9000-9010","interfaces":["em0"],"address":null,"ipv4":"10.13.37.2","ipv6":"fd00::2","state":"pending","reason":"jail web is not running","sources":["192.0.2.7","198.51.100.0/24"],"log":true,"network":"kleenet"}"#
+            r#"{"jail":"web","spec":"8000-8010:9000-9010/udp","protocol":"udp","host_ports":"8000-8010","jail_ports":"9000-9010","interfaces":["em0"],"address":null,"ipv4":"10.13.37.2","ipv6":"fd00::2","state":"pending","reason":"jail web is not running","sources":["192.0.2.7","198.51.100.0/24"],"log":true,"network":"kleenet","reachable_from":[],"reach_off":{}}"#
         );
         let back: PublicationView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);

@@ -4,6 +4,7 @@
 
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName};
 use crate::core::publication::Publication;
+use crate::core::reach::{From, ReachOff};
 use crate::core::render::Targets;
 use crate::core::spec::PortSpec;
 
@@ -16,6 +17,8 @@ pub struct PublishRequest {
     pub sources: Vec<Cidr>,
     pub log: bool,
     pub network: Option<NetworkName>,
+    /// The reaches turned off for these publications.
+    pub reach_off: ReachOff,
 }
 
 /// What `kleenectl unpublish` removes.
@@ -113,6 +116,8 @@ pub struct PublicationState {
     pub interfaces: Vec<InterfaceName>,
     /// The jail addresses its traffic goes to.
     pub targets: Targets,
+    /// Where it can be reached from (empty unless active).
+    pub reached: Vec<From>,
 }
 
 /// One anchor the agent loaded, as `kleenectl rules` shows it.

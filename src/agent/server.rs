@@ -240,8 +240,8 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     match req {
-        Request::Publish { jail, specs, sources, log, network } => {
-            Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network }))
+        Request::Publish { jail, specs, sources, log, network, reach_off } => {
+            Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network, reach_off }))
         }
         Request::Unpublish { jail, specs, all } => {
             let removal = if all { Removal::All } else { Removal::Specs(specs) };

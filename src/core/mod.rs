@@ -7,6 +7,7 @@ pub mod conflict;
 pub mod model;
 pub mod plan;
 pub mod publication;
+pub mod reach;
 pub mod readback;
 pub mod render;
 pub mod renderer;

@@ -255,8 +255,12 @@ impl Engine {
     }
 
     fn plan_current(&mut self) -> Plan {
-        let desired =
-            Desired { publications: &self.state.publications, networks: &self.cfg.networks, anchor: &self.cfg.anchor };
+        let desired = Desired {
+            publications: &self.state.publications,
+            networks: &self.cfg.networks,
+            anchor: &self.cfg.anchor,
+            reach: self.cfg.reach,
+        };
         let applied =
             Applied { loaded: self.executor.loaded(), force: &self.force, pf_errors: self.executor.refused_loads() };
         plan::plan(&desired, self.observer.observed(), &applied, &mut self.renderer)

@@ -30,6 +30,7 @@ use crate::core::conflict;
 use crate::core::model::{JailName, NetworkName};
 use crate::core::plan::{self, Action, Applied, Desired, JailPlan, Plan, PubStatus, Status, Stored};
 use crate::core::publication::Publication;
+use crate::core::reach::Reach;
 use crate::core::render::Gateways;
 use crate::core::spec::Place;
 
@@ -102,16 +103,19 @@ impl Engine {
     /// `kleenectl publish`: stores and applies the request's publications, all or none. The
     /// caller observed the jail first ([`super::publish`]).
     pub fn publish(&mut self, request: &PublishRequest) -> Answer {
-        let PublishRequest { jail, specs, sources, log, network } = request;
+        let PublishRequest { jail, specs, sources, log, network, reach_off } = request;
         if specs.is_empty() {
             return Err(Refusal::new(RefusalKind::Invalid, "give at least one port spec"));
         }
         configured(&self.cfg.networks, network.as_ref())?;
         let new: Vec<Publication> = specs
             .iter()
-            .map(|s| Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone()))
+            .map(|s| {
+                Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone())
+                    .with_reach_off(*reach_off)
+            })
             .collect();
-        apart(&new, &self.observer.observed().gateways)?;
+        apart(&new, &self.observer.observed().gateways, &self.cfg.reach)?;
         own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
         let (fresh, already) = split_known(&self.state.publications, new)?;
         let mut lines: Vec<String> =
@@ -236,6 +240,7 @@ impl Engine {
                 publications: &self.state.publications,
                 networks: &self.cfg.networks,
                 anchor: &self.cfg.anchor,
+                reach: self.cfg.reach,
             };
             let applied = Applied {
                 loaded: self.executor.loaded(),
@@ -345,13 +350,13 @@ fn configured(networks: &[Network], network: Option<&NetworkName>) -> Result<(),
 }
 
 /// Refuses a request whose publications repeat a spec or claim the same host port.
-fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
+fn apart(new: &[Publication], gateways: &Gateways, reach: &Reach) -> Result<(), Refusal> {
     let mut taken = conflict::Index::default();
     for (i, p) in new.iter().enumerate() {
         if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
             return Err(Refusal::new(RefusalKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
         }
-        let mine = conflict::claims(p, None, gateways);
+        let mine = conflict::claims(p, None, gateways, reach);
         if let Some(q) = taken.owner(&mine).map(|j: usize| &new[j]) {
             return Err(Refusal::new(
                 RefusalKind::Conflict,
@@ -661,12 +666,14 @@ mod tests {
     fn a_request_must_not_repeat_a_spec_nor_claim_a_port_twice() {
         let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: None };
         let twice = [publication("web", "8080:80"), publication("web", "8080:80/tcp")];
-        let e = apart(&twice, &gateways).unwrap_err();
+        let e = apart(&twice, &gateways, &Reach::default()).unwrap_err();
         assert_eq!((e.kind, e.message.as_str()), (RefusalKind::Invalid, "8080:80/tcp is given twice (as 8080:80/tcp)"));
         let overlap = [publication("web", "8000-8010:9000"), publication("web", "em0:8005:80")];
-        let e = apart(&overlap, &gateways).unwrap_err();
+        let e = apart(&overlap, &gateways, &Reach::default()).unwrap_err();
         assert_eq!(e.kind, RefusalKind::Conflict);
-        assert!(apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways).is_ok());
+        assert!(
+            apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways, &Reach::default()).is_ok()
+        );
     }
 
     #[test]

@@ -447,6 +447,7 @@ impl Harness {
             sources: vec![],
             log: false,
             network: None,
+            reach_off: Default::default(),
         };
         super::publish(&self.engine, &request)
     }
