@@ -161,7 +161,10 @@ impl Engine {
             }
         }
         self.commit(jail, planned, undo).map_err(|f| f.refusal(jail, "published"))?;
-        lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
+        for seq in seqs {
+            lines.push(self.describe(seq));
+            lines.extend(self.reach_warnings(seq).into_iter().map(|w| format!("warning: {w}")));
+        }
         Ok(lines.join("\n"))
     }
 
