@@ -35,12 +35,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::core::model::{Cidr, JailName, NetworkName};
 use crate::core::plan::Stored;
 use crate::core::publication::Publication;
+use crate::core::reach::ReachOff;
 use crate::core::spec::PortSpec;
 
 const DIR: &str = "publications";
 const VERSION: u32 = 1;
 const FIELDS: &str = "a state file has the fields version, jail and publications, and each publication \
-                      seq, spec and optionally sources, log and network";
+                      seq, spec and optionally sources, log, network and reach_off";
 
 /// The highest `seq` the agent stores or hands out: 2^53 - 1, the largest integer an IEEE 754
 /// double holds exactly, so that a seq survives any JSON client that reads numbers as doubles
@@ -74,6 +75,9 @@ struct Entry {
     log: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     network: Option<NetworkName>,
+    /// The reaches turned off (`--no-hairpin`, ...); absent in earlier releases' files.
+    #[serde(default, skip_serializing_if = "ReachOff::is_none")]
+    reach_off: ReachOff,
 }
 
 /// Reads a `seq` in `1..=MAX_SEQ`. Checking it here, inside the parser, gives the error the
@@ -338,6 +342,7 @@ fn render(jail: &JailName, publications: &[&Stored]) -> String {
                     sources: p.sources.clone(),
                     log: p.log,
                     network: p.network.clone(),
+                    reach_off: p.reach_off,
                 }
             })
             .collect(),
@@ -460,7 +465,8 @@ fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Vec<Stored>> {
         }
         out.push(Stored {
             seq: e.seq,
-            publication: Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network),
+            publication: Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network)
+                .with_reach_off(e.reach_off),
         });
     }
     Ok(out)
@@ -669,6 +675,23 @@ publications:
         let web: Vec<&Stored> = st.publications.iter().filter(|s| s.publication.jail.as_str() == "web").collect();
         store.save_jail(&jail("web"), &web).unwrap();
         assert_eq!(fs::read_to_string(store.dir().join("web.yml")).unwrap(), written, "written back byte for byte");
+        assert!(st.publications.iter().all(|s| s.publication.reach_off.is_none()), "earlier files turn nothing off");
+    }
+
+    #[test]
+    fn reaches_turned_off_are_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let p = Publication::new(jail("web"), "8080:80".parse().unwrap(), vec![], false, None)
+            .with_reach_off(ReachOff { hairpin: true, host: true, networks: false });
+        store.save_jail(&jail("web"), &[&Stored { seq: 3, publication: p.clone() }]).unwrap();
+        let text = fs::read_to_string(store.dir().join("web.yml")).unwrap();
+        assert!(
+            text.ends_with("- seq: 3\n  spec: 8080:80/tcp\n  reach_off:\n    hairpin: true\n    host: true\n"),
+            "{text}"
+        );
+        let (_, st) = Store::open(dir.path()).unwrap();
+        assert_eq!(st.publications[0].publication, p);
     }
 
     #[test]
