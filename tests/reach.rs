@@ -43,7 +43,8 @@ fn a_vnet_jail_on_a_bridge_gets_exactly_its_reach_and_loses_it_at_unpublish() {
              rdr on bridge0 inet proto tcp from any to (em0) port = 8080 tag {TAG} -> 10.13.37.5 port 80\n\
              pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n\
              pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n\
-             pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS}\n"
+             pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS}\n\
+             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS}\n"
         )
     );
     assert_eq!(h.ls()[0]["reachable_from"], json!(["outside", "jails", "networks", "host"]));

@@ -613,7 +613,9 @@ mod tests {
              pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
              pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
              pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
-             pass in quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n"
+             pass in quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
+             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
+             pass out quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n"
         );
         same(&rules, &printed);
         differ(&rules, &printed.replace("tagged kleene:web:8080:80/tcp\npass out", "\npass out"));

@@ -486,7 +486,11 @@ pub fn render_publication(p: &Publication, targets: &Targets, host: &HostView, v
         if reach.networks && !local_only {
             let nets = host.networks_of(family);
             if !nets.is_empty() && from.is_empty() {
-                out.pass.push(pass(Dir::In, nets, None));
+                out.pass.push(pass(Dir::In, nets.clone(), None));
+                if vnet {
+                    // Forwarded out through the jail network's interface, like the translated.
+                    out.pass.push(pass(Dir::Out, nets, None));
+                }
                 out.reach(From::Networks);
             }
         }
@@ -635,7 +639,8 @@ mod tests {
                  rdr on bridge1 inet proto tcp from any to (em0) port 8080 tag {TAG} -> 10.13.37.5 port 80\n\
                  pass in quick inet proto tcp from any to 10.13.37.5 port 80 tagged {TAG} {LABELS}\n\
                  pass out quick inet proto tcp from any to 10.13.37.5 port 80 tagged {TAG} {LABELS}\n\
-                 pass in quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS}\n"
+                 pass in quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS}\n\
+                 pass out quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS}\n"
             )
         );
         let r = &a.publications[0].1;

@@ -344,7 +344,8 @@ mod tests {
                  rdr on bridge0 inet proto udp from any to (em0) port 8080 tag {tag} -> 10.13.37.5 port 80\n\
                  pass in quick inet proto udp from any to 10.13.37.5 port 80 tagged {tag} {labels}\n\
                  pass out quick inet proto udp from any to 10.13.37.5 port 80 tagged {tag} {labels}\n\
-                 pass in quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels}\n"
+                 pass in quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels}\n\
+                 pass out quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels}\n"
             )
         );
         let ls = h.list();
