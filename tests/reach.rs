@@ -48,6 +48,9 @@ fn a_vnet_jail_on_a_bridge_gets_exactly_its_reach_and_loses_it_at_unpublish() {
         )
     );
     assert_eq!(h.ls()[0]["reachable_from"], json!(["outside", "jails", "networks", "host"]));
+    let loads = h.loads().len();
+    assert_eq!(h.ctl(&["reconcile", "--verify"]).code, 0);
+    assert_eq!(h.loads().len(), loads, "what pfctl prints back reads as what was loaded: nothing reloaded");
     let out = h.ctl(&["unpublish", "-j", "web", "8080:80"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(h.anchor("web").is_none(), "every rule is gone");
