@@ -140,6 +140,7 @@ fn check_names_each_missing_host_setting_with_its_fix() {
         "warning: web 8080:80/tcp: pf skips lo0 (set skip on lo0), so the host and non-VNET jails do not reach it",
         "warning: web 8080:80/tcp: net.pf.filter_local is not 1",
         "warning: web 8080:80/tcp: net.inet.ip.forwarding is not 1",
+        "warning: web 8080:80/tcp: the main ruleset has no nat-anchor \"kleene/*\"",
     ] {
         assert!(out.stdout.contains(w), "{w}: {out:?}");
     }

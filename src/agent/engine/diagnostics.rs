@@ -23,7 +23,7 @@ impl Engine {
         if !self.check_pf(&mut out) {
             return out;
         }
-        out.extend(self.reach_findings(&super::reach::HostReach::read(&self.sys)));
+        out.extend(self.reach_findings(&super::reach::HostReach::read(&self.sys, &self.cfg.anchor)));
         for (source, p) in self.observer.problems() {
             if *source != Source::Pf {
                 let fix = format!("check tools.{} in the config, and the agent's log", source.tool());

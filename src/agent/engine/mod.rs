@@ -224,7 +224,7 @@ impl Engine {
     /// by a reboot, and what an earlier process loaded cannot be trusted) and flush anchors the
     /// state does not know.
     pub fn start(&mut self) {
-        self.host_reach = reach::HostReach::read(&self.sys);
+        self.host_reach = reach::HostReach::read(&self.sys, &self.cfg.anchor);
         self.observe();
         self.force = self.state.publications.iter().map(|s| self.component(&s.publication.jail)).collect();
         self.reconcile_with(Bypass::All);
@@ -375,7 +375,7 @@ impl Engine {
     pub fn begin_reconcile(&mut self) {
         self.touch(|t| t.all = true);
         self.dirty |= self.observer.observe_all_again(&self.sys, &self.cfg.anchor);
-        self.host_reach = reach::HostReach::read(&self.sys);
+        self.host_reach = reach::HostReach::read(&self.sys, &self.cfg.anchor);
     }
 
     /// `kleenectl reconcile [--verify]`, after [`Engine::begin_reconcile`]: applies everything

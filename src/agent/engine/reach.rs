@@ -28,18 +28,23 @@ pub(super) struct HostReach {
     lo0_skipped: Option<Result<bool, String>>,
     /// The sysctl values the kernel has, or why they could not be read.
     sysctls: Option<Result<BTreeMap<String, String>, String>>,
+    /// Whether the main ruleset calls the anchors' nat rules (`None`: not read).
+    nat_anchor: Option<bool>,
 }
 
 impl HostReach {
-    /// Asks pf and sysctl.
-    pub(super) fn read(sys: &System) -> HostReach {
+    /// Asks pf and sysctl; `anchor` is the parent anchor.
+    pub(super) fn read(sys: &System, anchor: &str) -> HostReach {
         let lo0 = sys
             .pf
             .interfaces()
             .map(|list| list.iter().any(|(name, skip)| *skip && name == "lo0"))
             .map_err(|e| e.message());
         let sysctls = sys.settings.sysctls(&SYSCTLS).map_err(|e| e.message());
-        HostReach { lo0_skipped: Some(lo0), sysctls: Some(sysctls) }
+        let line = format!("nat-anchor \"{anchor}/*\"");
+        let nat_anchor =
+            sys.pf.show(None, Show::Nat).ok().map(|t| t.lines().any(|l| l.trim_start().starts_with(&line)));
+        HostReach { lo0_skipped: Some(lo0), sysctls: Some(sysctls), nat_anchor }
     }
 }
 
@@ -257,6 +262,14 @@ impl Engine {
             ));
         }
         let vnet = self.observer.observed().jails.iter().any(|j| j.name == p.jail && j.vnet);
+        let nats = (reach.hairpin && !p.spec.place.is_loopback()) || reach.host || p.spec.place.is_loopback();
+        if vnet && nats && self.host_reach.nat_anchor == Some(false) {
+            out.push(format!(
+                "{} {}: the main ruleset has no nat-anchor \"{}/*\", so jails of its network and the host's \
+                 loopback do not reach this VNET jail through it; see kleenectl check",
+                p.jail, p.spec, self.cfg.anchor
+            ));
+        }
         if let (true, Some(Ok(sysctls))) = (vnet, &self.host_reach.sysctls) {
             if (reach.host || p.spec.place.is_loopback()) && sysctls.get(FILTER_LOCAL).map(String::as_str) != Some("1")
             {
