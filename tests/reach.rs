@@ -86,7 +86,11 @@ fn a_local_only_publication_is_on_lo0_alone_and_localhost_means_both_families() 
     let h = Host::new();
     h.set_jails(json!([{"jid": 3, "name": "web", "ip4": ["10.13.37.2"], "ip6": ["fd00:13:37::2"]}]));
     let _a = h.start_agent();
-    assert_eq!(h.ctl(&["publish", "-j", "web", "localhost:8080:80"]).code, 0);
+    let out = h.ctl(&["publish", "-j", "web", "localhost:8080:80"]);
+    assert_eq!(
+        out.stdout,
+        "published web localhost:8080:80/tcp on the host's loopback (127.0.0.1, ::1) -> 10.13.37.2, fd00:13:37::2\n"
+    );
     let tag = "kleene:web:localhost:8080:80/tcp";
     let labels = "label \"kleene:web:localhost:8080:80/tcp\" label \"kleene/web\"";
     assert_eq!(

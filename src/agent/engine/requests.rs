@@ -314,6 +314,7 @@ impl Engine {
             Status::Active => {
                 let on = match &p.spec.place {
                     Place::Address(a) => format!("address {a}"),
+                    Place::Localhost => "the host's loopback (127.0.0.1, ::1)".to_string(),
                     _ => {
                         let i: Vec<String> = st.interfaces.iter().map(|i| i.to_string()).collect();
                         i.join(", ")
