@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{Call, Host};
 use kleene_rdr::core::plan::Stored;
 use kleene_rdr::core::publication::Publication;
-use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+use kleene_rdr::core::render::{Gateways, HostView, Targets, render_uniform};
 
 const PER_JAIL: usize = 10;
 
@@ -249,7 +249,7 @@ fn main() {
                 })
                 .collect();
             let targets = Targets::from_addrs([jail_ip(i).parse().unwrap()]);
-            render_uniform(&pubs, &targets, &gateways).text().len()
+            render_uniform(&pubs, &targets, &HostView::new(gateways.clone()), false).text().len()
         };
         let whole: usize = (0..n).map(anchor_bytes).sum();
         println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));

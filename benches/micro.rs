@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use kleene_rdr::core::plan::{Applied, Desired, Observed, Plan, RunningJail, Stored, plan, plan_publish};
 use kleene_rdr::core::publication::Publication;
-use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+use kleene_rdr::core::render::{Gateways, HostView, Targets, render_uniform};
 use kleene_rdr::core::renderer::Renderer;
 
 fn publications(jails: usize, per_jail: usize) -> Vec<Stored> {
@@ -52,12 +52,12 @@ fn bench(c: &mut Criterion) {
     let one_jail: Vec<Publication> = publications(1, 10).into_iter().map(|s| s.publication).collect();
     let targets = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
     c.bench_function("render one anchor (10 publications, dual stack)", |b| {
-        b.iter(|| render_uniform(&one_jail, &targets, &gateways()).text())
+        b.iter(|| render_uniform(&one_jail, &targets, &HostView::new(gateways()), false).text())
     });
     let desired = publications(1000, 10);
     let obs = observed(1000);
     let (force, errors) = (BTreeSet::new(), BTreeMap::new());
-    let all = |publications| Desired { publications, networks: &[], anchor: "kleene" };
+    let all = |publications| Desired { publications, networks: &[], anchor: "kleene", reach: Default::default() };
     let nothing = BTreeMap::new();
     let cold = Applied { loaded: &nothing, force: &force, pf_errors: &errors };
     let mut renderer = Renderer::default();

@@ -16,7 +16,8 @@ use crate::client::{self, ClientError};
 use crate::core::conflict;
 use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName, NetworkName};
 use crate::core::publication::Publication;
-use crate::core::render::{Gateways, Targets, render_uniform};
+use crate::core::reach::{Reach, ReachOff};
+use crate::core::render::{Gateways, HostView, Targets, render_uniform};
 use crate::core::spec::{Place, PortSpec, SpecError};
 use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response};
 
@@ -71,7 +72,10 @@ enum Command {
         /// Target the jail's address in this configured network.
         #[arg(long, value_name = "NAME")]
         network: Option<String>,
-        /// Port specs: [ADDR:]HOST-PORT[:JAIL-PORT][/PROTO].
+        #[command(flatten)]
+        reach: ReachFlags,
+        /// Port specs: [ADDR:]HOST-PORT[:JAIL-PORT][/PROTO]; ADDR 127.0.0.1, [::1] or localhost
+        /// publishes on the host's loopback only.
         #[arg(value_name = "SPEC", required = true)]
         specs: Vec<String>,
     },
@@ -120,6 +124,26 @@ enum Command {
     Render(RenderArgs),
 }
 
+/// The reaches a publication turns off for itself.
+#[derive(Args, Debug, Clone, Copy)]
+struct ReachFlags {
+    /// Other jails do not reach it through the published address and port (no hairpin).
+    #[arg(long)]
+    no_hairpin: bool,
+    /// Jails of the configured networks do not reach the jail's port directly.
+    #[arg(long)]
+    no_networks: bool,
+    /// The host itself (127.0.0.1, ::1, its own address) does not reach it.
+    #[arg(long)]
+    no_host: bool,
+}
+
+impl ReachFlags {
+    fn off(self) -> ReachOff {
+        ReachOff { hairpin: self.no_hairpin, networks: self.no_networks, host: self.no_host }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RenderArgs {
     /// The jail's name.
@@ -140,6 +164,21 @@ struct RenderArgs {
     /// Log matching packets to pflog0.
     #[arg(long)]
     log: bool,
+    /// The jail has its own network stack (VNET).
+    #[arg(long)]
+    vnet: bool,
+    /// A configured network's prefix (repeatable), as `networks` in the agent's configuration.
+    #[arg(long = "network", value_name = "CIDR")]
+    networks: Vec<String>,
+    /// An address the host has on a jail network's interface (repeatable), e.g.
+    /// bridge0=10.13.37.1, as the agent reads it from ifconfig.
+    #[arg(long = "link", value_name = "IF=ADDR")]
+    links: Vec<String>,
+    /// As `reach.loopback: false` in the configuration: no loopback-only publications.
+    #[arg(long)]
+    no_loopback: bool,
+    #[command(flatten)]
+    reach: ReachFlags,
     /// Port specs: [ADDR:]HOST-PORT[:JAIL-PORT][/PROTO].
     #[arg(value_name = "SPEC", required = true)]
     specs: Vec<String>,
@@ -196,12 +235,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent { config, check: true } => crate::agent::check(&ConfigFile::new(config)).map(|()| 0),
         Command::Agent { config, check: false } => crate::agent::run(&ConfigFile::new(config)).map(|()| 0),
         Command::Render(a) => render(a),
-        Command::Publish { jail, sources, log, network, specs } => {
+        Command::Publish { jail, sources, log, network, reach, specs } => {
             let jail = check_jail(&jail)?;
             let specs = parse_specs(&specs)?;
             let sources = parse_sources(&sources)?;
             let network = network.as_deref().map(str::parse::<NetworkName>).transpose()?;
-            let r = ask(&socket, &Request::Publish { jail, specs, sources, log, network })?;
+            let reach_off = reach.off();
+            let r = ask(&socket, &Request::Publish { jail, specs, sources, log, network, reach_off })?;
             Ok(print_message(&r))
         }
         Command::Unpublish { jail, all, specs } => {
@@ -301,6 +341,7 @@ pub fn ls_table(views: &[PublicationView]) -> String {
             }
             Place::Interface(i) => i.to_string(),
             Place::Gateway => "gateway".to_string(),
+            Place::Localhost => "localhost".to_string(),
         };
         let targets: Vec<String> = [v.ipv4.map(|a| a.to_string()), v.ipv6.map(|a| format!("[{a}]"))]
             .into_iter()
@@ -402,18 +443,32 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
     let gateways = Gateways { inet: gw4, inet6: gw6 };
     let sources = parse_sources(&a.sources)?;
     let specs = parse_specs(&a.specs)?;
-    let pubs: Vec<Publication> =
-        specs.into_iter().map(|s| Publication::new(jail.clone(), s, sources.clone(), a.log, None)).collect();
+    let networks = parse_sources(&a.networks)?;
+    let mut links = Vec::new();
+    for l in &a.links {
+        let bad = || Usage(format!("invalid --link {l:?}: expected IF=ADDR, e.g. bridge0=10.13.37.1"));
+        let (i, addr) = l.split_once('=').ok_or_else(bad)?;
+        links.push((i.parse::<InterfaceName>()?, addr.parse::<IpAddr>().map_err(|_| bad())?));
+    }
+    let reach = Reach { loopback: !a.no_loopback, ..Reach::default() };
+    let host = HostView { gateways: gateways.clone(), reach, networks, links };
+    let pubs: Vec<Publication> = specs
+        .into_iter()
+        .map(|s| Publication::new(jail.clone(), s, sources.clone(), a.log, None).with_reach_off(a.reach.off()))
+        .collect();
     let targets = Targets::from_addrs(addrs.iter().copied());
     let families: Vec<Family> = Family::BOTH.into_iter().filter(|f| targets.get(*f).is_some()).collect();
     if let Some((other, p)) =
-        conflict::first_collision(pubs.iter().map(|p| (p, conflict::claims(p, Some(&families), &gateways))))
+        conflict::first_collision(pubs.iter().map(|p| (p, conflict::claims(p, Some(&families), &gateways, &reach))))
     {
         return Err(Usage(format!("{} conflicts with {}: both claim the same host port", p.spec, other.spec)).into());
     }
-    let anchor = render_uniform(&pubs, &targets, &gateways);
+    let anchor = render_uniform(&pubs, &targets, &host, a.vnet);
     for s in anchor.skipped() {
         eprintln!("kleenectl: note: {s}");
+    }
+    for n in anchor.notes() {
+        eprintln!("kleenectl: note: {n}");
     }
     let mut out = std::io::stdout().lock();
     out.write_all(anchor.text().as_bytes()).context("writing to stdout")?;
@@ -433,6 +488,7 @@ mod tests {
             reason: (standing != Standing::Active).then(|| "why".into()),
             interfaces: interfaces.iter().map(|i| i.parse().unwrap()).collect(),
             targets: Targets::from_addrs(targets.iter().map(|a| a.parse().unwrap())),
+            reached: vec![],
         }
         .into()
     }

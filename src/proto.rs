@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::api;
 use crate::core::container::{CniName, Container};
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName, PortRange, Protocol};
+use crate::core::reach::{self, ReachOff};
 use crate::core::spec::{Place, PortSpec};
 
 /// The protocol version this build speaks. Version 1 was the unversioned protocol of earlier
@@ -32,15 +33,24 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Publish `specs` of `jail` (at least one spec).
-    Publish { jail: JailName, specs: Vec<PortSpec>, sources: Vec<Cidr>, log: bool, network: Option<NetworkName> },
+    /// Publish `specs` of `jail` (at least one spec); `reach_off`: the reaches turned off for
+    /// them (sent only when one is).
+    Publish {
+        jail: JailName,
+        specs: Vec<PortSpec>,
+        sources: Vec<Cidr>,
+        log: bool,
+        network: Option<NetworkName>,
+        #[serde(skip_serializing_if = "ReachOff::is_none")]
+        reach_off: ReachOff,
+    },
     /// Remove `specs` of `jail`, or every publication of it when `all`: exactly one of the two
     /// (specs given, or `all`), as [`decode_request`] checks.
     Unpublish { jail: JailName, specs: Vec<PortSpec>, all: bool },
     /// Publish `specs` of the container `container`, attached to the CNI network `cni_network`,
     /// whose network is in `jail`, targeting `addresses` (the `kleene-portmap` plugin's ADD). On
     /// the wire, a `publish` with `container`. `anchor`, when given, must be the agent's parent
-    /// anchor.
+    /// anchor; `reach_off` as for a jail's publish (the plugin's `hairpin` and `host` options).
     #[serde(rename = "publish")]
     PublishContainer {
         jail: JailName,
@@ -49,6 +59,8 @@ pub enum Request {
         cni_network: CniName,
         addresses: Vec<IpAddr>,
         anchor: Option<String>,
+        #[serde(skip_serializing_if = "ReachOff::is_none")]
+        reach_off: ReachOff,
     },
     /// Remove every publication of the container `container` on the CNI network `cni_network`,
     /// in whichever jail; succeeds when there is none (the plugin's DEL). On the wire, an
@@ -176,6 +188,7 @@ mod wire {
 
     use crate::core::container::CniName;
     use crate::core::model::{Cidr, JailName, NetworkName};
+    use crate::core::reach::ReachOff;
     use crate::core::spec::PortSpec;
 
     /// A JSON object whose keys are all different (a repeated key is refused, not silently
@@ -237,6 +250,8 @@ mod wire {
             addresses: Vec<String>,
             #[serde(default)]
             anchor: Option<String>,
+            #[serde(default)]
+            reach_off: ReachOff,
         },
         Unpublish {
             #[serde(default)]
@@ -301,6 +316,7 @@ mod wire {
                     sources,
                     log,
                     network,
+                    reach_off,
                 } => {
                     let jail = jail(&j)?;
                     if s.is_empty() {
@@ -318,7 +334,15 @@ mod wire {
                         .iter()
                         .map(|a| a.parse::<IpAddr>().map_err(|e| format!("invalid address {a:?}: {e}")))
                         .collect::<Result<_, _>>()?;
-                    super::Request::PublishContainer { jail, specs, container, cni_network, addresses, anchor }
+                    super::Request::PublishContainer {
+                        jail,
+                        specs,
+                        container,
+                        cni_network,
+                        addresses,
+                        anchor,
+                        reach_off,
+                    }
                 }
                 Request::Publish {
                     jail: j,
@@ -330,6 +354,7 @@ mod wire {
                     cni_network,
                     addresses,
                     anchor,
+                    reach_off,
                 } => {
                     if cni_network.is_some() || !addresses.is_empty() || anchor.is_some() {
                         return Err("cni_network, addresses and anchor go with container".into());
@@ -346,7 +371,7 @@ mod wire {
                         .map_err(|e| e.to_string())?;
                     let network =
                         network.as_deref().map(str::parse::<NetworkName>).transpose().map_err(|e| e.to_string())?;
-                    super::Request::Publish { jail, specs, sources, log, network }
+                    super::Request::Publish { jail, specs, sources, log, network, reach_off }
                 }
                 Request::Unpublish { container: Some(c), cni_network, jail: j, specs: s, all } => {
                     if j.is_some() || !s.is_empty() || all {
@@ -545,6 +570,14 @@ pub struct PublicationView {
     /// The owner and addresses of a container publication; absent for a jail's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// Where it can be reached from now: `outside`, `jails` (through the published port),
+    /// `networks` (the configured networks, at the jail's own address), `host`. Empty unless
+    /// active.
+    #[serde(default)]
+    pub reachable_from: Vec<reach::From>,
+    /// The reaches the publication turned off for itself.
+    #[serde(default)]
+    pub reach_off: ReachOff,
 }
 
 impl From<api::PublicationState> for PublicationView {
@@ -556,7 +589,7 @@ impl From<api::PublicationState> for PublicationView {
             jail_ports: p.spec.jail,
             address: match p.spec.place {
                 Place::Address(a) => Some(a),
-                Place::Gateway | Place::Interface(_) => None,
+                Place::Gateway | Place::Interface(_) | Place::Localhost => None,
             },
             jail: p.jail,
             spec: p.spec,
@@ -569,6 +602,8 @@ impl From<api::PublicationState> for PublicationView {
             log: p.log,
             network: p.network,
             container: p.container,
+            reachable_from: s.reached,
+            reach_off: p.reach_off,
         }
     }
 }
@@ -630,6 +665,7 @@ mod tests {
             sources: vec!["192.0.2.0/24".parse().unwrap()],
             log: true,
             network: None,
+            reach_off: ReachOff::default(),
         };
         let line = encode_request(&req);
         assert_eq!(
@@ -654,6 +690,7 @@ mod tests {
                 sources: vec![],
                 log: false,
                 network: Some("kleenet".parse().unwrap()),
+                reach_off: ReachOff { hairpin: true, host: true, networks: false },
             },
             Request::Unpublish { jail: web.clone(), specs: vec!["8000-8010:9000/udp".parse().unwrap()], all: false },
             Request::Unpublish { jail: web.clone(), specs: vec![], all: true },
@@ -762,6 +799,7 @@ mod tests {
         ));
         for (text, want) in [
             (v(r#""op":"publish","jail":"web","specs":["8080"],"x":1"#), "unknown field `x`"),
+            (v(r#""op":"publish","jail":"web","specs":["8080"],"reach_off":{"all":true}"#), "unknown field `all`"),
             (v(r#""op":"nuke""#), "unknown variant `nuke`"),
             (v(r#""op":"check","x":1"#), "unknown field `x`"),
             (v(r#""jail":"web""#), "missing field `op`"),
@@ -888,17 +926,19 @@ mod tests {
             reason: (standing != api::Standing::Active).then(|| "jail web is not running".into()),
             interfaces: vec!["em0".parse().unwrap()],
             targets: Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]),
+            reached: vec![],
         }
         .into()
     }
 
     #[test]
     fn a_publication_view_keeps_the_json_of_version_1() {
-        // The exact text version 1's untyped view produced for this publication.
+        // The exact text version 1's untyped view produced for this publication, then the
+        // fields added since (where it is reachable from, the reaches it turned off).
         let v = view("8000-8010:9000/udp", api::Standing::Pending);
         assert_eq!(
             serde_json::to_string(&v).unwrap(),
-            r#"{"jail":"web","spec":"8000-8010:9000-9010/udp","protocol":"udp","host_ports":"8000-8010","jail_ports":"9000-9010","interfaces":["em0"],"address":null,"ipv4":"10.13.37.2","ipv6":"fd00::2","state":"pending","reason":"jail web is not running","sources":["192.0.2.7","198.51.100.0/24"],"log":true,"network":"kleenet"}"#
+            r#"{"jail":"web","spec":"8000-8010:9000-9010/udp","protocol":"udp","host_ports":"8000-8010","jail_ports":"9000-9010","interfaces":["em0"],"address":null,"ipv4":"10.13.37.2","ipv6":"fd00::2","state":"pending","reason":"jail web is not running","sources":["192.0.2.7","198.51.100.0/24"],"log":true,"network":"kleenet","reachable_from":[],"reach_off":{}}"#
         );
         let back: PublicationView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);

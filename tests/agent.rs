@@ -6,8 +6,12 @@ mod common;
 use common::Host;
 use serde_json::json;
 
-const UDP_RDR: &str = "rdr on em1 inet proto udp from any to (em1) port = 8080 -> 10.13.37.2 port 80";
-const UDP_PASS: &str = "pass in quick on em1 inet proto udp from any to 10.13.37.2 port = 80 keep state label \"kleene:web:em1:8080:80/udp\" label \"kleene/web\"";
+/// What the fake pfctl prints back for `publish -j web em1:8080:80/udp` (pfctl's form: ports
+/// `= N`, tags bare, `keep state` added, `tagged` last): the outside world on em1, the host and
+/// non-VNET jails through lo0 (no 127.0.0.1: that belongs to gateway publications).
+const UDP_RULES: &str = "rdr on em1 inet proto udp from any to (em1) port = 8080 tag kleene:web:em1:8080:80/udp -> 10.13.37.2 port 80\n\
+rdr on lo0 inet proto udp from any to (em1) port = 8080 tag kleene:web:em1:8080:80/udp -> 10.13.37.2 port 80\n\
+pass in quick inet proto udp from any to 10.13.37.2 port = 80 keep state label \"kleene:web:em1:8080:80/udp\" label \"kleene/web\" tagged kleene:web:em1:8080:80/udp\n";
 
 fn web(h: &Host) {
     h.set_jails(json!([Host::jail("web", 3, &["10.13.37.2"])]));
@@ -22,7 +26,7 @@ fn publish_loads_the_anchor_and_ls_shows_it_active() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.trim(), "published web em1:8080:80/udp on em1 -> 10.13.37.2");
     let anchor = h.anchor("web").expect("anchor kleene/web");
-    assert_eq!(anchor, format!("{UDP_RDR}\n{UDP_PASS}\n"));
+    assert_eq!(anchor, UDP_RULES);
     let ls = h.ls();
     assert_eq!(ls.len(), 1);
     let v = &ls[0];
@@ -37,6 +41,8 @@ fn publish_loads_the_anchor_and_ls_shows_it_active() {
     assert_eq!(v["ipv6"], json!(null));
     assert_eq!(v["state"], "active");
     assert_eq!(v["reason"], json!(null));
+    assert_eq!(v["reachable_from"], json!(["outside", "jails", "host"]), "no networks are configured");
+    assert_eq!(v["reach_off"], json!({}));
     let table = h.ctl(&["ls"]);
     assert!(table.stdout.starts_with("JAIL"), "{table:?}");
     assert!(
@@ -48,7 +54,7 @@ fn publish_loads_the_anchor_and_ls_shows_it_active() {
     assert!(
         rules
             .stdout
-            .starts_with("# kleene/web\nrdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80\n"),
+            .starts_with("# kleene/web\nrdr on em1 inet proto udp from any to (em1) port 8080 tag \"kleene:web:em1:8080:80/udp\" -> 10.13.37.2 port 80\n"),
         "{rules:?}"
     );
 }
@@ -366,8 +372,13 @@ fn networks_choose_the_target() {
     assert_eq!(h.ctl(&["publish", "-j", "web", "8080:80"]).code, 0);
     assert_eq!(h.ctl(&["publish", "-j", "web", "--network", "backend", "em1:9090:90"]).code, 0);
     let anchor = h.anchor("web").unwrap();
-    assert!(anchor.contains("port = 8080 -> 10.13.37.2 port 80"), "{anchor}");
-    assert!(anchor.contains("port = 9090 -> 10.99.0.2 port 90"), "{anchor}");
+    assert!(anchor.contains("port = 8080 tag kleene:web:8080:80/tcp -> 10.13.37.2 port 80"), "{anchor}");
+    assert!(anchor.contains("port = 9090 tag kleene:web:em1:9090:90/tcp -> 10.99.0.2 port 90"), "{anchor}");
+    assert!(
+        anchor
+            .contains("pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.2 port = 80 flags S/SA keep state"),
+        "the configured networks reach the jail directly: {anchor}"
+    );
     let out = h.ctl(&["publish", "-j", "web", "--network", "nope", "7070"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("network nope is not configured (configured: kleenet, backend)"), "{out:?}");

@@ -109,10 +109,10 @@ fn add_check_del_publish_a_containers_tcp_and_udp_ports_on_both_families() {
 
         let anchor = h.anchor("cni-1").expect("the container's jail has its anchor");
         for rule in [
-            "rdr on em0 inet proto tcp from any to (em0) port = 8080 -> 10.88.0.5 port 80",
-            "rdr on em0 inet6 proto tcp from any to (em0) port = 8080 -> fd00::5 port 80",
-            "rdr on em0 inet proto udp from any to (em0) port = 5353 -> 10.88.0.5 port 53",
-            "rdr on em0 inet6 proto udp from any to (em0) port = 5353 -> fd00::5 port 53",
+            "rdr on em0 inet proto tcp from any to (em0) port = 8080 tag kleene:cni-1:8080:80/tcp -> 10.88.0.5 port 80",
+            "rdr on em0 inet6 proto tcp from any to (em0) port = 8080 tag kleene:cni-1:8080:80/tcp -> fd00::5 port 80",
+            "rdr on em0 inet proto udp from any to (em0) port = 5353 tag kleene:cni-1:5353:53/udp -> 10.88.0.5 port 53",
+            "rdr on em0 inet6 proto udp from any to (em0) port = 5353 tag kleene:cni-1:5353:53/udp -> fd00::5 port 53",
         ] {
             assert!(anchor.contains(rule), "{version}: {rule}\n{anchor}");
         }
@@ -144,6 +144,34 @@ fn add_check_del_publish_a_containers_tcp_and_udp_ports_on_both_families() {
 }
 
 #[test]
+fn the_reach_options_turn_reaches_off_for_the_containers_publications() {
+    let h = host();
+    let _a = h.start_agent();
+    let mut c = conf("1.0.0", json!([{"hostPort": 8080, "containerPort": 80}]));
+    c["hairpin"] = json!(false);
+    c["localhost"] = json!(false);
+    c["networks"] = json!(true);
+    let add = plugin("ADD", ID, "cni-1", &h.socket(), &c.to_string());
+    assert_eq!(add.code, 0, "{add:?}");
+    let ls = h.ls();
+    assert_eq!(ls[0]["reach_off"], json!({"hairpin": true, "host": true}), "{ls:?}");
+    let anchor = h.anchor("cni-1").unwrap();
+    assert!(anchor.contains("rdr on em0 inet proto tcp from any to (em0) port = 8080"), "{anchor}");
+    assert!(!anchor.contains("lo0"), "no host access, so no rule on lo0: {anchor}");
+    assert_eq!(plugin("CHECK", ID, "cni-1", &h.socket(), &c.to_string()).code, 0);
+    assert_eq!(plugin("DEL", ID, "cni-1", &h.socket(), &c.to_string()).code, 0);
+    let add = plugin(
+        "ADD",
+        ID,
+        "cni-1",
+        &h.socket(),
+        &conf("1.0.0", json!([{"hostPort": 8080, "containerPort": 80}])).to_string(),
+    );
+    assert_eq!(add.code, 0, "{add:?}");
+    assert!(h.anchor("cni-1").unwrap().contains("rdr on lo0"), "every reach by default");
+}
+
+#[test]
 fn host_ip_becomes_an_address_publication_of_its_family() {
     let h = host();
     let _a = h.start_agent();
@@ -159,8 +187,11 @@ fn host_ip_becomes_an_address_publication_of_its_family() {
     specs.sort();
     assert_eq!(specs, ["192.0.2.10:8080:80/tcp", "9000:9000/sctp", "[2001:db8::10]:8443:443/tcp"]);
     let anchor = h.anchor("cni-1").unwrap();
-    assert!(anchor.contains("rdr inet proto tcp from any to 192.0.2.10 port = 8080 -> 10.88.0.5 port 80"), "{anchor}");
-    assert!(anchor.contains("to 2001:db8::10 port = 8443 -> fd00::5 port 443"), "{anchor}");
+    assert!(anchor.contains("rdr inet proto tcp from any to 192.0.2.10 port = 8080 tag kleene:cni-1:192.0.2.10:8080:80/tcp -> 10.88.0.5 port 80"), "{anchor}");
+    assert!(
+        anchor.contains("to 2001:db8::10 port = 8443 tag kleene:cni-1:[2001:db8::10]:8443:443/tcp -> fd00::5 port 443"),
+        "{anchor}"
+    );
     assert_eq!(plugin("CHECK", ID, "cni-1", &h.socket(), &conf).code, 0);
 }
 
@@ -219,9 +250,9 @@ fn del_is_idempotent() {
     assert!(h.ls().is_empty());
     // The DEL a runtime sends after a failed ADD succeeds, whatever the ADD refused.
     let mut refused = self::conf("1.0.0", json!([{"hostPort": 0, "containerPort": 80}]));
-    refused["hairpin"] = json!(true);
+    refused["hairpin"] = json!("no");
     let add = plugin("ADD", ID, "cni-1", &h.socket(), &refused.to_string());
-    assert_eq!(error(&add)["code"], 2);
+    assert_eq!(error(&add)["code"], 7);
     let del = plugin("DEL", ID, "cni-1", &h.socket(), &refused.to_string());
     assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{del:?}");
     // Another network's DEL does not touch this network's publications.
@@ -265,7 +296,8 @@ fn malformed_configurations_and_environments_are_cni_errors() {
         (with("name", Value::Null), 7, "name is missing or not a string"),
         (with("prevResult", Value::Null), 7, "no prevResult: kleene-portmap is a chained plugin"),
         (with("socket", json!("relative.sock")), 7, "socket must be an absolute path"),
-        (with("hairpin", json!(true)), 2, "hairpin: true: this release of kleene-portmap does not support hairpin"),
+        (with("hairpin", json!("no")), 7, "hairpin must be true or false; it is \"no\""),
+        (with("localhost", json!(0)), 7, "localhost must be true or false; it is 0"),
         (
             mapping(json!({"hostPort": 0, "containerPort": 80})),
             7,

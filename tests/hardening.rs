@@ -378,6 +378,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_publication() {
                             sources: vec![],
                             log: false,
                             network: None,
+                            reach_off: Default::default(),
                         }
                     } else {
                         Request::Unpublish {

@@ -31,6 +31,7 @@ fn publish(jail: &str, spec: &str) -> Request {
         sources: vec![],
         log: false,
         network: None,
+        reach_off: Default::default(),
     }
 }
 

@@ -55,10 +55,38 @@ fn issue_done_criterion() {
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    assert_eq!(lines[0], "rdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80");
-    let pass = lines[1].split(" label ").next().unwrap();
-    assert_eq!(pass, "pass in quick on em1 inet proto udp from any to 10.13.37.2 port 80");
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let tag = "\"kleene:web:em1:8080:80/udp\"";
+    assert_eq!(
+        lines[0],
+        format!("rdr on em1 inet proto udp from any to (em1) port 8080 tag {tag} -> 10.13.37.2 port 80")
+    );
+    assert_eq!(
+        lines[1],
+        format!("rdr on lo0 inet proto udp from any to (em1) port 8080 tag {tag} -> 10.13.37.2 port 80")
+    );
+    let pass = lines[2].split(" label ").next().unwrap();
+    assert_eq!(pass, format!("pass in quick inet proto udp from any to 10.13.37.2 port 80 tagged {tag}"));
+}
+
+#[test]
+fn the_reach_issue_example() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kleenectl"))
+        .args(["render", "-j", "web", "--ip", "10.13.37.2", "--gateway", "em0", "8080:80"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rules: Vec<&str> = stdout.lines().map(|l| l.split(" tag").next().unwrap()).collect();
+    assert_eq!(
+        rules,
+        [
+            "rdr on em0 inet proto tcp from any to (em0) port 8080",
+            "rdr on lo0 inet proto tcp from any to (em0) port 8080",
+            "rdr on lo0 inet proto tcp from any to 127.0.0.1 port 8080",
+            "pass in quick inet proto tcp from any to 10.13.37.2 port 80",
+        ],
+        "outside, the host and its non-VNET jails through lo0; only what the rdr tagged passes"
+    );
 }
 
 #[test]
@@ -70,6 +98,8 @@ fn bad_input_prints_nothing_on_stdout_and_exits_2() {
         &["render", "-j", "web", "8080"],
         &["render", "-j", "we b", "--ip", "10.13.37.2", "8080"],
         &["render", "-j", "web", "--ip", "10.13.37.2", "--gateway", "em0\nrdr", "8080"],
+        &["render", "-j", "web", "--ip", "10.13.37.2", "--link", "bridge0=x", "8080"],
+        &["render", "-j", "web", "--ip", "10.13.37.2", "--network", "10.13.37.1/24", "8080"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kleenectl")).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -12,7 +12,13 @@
 # CNI step, a VNET jail `ctr` behind a second epair, the host forwarding
 # between them, and kleene-portmap installed); then it checks
 # the product step by step, printing PASS/FAIL, and exits non-zero when any
-# check failed. Everything it creates is removed at the end.
+# check failed. Section 9 proves who can reach a published port, for the
+# non-VNET jail web and for a VNET jail vweb on a bridge (with a VNET sibling
+# vsib on the same bridge): from outside (the server sees the client's
+# address), hairpin from sibling jails, direct access from another configured
+# network, the host via 127.0.0.1 and via its own address, a local-only
+# publication, udp, a packet routed straight to the jail's port (no longer
+# admitted), and teardown. Everything it creates is removed at the end.
 #
 # pf must evaluate the kleene anchors. The test VM's ruleset (provision.sh with
 # KLEENE_RDR_WRITE_PF_CONF=1) blocks inbound traffic by default and passes
@@ -28,11 +34,19 @@ HOST4=10.77.0.1
 HOST6=fd00:77::1
 CLIENT4=10.77.0.2
 CLIENT6=fd00:77::2
+VWEB4=10.13.37.5
+VSIB4=10.13.37.6
+BRIDGE4=10.13.37.1
 PASSED=0
 FAILED=0
 EP=
 EPB=
+BR=
+EPV=
+EPS=
 OLD_JAIL_ENABLE=
+CONFIG=
+GWADDR=
 
 say() { printf '%s\n' "$*"; }
 pass() { PASSED=$((PASSED + 1)); say "PASS: $*"; }
@@ -104,6 +118,34 @@ hook_with_agent_down() { # what a jail.conf hook does while the agent is stopped
 client_says() { # TEXT: kleenectl ls --json for jail client holds TEXT (a state or a reason)
 	kleenectl ls -j client --json | tr -d '\n' | grep -q "$1"
 }
+# Reach probes. from_jail JAIL HOST PORT EXPECTED: tcp from inside JAIL gets
+# EXPECTED back; from_host HOST PORT EXPECTED: the same from the host itself.
+from_jail() {
+	jexec "$1" nc -N -w 2 "$2" "$3" </dev/null | grep -q "$4"
+}
+from_host() {
+	nc -N -w 2 "$1" "$2" </dev/null | grep -q "$3"
+}
+closed_from_jail() { # JAIL HOST PORT
+	! jexec "$1" nc -z -w 2 "$2" "$3"
+}
+udp_from() { # JAIL HOST PORT LOG: a fresh token sent from JAIL lands in LOG
+	token="udp-$$-$(date +%s)-$(jot -r 1 1 1000000)"
+	echo "$token" | jexec "$1" nc -u -w 1 "$2" "$3" >/dev/null 2>&1
+	sleep 0.5
+	grep -q "$token" "$4"
+}
+peer_seen() { # JAIL HOST PORT LOG ADDR: after a connection, the listener logged ADDR as its peer
+	jexec "$1" nc -N -w 2 "$2" "$3" </dev/null >/dev/null 2>&1
+	sleep 0.5
+	grep -q "$5" "$4"
+}
+sysctls_on() { # forwarding and net.pf.filter_local (provision.sh sets both)
+	[ "$(sysctl -n net.inet.ip.forwarding)" = 1 ] && [ "$(sysctl -n net.pf.filter_local)" = 1 ]
+}
+reach_of() { # JAIL SPEC WORDS: ls --json says SPEC of JAIL is reachable from WORDS
+	kleenectl ls -j "$1" --json | tr -d ' \n' | grep -q "\"spec\":\"$2\",[^}]*\"reachable_from\":\[$3\]"
+}
 anchor_listed() {
 	pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/web$'
 }
@@ -128,7 +170,7 @@ jails_stop() { # NAME...: gone, or dying (jls -j fails for both)
 	done
 }
 
-# --- CNI (kleene-portmap run as a container runtime runs it): step 9 ---
+# --- CNI (kleene-portmap run as a container runtime runs it): step 10 ---
 PORTMAP=${KLEENE_PORTMAP:-/usr/local/libexec/cni/kleene-portmap}
 CTR4=10.88.0.5
 CTRGW4=10.88.0.1
@@ -167,7 +209,7 @@ ctr_anchor_gone() {
 	! pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/ctr$'
 }
 cni_step() {
-	say "== 9. CNI: kleene-portmap publishes a VNET jail's port (ADD), then removes it (DEL)"
+	say "== 10. CNI: kleene-portmap publishes a VNET jail's port (ADD), then removes it (DEL)"
 	check "kleene-portmap is installed at $PORTMAP" test -x "$PORTMAP"
 	check "a VNET jail ctr on $CTR4 serves tcp port 80" cni_setup
 	check_not "before ADD, $HOST4:8088 is closed" tcp_reply "$HOST4" 8088 ctr-tcp
@@ -199,12 +241,19 @@ cleanup() {
 	kleenectl unpublish -j web --all >/dev/null 2>&1
 	kleenectl unpublish -j web2 --all >/dev/null 2>&1
 	kleenectl unpublish -j client --all >/dev/null 2>&1
-	for j in client web2 web; do
+	kleenectl unpublish -j vweb --all >/dev/null 2>&1
+	for j in vsib vweb client web2 web; do
 		jail -r "$j" >/dev/null 2>&1
 		rm -f "/etc/jail.conf.d/$j.conf"
 	done
-	if [ -n "$EP" ]; then
-		ifconfig "$EP" destroy >/dev/null 2>&1
+	for i in "$EP" "$EPV" "$EPS" "$BR"; do
+		if [ -n "$i" ]; then
+			ifconfig "$i" destroy >/dev/null 2>&1
+		fi
+	done
+	if [ -n "$CONFIG" ] && [ -f "$WORK/config.before" ]; then
+		cp "$WORK/config.before" "$CONFIG"
+		service kleene_rdr reload >/dev/null 2>&1
 	fi
 	ifconfig lo1 inet "$WEB4" -alias >/dev/null 2>&1
 	ifconfig lo1 inet "$WEB2_4" -alias >/dev/null 2>&1
@@ -230,6 +279,9 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 mkdir -p "$WORK" /etc/jail.conf.d
 : >"$WORK/udp.log"
+: >"$WORK/vudp.log"
+: >"$WORK/peer.log"
+: >"$WORK/vpeer.log"
 
 say "== set-up"
 check "kleenectl check: agent, pf and the pf.conf anchors are ready" kleenectl check
@@ -244,7 +296,21 @@ serve_tcp $WEB4 80 web-tcp &
 serve_tcp $WEB6 80 web-tcp6 &
 serve_tcp $WEB4 81 web-81 &
 serve_tcp $WEB4 82 web-82 &
+serve_tcp $WEB4 84 web-84 &
 serve_udp $WEB4 80 &
+# Port 83 logs who connected (nc -v), to see the client's address.
+while :; do echo web-83 | nc -v -N -l $WEB4 83 >/dev/null 2>>"$WORK/peer.log" || sleep 0.2; done &
+wait
+EOF
+# The VNET jail vweb's listeners (its address is set after it starts: they
+# bind to every address).
+cat >"$WORK/vlisteners.sh" <<EOF
+#!/bin/sh
+serve_tcp() { while :; do echo "\$2" | nc -N -l "\$1" >/dev/null 2>&1 || sleep 0.2; done; }
+serve_tcp 80 vweb-tcp &
+serve_tcp 84 vweb-84 &
+while :; do timeout 3 nc -u -l 80 >>"$WORK/vudp.log" 2>/dev/null; done &
+while :; do echo vweb-83 | nc -v -N -l 83 >/dev/null 2>>"$WORK/vpeer.log" || sleep 0.2; done &
 wait
 EOF
 
@@ -264,6 +330,23 @@ web2 {
 	path = "/";
 	host.hostname = "web2";
 	ip4.addr = "lo1|$WEB2_4/32";
+	persist;
+}
+EOF
+cat >/etc/jail.conf.d/vweb.conf <<EOF
+vweb {
+	path = "/";
+	host.hostname = "vweb";
+	vnet;
+	exec.start = "/usr/sbin/daemon -f /bin/sh $WORK/vlisteners.sh";
+	persist;
+}
+EOF
+cat >/etc/jail.conf.d/vsib.conf <<EOF
+vsib {
+	path = "/";
+	host.hostname = "vsib";
+	vnet;
 	persist;
 }
 EOF
@@ -361,6 +444,89 @@ check "ls: the address is refused as claimed by jail web2" eventually 10 client_
 check_not "still no anchor for client" sh -c 'pfctl -a kleene -s Anchors 2>/dev/null | grep -q "kleene/client$"'
 check "kleenectl unpublish -j client --all" kleenectl unpublish -j client --all
 
+say "== 9. who can reach a published port"
+# kleenet (10.13.37.0/24, the sample configuration's) is the jails' network;
+# the client's 10.77.0.0/24 becomes a second configured network, e2e.
+CONFIG=$(sysrc -n kleene_rdr_config 2>/dev/null || true)
+CONFIG=${CONFIG:-/usr/local/etc/kleene-rdr.yml}
+cp "$CONFIG" "$WORK/config.before"
+awk '{ print } $1 == "networks:" { print "  - name: e2e"; print "    subnet: 10.77.0.0/24" }' \
+	"$WORK/config.before" >"$CONFIG"
+check "the configuration names the networks e2e and kleenet (service kleene_rdr reload)" \
+	sh -c "grep -q 'name: e2e' '$CONFIG' && service kleene_rdr reload"
+# The VNET jails vweb and vsib on a bridge, the host at $BRIDGE4 on it.
+BR=$(ifconfig bridge create)
+ifconfig "$BR" inet "$BRIDGE4/24" up
+EPV=$(ifconfig epair create)
+EPS=$(ifconfig epair create)
+ifconfig "$BR" addm "$EPV" addm "$EPS"
+ifconfig "$EPV" up
+ifconfig "$EPS" up
+check "service jail start vweb vsib (jls: both run)" jails_start vweb vsib
+ifconfig "${EPV%a}b" vnet vweb
+ifconfig "${EPS%a}b" vnet vsib
+jexec vweb ifconfig "${EPV%a}b" inet "$VWEB4/24" up
+jexec vsib ifconfig "${EPS%a}b" inet "$VSIB4/24" up
+jexec vweb route -q add -inet default "$BRIDGE4"
+jexec vsib route -q add -inet default "$BRIDGE4"
+GWIF=$(route -n get default 2>/dev/null | awk '/interface:/ { print $2 }')
+GWADDR=$(ifconfig "$GWIF" inet 2>/dev/null | awk '$1 == "inet" { print $2; exit }')
+say "bridge $BR ($BRIDGE4): vweb $VWEB4, vsib $VSIB4; the gateway $GWIF is $GWADDR"
+check "sysctl: net.inet.ip.forwarding and net.pf.filter_local are 1" sysctls_on
+check "kleenectl reconcile (reads the host's interfaces: the bridge)" kleenectl reconcile
+check "kleenectl check: the host offers every reach" kleenectl check
+
+# reach_suite NAME ADDR UDPLOG PEERLOG BASE: publishes jail NAME (at ADDR) on
+# $EP (where the client, outside, comes in), on the gateway (the host's way
+# in), on 127.0.0.1 (local only), and tries every way in. Host ports BASE to
+# BASE+4.
+reach_suite() {
+	name=$1 addr=$2 log=$3 peers=$4 base=$5
+	ext=$base gw=$((base + 1)) lo=$((base + 2)) peer=$((base + 3)) raw=$((base + 4))
+	check "kleenectl publish -j $name $EP:$ext:80 $EP:$ext:80/udp $gw:80 $EP:$peer:83 127.0.0.1:$lo:80" \
+		kleenectl publish -j "$name" "$EP:$ext:80" "$EP:$ext:80/udp" "$gw:80" "$EP:$peer:83" "127.0.0.1:$lo:80"
+	check "kleenectl publish -j $name --no-networks $EP:$raw:84" kleenectl publish -j "$name" --no-networks "$EP:$raw:84"
+	check "outside: the client's tcp to $HOST4:$ext reaches $name:80" \
+		eventually 5 from_jail client "$HOST4" "$ext" "$name-tcp"
+	check "outside: $name:83 logs the client's own address $CLIENT4 as its peer (tcp to $HOST4:$peer)" \
+		eventually 5 peer_seen client "$HOST4" "$peer" "$peers" "$CLIENT4"
+	check "outside: the client's udp to $HOST4:$ext reaches $name:80" \
+		eventually 10 udp_from client "$HOST4" "$ext" "$log"
+	check "hairpin: non-VNET jail web2 reaches $name through $HOST4:$ext" \
+		eventually 5 from_jail web2 "$HOST4" "$ext" "$name-tcp"
+	check "hairpin: VNET jail vsib (on $BR) reaches $name through $HOST4:$ext" \
+		eventually 5 from_jail vsib "$HOST4" "$ext" "$name-tcp"
+	check "hairpin: vsib's udp to $HOST4:$ext reaches $name:80" \
+		eventually 10 udp_from vsib "$HOST4" "$ext" "$log"
+	check "direct: the client (network e2e) reaches $addr:80 under the default-deny ruleset" \
+		eventually 5 from_jail client "$addr" 80 "$name-tcp"
+	check "direct: the client's udp to $addr:80 reaches $name" \
+		eventually 10 udp_from client "$addr" 80 "$log"
+	check "host: 127.0.0.1:$gw reaches $name:80" eventually 5 from_host 127.0.0.1 "$gw" "$name-tcp"
+	check "host: its own address $GWADDR:$gw reaches $name:80" eventually 5 from_host "$GWADDR" "$gw" "$name-tcp"
+	check "host: 127.0.0.1:$lo (local only) reaches $name:80" eventually 5 from_host 127.0.0.1 "$lo" "$name-tcp"
+	check "local only: the client's $HOST4:$lo is closed" closed_from_jail client "$HOST4" "$lo"
+	check "local only: the client's $GWADDR:$lo is closed" closed_from_jail client "$GWADDR" "$lo"
+	check "published: the client's $HOST4:$raw reaches $name:84" \
+		eventually 5 from_jail client "$HOST4" "$raw" "$name-84"
+	check "not admitted: the client's packet routed straight to $addr:84 (published with --no-networks)" \
+		closed_from_jail client "$addr" 84
+	check "ls --json: $EP:$ext:80/tcp is reachable from outside, jails, networks, host" \
+		reach_of "$name" "$EP:$ext:80/tcp" '"outside","jails","networks","host"'
+	check "ls --json: 127.0.0.1:$lo:80/tcp is reachable from the host only" \
+		reach_of "$name" "127.0.0.1:$lo:80/tcp" '"host"'
+	check "kleenectl unpublish -j $name --all" kleenectl unpublish -j "$name" --all
+	check "teardown: kleene/$name is gone" \
+		eventually 5 sh -c "! pfctl -a kleene -s Anchors 2>/dev/null | grep -q 'kleene/$name\$'"
+	check "teardown: 127.0.0.1:$gw is closed" eventually 5 sh -c "! nc -z -w 2 127.0.0.1 $gw"
+	check "teardown: the client's $HOST4:$ext is closed" eventually 5 closed_from_jail client "$HOST4" "$ext"
+	check "teardown: the client's direct $addr:80 is closed again" eventually 5 closed_from_jail client "$addr" 80
+}
+
+say "-- 9a. non-VNET jail web ($WEB4 on lo1)"
+reach_suite web "$WEB4" "$WORK/udp.log" "$WORK/peer.log" 8100
+say "-- 9b. VNET jail vweb ($VWEB4 on the bridge)"
+reach_suite vweb "$VWEB4" "$WORK/vudp.log" "$WORK/vpeer.log" 8200
 cni_step
 
 say ""

@@ -50,6 +50,7 @@ if [ -r "$config" ]; then
 	anchor=$(awk '$1 == "anchor:" { print $2; exit }' "$config" | tr -d "\"'")
 fi
 anchor=${anchor:-kleene}
+nat_line="nat-anchor \"$anchor/*\""
 rdr_line="rdr-anchor \"$anchor/*\""
 filter_line="anchor \"$anchor/*\""
 anchor_re=$(printf '%s' "$anchor" | sed 's/[][\.*^$+?(){}|]/\\&/g')
@@ -78,6 +79,7 @@ if [ "$write_pf_conf" = 1 ]; then
 # Written by kleene-rdr's vagrant/provision.sh for a throwaway test VM
 # (KLEENE_RDR_WRITE_PF_CONF=1). The previous file, if any, is
 # /etc/pf.conf.before-kleene-rdr.
+$nat_line
 $rdr_line
 block in all
 pass on lo0 all no state
@@ -90,12 +92,17 @@ PF
 	kldload -n pf
 	pfctl -n -f /etc/pf.conf
 	sysrc pf_enable=YES >/dev/null
-	if service pf status >/dev/null 2>&1; then
-		service pf reload
-	else
-		service pf start
+	# VNET jails are reached through the host: it forwards, and pf filters
+	# what the host sends to its own addresses (read when pf is enabled, so
+	# pf is restarted, not reloaded).
+	sysrc gateway_enable=YES ipv6_gateway_enable=YES >/dev/null
+	sysctl net.inet.ip.forwarding=1 net.inet6.ip6.forwarding=1 >/dev/null
+	if ! grep -q '^net.pf.filter_local=1' /etc/sysctl.conf 2>/dev/null; then
+		echo 'net.pf.filter_local=1' >>/etc/sysctl.conf
 	fi
-elif ! pf_conf_has rdr-anchor || ! pf_conf_has anchor; then
+	sysctl net.pf.filter_local=1 >/dev/null || echo "provision.sh: this kernel has no net.pf.filter_local" >&2
+	service pf restart
+elif ! pf_conf_has nat-anchor || ! pf_conf_has rdr-anchor || ! pf_conf_has anchor; then
 	pf_conf_missing=yes
 fi
 
@@ -127,9 +134,10 @@ if [ -n "$pf_conf_missing" ]; then
 
 provision.sh: /etc/pf.conf was left unchanged, and it lacks the kleene anchors.
 Until you add them, pf does not evaluate the rules the agent loads: published
-ports do not work. Add this line to the translation section (after your own
+ports do not work. Add these lines to the translation section (after your own
 nat/rdr rules):
 
+    $nat_line
     $rdr_line
 
 and this one to the filter section (after the block rules you want applied first):

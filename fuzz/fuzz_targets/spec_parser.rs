@@ -3,7 +3,7 @@
 #![no_main]
 
 use kleene_rdr::core::publication::Publication;
-use kleene_rdr::core::render::{Gateways, Targets, render_uniform};
+use kleene_rdr::core::render::{Gateways, HostView, Targets, render_uniform};
 use kleene_rdr::core::spec::PortSpec;
 use libfuzzer_sys::fuzz_target;
 
@@ -17,9 +17,17 @@ fuzz_target!(|data: &[u8]| {
     let p = Publication::new("web".parse().unwrap(), spec, vec![], false, None);
     let targets = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
     let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: Some("em0".parse().unwrap()) };
-    let out = render_uniform([&p], &targets, &gateways).text();
-    for line in out.lines() {
-        assert!(line.starts_with("rdr ") || line.starts_with("pass in "), "{line}");
-        assert!(!line.contains(['#', '\r', '{', ';']), "{line}");
+    let host = HostView {
+        networks: vec!["10.13.37.0/24".parse().unwrap()],
+        links: vec![("bridge0".parse().unwrap(), "10.13.37.1".parse().unwrap())],
+        ..HostView::new(gateways)
+    };
+    for vnet in [false, true] {
+        let out = render_uniform([&p], &targets, &host, vnet).text();
+        for line in out.lines() {
+            let kinds = ["rdr ", "nat on ", "pass in ", "pass out "];
+            assert!(kinds.iter().any(|k| line.starts_with(k)), "{line}");
+            assert!(!line.contains(['#', '\r', '{', ';']), "{line}");
+        }
     }
 });

@@ -5,6 +5,7 @@
 use crate::core::container::{Container, Owner};
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName};
 use crate::core::publication::Publication;
+use crate::core::reach::{From, ReachOff};
 use crate::core::render::Targets;
 use crate::core::spec::PortSpec;
 
@@ -17,6 +18,8 @@ pub struct PublishRequest {
     pub sources: Vec<Cidr>,
     pub log: bool,
     pub network: Option<NetworkName>,
+    /// The reaches turned off for these publications.
+    pub reach_off: ReachOff,
 }
 
 /// A container's publications, as the `kleene-portmap` CNI plugin asks for them (CNI `ADD`):
@@ -30,6 +33,8 @@ pub struct ContainerPublishRequest {
     pub container: Container,
     /// The parent anchor the caller expects the agent to use, if it says.
     pub anchor: Option<String>,
+    /// The reaches turned off for these publications.
+    pub reach_off: ReachOff,
 }
 
 /// What `kleenectl unpublish` removes.
@@ -129,6 +134,8 @@ pub struct PublicationState {
     pub interfaces: Vec<InterfaceName>,
     /// The jail addresses its traffic goes to.
     pub targets: Targets,
+    /// Where it can be reached from (empty unless active).
+    pub reached: Vec<From>,
 }
 
 /// One anchor the agent loaded, as `kleenectl rules` shows it.

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::core::address::Network;
 use crate::core::model::{MAX_ANCHOR_PATH, MAX_PARENT_ANCHOR, is_safe_component};
+use crate::core::reach::Reach;
 
 /// Where the agent reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/usr/local/etc/kleene-rdr.yml";
@@ -27,6 +28,10 @@ pub struct Tools {
     /// No longer used: earlier releases ran the jail's own ifconfig through jexec(8). Still
     /// accepted, so that their configuration files load unchanged.
     pub jexec: Option<PathBuf>,
+    /// Reads net.pf.filter_local and the forwarding switches for `kleenectl check`.
+    pub sysctl: PathBuf,
+    /// Lists the host's listening sockets (`sockstat -l`) for `kleenectl check`.
+    pub sockstat: PathBuf,
 }
 
 impl Default for Tools {
@@ -37,6 +42,8 @@ impl Default for Tools {
             route: "/sbin/route".into(),
             ifconfig: "/sbin/ifconfig".into(),
             jexec: None,
+            sysctl: "/sbin/sysctl".into(),
+            sockstat: "/usr/bin/sockstat".into(),
         }
     }
 }
@@ -65,6 +72,8 @@ pub struct Config {
     pub tool_timeout_ms: u64,
     /// How often a VNET jail's addresses are read again (also on `reconcile` and a new jid).
     pub vnet_refresh_ms: u64,
+    /// Who besides the outside world reaches a published port (each on by default).
+    pub reach: Reach,
 }
 
 impl Default for Config {
@@ -85,6 +94,7 @@ impl Default for Config {
             max_publications: 65536,
             tool_timeout_ms: 10_000,
             vnet_refresh_ms: 60_000,
+            reach: Reach::default(),
         }
     }
 }
@@ -154,6 +164,8 @@ impl Config {
             ("tools.jls", &self.tools.jls),
             ("tools.route", &self.tools.route),
             ("tools.ifconfig", &self.tools.ifconfig),
+            ("tools.sysctl", &self.tools.sysctl),
+            ("tools.sockstat", &self.tools.sockstat),
         ] {
             if !p.is_absolute() {
                 bail!("{key}: {} is not an absolute path", p.display());
@@ -260,11 +272,20 @@ mod tests {
             ("socket_group: \"wheel;rm\"\n", "socket_group"),
             ("max_connections: 0\n", "max_connections: 0 is out of range"),
             ("request_timeout_ms: 5\n", "request_timeout_ms"),
+            ("reach:\n  hairpins: false\n", "unknown field `hairpins`"),
+            ("tools:\n  sockstat: sockstat\n", "tools.sockstat"),
             ("max_publications: -1\n", "max_publications"),
         ] {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn reach_switches_default_on_and_turn_off_one_by_one() {
+        assert_eq!(Config::default().reach, Reach::default());
+        let c = Config::parse("reach:\n  hairpin: false\n  loopback: false\n").unwrap();
+        assert_eq!(c.reach, Reach { hairpin: false, networks: true, host: true, loopback: false });
     }
 
     #[test]

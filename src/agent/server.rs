@@ -241,12 +241,12 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     match req {
-        Request::Publish { jail, specs, sources, log, network } => {
-            Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network }))
+        Request::Publish { jail, specs, sources, log, network, reach_off } => {
+            Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network, reach_off }))
         }
-        Request::PublishContainer { jail, specs, container, cni_network, addresses, anchor } => {
+        Request::PublishContainer { jail, specs, container, cni_network, addresses, anchor, reach_off } => {
             let container = Container { id: container, network: cni_network, addresses };
-            let request = ContainerPublishRequest { jail, specs, container, anchor };
+            let request = ContainerPublishRequest { jail, specs, container, anchor, reach_off };
             Response::answer(engine::publish_container(engine, &request))
         }
         Request::UnpublishContainer { container, cni_network } => {

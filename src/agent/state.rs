@@ -36,12 +36,13 @@ use crate::core::container::Container;
 use crate::core::model::{Cidr, JailName, NetworkName};
 use crate::core::plan::Stored;
 use crate::core::publication::Publication;
+use crate::core::reach::ReachOff;
 use crate::core::spec::PortSpec;
 
 const DIR: &str = "publications";
 const VERSION: u32 = 1;
 const FIELDS: &str = "a state file has the fields version, jail and publications, and each publication \
-                      seq, spec and optionally sources, log, network and container";
+                      seq, spec and optionally sources, log, network, container and reach_off";
 
 /// The highest `seq` the agent stores or hands out: 2^53 - 1, the largest integer an IEEE 754
 /// double holds exactly, so that a seq survives any JSON client that reads numbers as doubles
@@ -79,6 +80,9 @@ struct Entry {
     /// of earlier releases, and for a jail's publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     container: Option<Container>,
+    /// The reaches turned off (`--no-hairpin`, ...); absent in earlier releases' files.
+    #[serde(default, skip_serializing_if = "ReachOff::is_none")]
+    reach_off: ReachOff,
 }
 
 /// Reads a `seq` in `1..=MAX_SEQ`. Checking it here, inside the parser, gives the error the
@@ -344,6 +348,7 @@ fn render(jail: &JailName, publications: &[&Stored]) -> String {
                     log: p.log,
                     network: p.network.clone(),
                     container: p.container.clone(),
+                    reach_off: p.reach_off,
                 }
             })
             .collect(),
@@ -464,7 +469,8 @@ fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Vec<Stored>> {
         if let Some(j) = out.iter().position(|s| s.publication.spec == e.spec) {
             bail!("publications[{j}] and publications[{i}] publish the same spec; remove one of them");
         }
-        let publication = Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network);
+        let publication =
+            Publication::new(file.jail.clone(), e.spec, e.sources, e.log, e.network).with_reach_off(e.reach_off);
         let publication = match e.container {
             Some(c) => publication.owned(c),
             None => publication,
@@ -678,6 +684,7 @@ publications:
         store.save_jail(&jail("web"), &web).unwrap();
         assert_eq!(fs::read_to_string(store.dir().join("web.yml")).unwrap(), written, "written back byte for byte");
         assert!(st.publications.iter().all(|s| s.publication.container.is_none()), "no container in the old format");
+        assert!(st.publications.iter().all(|s| s.publication.reach_off.is_none()), "earlier files turn nothing off");
     }
 
     #[test]
@@ -709,6 +716,22 @@ publications:
         fs::write(store.dir().join("cni-1.yml"), bad).unwrap();
         let e = format!("{:#}", Store::open(dir.path()).unwrap_err());
         assert!(e.contains("state file") && e.contains("cni-1.yml does not parse"), "{e}");
+    }
+
+    #[test]
+    fn reaches_turned_off_are_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let p = Publication::new(jail("web"), "8080:80".parse().unwrap(), vec![], false, None)
+            .with_reach_off(ReachOff { hairpin: true, host: true, networks: false });
+        store.save_jail(&jail("web"), &[&Stored { seq: 3, publication: p.clone() }]).unwrap();
+        let text = fs::read_to_string(store.dir().join("web.yml")).unwrap();
+        assert!(
+            text.ends_with("- seq: 3\n  spec: 8080:80/tcp\n  reach_off:\n    hairpin: true\n    host: true\n"),
+            "{text}"
+        );
+        let (_, st) = Store::open(dir.path()).unwrap();
+        assert_eq!(st.publications[0].publication, p);
     }
 
     #[test]

@@ -238,8 +238,8 @@ mod tests {
     }
 
     impl Interfaces for Scripted {
-        fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError> {
-            Ok(vec![])
+        fn host_addrs(&self) -> Result<crate::sys::parse::HostInterfaces, SysError> {
+            Ok(Default::default())
         }
 
         fn jail_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError> {

@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::client::ClientError;
 use crate::core::container::CniName;
 use crate::core::model::JailName;
+use crate::core::reach::ReachOff;
 use crate::core::spec::PortSpec;
 use crate::proto::{ErrorKind, PublicationView, Request, Response, State};
 
@@ -46,8 +47,6 @@ pub const DEFAULT_SOCKET: &str = crate::agent::config::DEFAULT_SOCKET;
 pub mod code {
     /// Incompatible CNI version.
     pub const VERSION: u32 = 1;
-    /// Unsupported field in the network configuration.
-    pub const UNSUPPORTED_FIELD: u32 = 2;
     /// Invalid necessary environment variables.
     pub const ENV: u32 = 4;
     /// I/O failure.
@@ -113,6 +112,8 @@ pub struct NetConf {
     pub prev_result: Option<Map<String, Value>>,
     pub socket: Option<PathBuf>,
     pub anchor: Option<String>,
+    /// The reaches the configuration turned off (`hairpin`, `localhost`, `networks`: false).
+    pub reach_off: ReachOff,
     /// GC's `cni.dev/valid-attachments`: the container ids still attached.
     pub valid: Option<BTreeSet<String>>,
 }
@@ -192,6 +193,7 @@ fn invoke(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], agent: &mut Agent)
                         cni_network: conf.name.clone(),
                         addresses,
                         anchor: conf.anchor.clone(),
+                        reach_off: conf.reach_off,
                     },
                     code::TRY_AGAIN,
                 )?;
@@ -311,14 +313,18 @@ pub fn netconf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
     // DEL must clean up after a failed ADD (and GC and STATUS use no mapping): only ADD and
     // CHECK read the mappings and the options of a publication.
     let publishing = matches!(command, Command::Add | Command::Check);
-    for key in ["hairpin", "localhost"] {
-        if let Some(value) = conf.get(key).filter(|_| publishing) {
-            return Err(CniError::new(
-                &v,
-                code::UNSUPPORTED_FIELD,
-                "unsupported field in network configuration",
-                format!("{key}: {value}: this release of kleene-portmap does not support {key}; remove it"),
-            ));
+    // The reaches of issue "who can reach a published port", each on unless the configuration
+    // says `false`: `hairpin` (other jails and containers through the published port),
+    // `localhost` (the host itself: 127.0.0.1, [::1] and its own addresses) and `networks` (the
+    // agent's configured networks straight to the container's port).
+    let mut reach_off = ReachOff::default();
+    for (key, off) in
+        [("hairpin", &mut reach_off.hairpin), ("localhost", &mut reach_off.host), ("networks", &mut reach_off.networks)]
+    {
+        match conf.get(key).filter(|_| publishing) {
+            None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => *off = true,
+            Some(other) => return Err(invalid(format!("{key} must be true or false; it is {other}"))),
         }
     }
     let socket = match conf.get("socket") {
@@ -361,7 +367,7 @@ pub fn netconf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         (Command::Gc, _) => return Err(invalid("GC needs cni.dev/valid-attachments, an array".into())),
         _ => None,
     };
-    Ok(NetConf { cni_version: v, name, mappings, prev_result, socket, anchor, valid })
+    Ok(NetConf { cni_version: v, name, mappings, prev_result, socket, anchor, reach_off, valid })
 }
 
 /// One port mapping as our port spec: `hostIP` (an address, or none for "any": empty, 0.0.0.0

@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::model::{Family, InterfaceName, JailName, PortRange, Protocol};
 use super::publication::Publication;
+use super::reach::Reach;
 use super::render::Gateways;
 use super::spec::Place;
 
@@ -40,9 +41,12 @@ pub struct Claim {
 
 /// The claims of `p`. `families` are the families the jail has target addresses in, or `None`
 /// when that is not known yet (the jail is not running): then both families are claimed.
-/// A gateway publication claims the current gateway interface of each family.
-pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways) -> Claims {
-    let mut out = Claims { items: [None, None] };
+/// A gateway publication claims the current gateway interface of each family and, when the host
+/// reaches it (`reach`, the configuration's, narrowed by the publication), the host's loopback
+/// address: a loopback publication of the same port would redirect the same connections.
+pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways, reach: &Reach) -> Claims {
+    let mut out = Claims { items: [None, None, None, None] };
+    let host = reach.for_publication(&p.reach_off).host;
     for (slot, family) in Family::BOTH.into_iter().enumerate() {
         if families.is_some_and(|f| !f.contains(&family)) {
             continue;
@@ -53,32 +57,44 @@ pub fn claims(p: &Publication, families: Option<&[Family]>, gateways: &Gateways)
         if p.sources_of(family).is_some_and(|s| s.is_empty()) {
             continue;
         }
+        let lo = match family {
+            Family::Inet => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            Family::Inet6 => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        let key = |place| ClaimKey { proto: p.spec.proto, family, place };
         let place = match &p.spec.place {
             Place::Gateway => match gateways.get(family) {
-                Some(i) => ClaimPlace::Interface(i.clone()),
+                Some(i) => {
+                    if host {
+                        out.items[slot + 2] = Some(Claim { key: key(ClaimPlace::Address(lo)), ports: p.spec.host });
+                    }
+                    ClaimPlace::Interface(i.clone())
+                }
                 None => continue,
             },
             Place::Interface(i) => ClaimPlace::Interface(i.clone()),
             Place::Address(a) => ClaimPlace::Address(*a),
+            Place::Localhost => ClaimPlace::Address(lo),
         };
-        out.items[slot] = Some(Claim { key: ClaimKey { proto: p.spec.proto, family, place }, ports: p.spec.host });
+        out.items[slot] = Some(Claim { key: key(place), ports: p.spec.host });
     }
     out
 }
 
 impl IntoIterator for Claims {
     type Item = Claim;
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Claim>, 2>>;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Claim>, 4>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.items.into_iter().flatten()
     }
 }
 
-/// The claims of one publication: at most one per family (no allocation of their own).
+/// The claims of one publication: at most two per family, its place and the host's loopback
+/// (no allocation of their own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
-    items: [Option<Claim>; 2],
+    items: [Option<Claim>; 4],
 }
 
 impl Claims {
@@ -202,7 +218,10 @@ mod tests {
 
     fn conflict(a: &str, b: &str, g: &Gateways) -> bool {
         let both = Some(&Family::BOTH[..]);
-        collide(&claims(&publication("a", a), both, g), &claims(&publication("b", b), both, g))
+        collide(
+            &claims(&publication("a", a), both, g, &Reach::default()),
+            &claims(&publication("b", b), both, g, &Reach::default()),
+        )
     }
 
     #[test]
@@ -225,10 +244,10 @@ mod tests {
         let g = gw("em0", Some("em1"));
         assert!(!conflict("em1:8080:80", "8080", &gw("em0", None)));
         let (a, b) = (publication("a", "em1:8080:80"), publication("b", "8080"));
-        let v4_only = claims(&a, Some(&[Family::Inet]), &g);
-        let v6_gw = claims(&b, Some(&[Family::Inet6]), &g);
+        let v4_only = claims(&a, Some(&[Family::Inet]), &g, &Reach::default());
+        let v6_gw = claims(&b, Some(&[Family::Inet6]), &g, &Reach::default());
         assert!(!collide(&v4_only, &v6_gw), "IPv4 on em1 and IPv6 on em1 do not collide");
-        let pending = claims(&a, None, &g);
+        let pending = claims(&a, None, &g, &Reach::default());
         assert!(collide(&pending, &v6_gw), "a pending jail claims both families");
     }
 
@@ -242,15 +261,30 @@ mod tests {
             None,
         );
         let g = gw("em0", Some("em0"));
-        let c = claims(&p, None, &g);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c.iter().next().unwrap().key.family, Family::Inet);
+        let c = claims(&p, None, &g, &Reach::default());
+        assert_eq!(c.len(), 2, "em0 and 127.0.0.1");
+        assert!(c.iter().all(|c| c.key.family == Family::Inet));
+    }
+
+    #[test]
+    fn the_loopback_is_claimed_by_gateway_publications_that_the_host_reaches() {
+        let g = gw("em0", Some("em0"));
+        assert!(conflict("8080:80", "127.0.0.1:8080:80", &g), "both redirect 127.0.0.1:8080");
+        assert!(conflict("8080:80", "localhost:8080:80", &g));
+        assert!(conflict("[::1]:8080:80", "localhost:8080:80", &g));
+        assert!(!conflict("em1:8080:80", "127.0.0.1:8080:80", &g), "an interface publication keeps off 127.0.0.1");
+        assert!(!conflict("8080:80", "127.0.0.1:8081:80", &g));
+        let no_host = Reach { host: false, ..Reach::default() };
+        let both = Some(&Family::BOTH[..]);
+        let a = claims(&publication("a", "8080:80"), both, &g, &no_host);
+        let b = claims(&publication("b", "127.0.0.1:8080:80"), both, &g, &no_host);
+        assert!(!collide(&a, &b), "without host reach the gateway publication leaves 127.0.0.1 alone");
     }
 
     #[test]
     fn the_first_holder_is_named() {
         let g = gw("em0", None);
-        let c = |spec: &str| claims(&publication("a", spec), None, &g);
+        let c = |spec: &str| claims(&publication("a", spec), None, &g, &Reach::default());
         let mut held = Index::default();
         held.hold(c("8000"), 3);
         held.hold(c("8005"), 1);
@@ -282,7 +316,7 @@ mod tests {
                 let place = ["", "em1:"][usize::from(place)];
                 let ports = format!("{start}-{}", start + span);
                 let spec = format!("{place}{ports}:{ports}/{proto}");
-                let c = claims(&publication("a", &spec), None, &g);
+                let c = claims(&publication("a", &spec), None, &g, &Reach::default());
                 let pairwise = accepted
                     .iter()
                     .filter(|(_, a)| a.iter().any(|x| c.iter().any(|y| collides(x, y))))

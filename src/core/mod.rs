@@ -8,6 +8,7 @@ pub mod container;
 pub mod model;
 pub mod plan;
 pub mod publication;
+pub mod reach;
 pub mod readback;
 pub mod render;
 pub mod renderer;

@@ -19,9 +19,11 @@ use super::address::{self, Context, Network, select_targets};
 use super::conflict::{self, Claims, NameClash, name_clash};
 use super::model::{Family, InterfaceName, JailName};
 use super::publication::Publication;
+use super::reach::{From, Reach};
 use super::readback;
-use super::render::{Gateways, Targets};
+use super::render::{Gateways, HostView, Targets};
 use super::renderer::Renderer;
+use super::spec::Place;
 
 /// A desired publication with its age: lower `seq` was published first and wins conflicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,19 @@ pub struct Observed {
     pub foreign: BTreeSet<String>,
     /// The host's own addresses (a VNET jail may not claim one).
     pub host_addrs: BTreeSet<IpAddr>,
+    /// The host's own addresses with their interfaces (where jail networks' traffic arrives).
+    pub host_links: Vec<(InterfaceName, IpAddr)>,
+    /// The host's interfaces, when they were read (a publication on another is an error).
+    pub host_ifaces: Option<BTreeSet<InterfaceName>>,
+}
+
+impl Observed {
+    /// What rendering needs of the host, under `desired`'s settings.
+    pub fn host_view(&self, desired: &Desired) -> HostView {
+        let networks: Vec<_> = desired.networks.iter().flat_map(|n| [n.subnet, n.subnet6]).flatten().collect();
+        let links = self.host_links.iter().filter(|(_, a)| networks.iter().any(|n| n.contains(a))).cloned().collect();
+        HostView { gateways: self.gateways.clone(), reach: desired.reach, networks, links }
+    }
 }
 
 /// What is desired: the publications, and the settings they are planned under.
@@ -73,6 +88,8 @@ pub struct Desired<'a> {
     pub networks: &'a [Network],
     /// The parent anchor (`kleene`): a jail's anchor component is chosen to fit below it.
     pub anchor: &'a str,
+    /// The reaches the configuration switches on.
+    pub reach: Reach,
 }
 
 /// What the agent has done to pf, as far as it knows.
@@ -131,6 +148,10 @@ pub struct PubStatus {
     pub status: Status,
     pub interfaces: Arc<[InterfaceName]>,
     pub targets: Targets,
+    /// Where it can be reached from (empty unless active).
+    pub reached: Vec<From>,
+    /// Reaches asked for that cannot work here, and why.
+    pub notes: Vec<String>,
 }
 
 /// One pf operation.
@@ -233,7 +254,8 @@ fn action_order(a: &Action) -> (bool, &str) {
 /// plans so that only what changed is rendered again), then [`diff`].
 pub fn plan(desired: &Desired, observed: &Observed, applied: &Applied, renderer: &mut Renderer) -> Plan {
     let (mut statuses, jails, held) = claims(desired, observed);
-    let wanted = render(&jails, &mut statuses, observed, applied, renderer);
+    let host = observed.host_view(desired);
+    let wanted = render(&jails, &mut statuses, &host, applied, renderer);
     let actions = diff(&wanted, observed, applied);
     Plan { statuses: statuses.into_iter().collect(), actions, wanted, held }
 }
@@ -297,7 +319,8 @@ pub fn plan_publish(
     }
 
     let owns_anchor = facts.clash.is_none();
-    let wanted = render_jail(&facts, &mut statuses, &observed.gateways, applied.pf_errors, renderer);
+    let host = observed.host_view(desired);
+    let wanted = render_jail(&facts, &mut statuses, &host, applied.pf_errors, renderer);
     let actions = if owns_anchor { action(&facts.component, wanted.as_ref(), observed, applied) } else { None };
     Some(JailPlan {
         jail: jail.clone(),
@@ -360,6 +383,7 @@ struct Scope<'a> {
     observed: &'a Observed,
     ctx: Context<'a>,
     anchor: &'a str,
+    reach: Reach,
     /// The interfaces of a publication without rules (one list, shared).
     no_interfaces: Arc<[InterfaceName]>,
 }
@@ -370,6 +394,7 @@ impl<'a> Scope<'a> {
             observed,
             ctx: Context { networks: desired.networks, contested, host: &observed.host_addrs },
             anchor: desired.anchor,
+            reach: desired.reach,
             no_interfaces: Arc::from(Vec::new()),
         }
     }
@@ -440,8 +465,14 @@ fn admit<'a>(
 ) -> (PubStatus, Option<Claims>) {
     let p = &s.publication;
     let gateways = &scope.observed.gateways;
-    let mut st =
-        PubStatus { status: Status::Active, interfaces: Arc::clone(&scope.no_interfaces), targets: Targets::default() };
+    let mut st = PubStatus {
+        status: Status::Active,
+        interfaces: Arc::clone(&scope.no_interfaces),
+        targets: Targets::default(),
+        reached: vec![],
+        notes: vec![],
+    };
+    let reach = &scope.reach;
     let taken = |owner: &Stored| {
         let o = &owner.publication;
         Status::Conflict(format!("the host port is already published by {} as {}", o.holder(), o.spec))
@@ -487,10 +518,10 @@ fn admit<'a>(
         }
     };
     let (claims, targets) = match targets {
-        None => (conflict::claims(p, None, gateways), None),
+        None => (conflict::claims(p, None, gateways, reach), None),
         Some(Err(status @ Status::Pending(_))) => {
             // The port stays claimed while the jail's addresses are being read.
-            let claims = conflict::claims(p, None, gateways);
+            let claims = conflict::claims(p, None, gateways, reach);
             if let Some(owner) = older(&claims) {
                 st.status = taken(owner);
                 return (st, None);
@@ -509,12 +540,21 @@ fn admit<'a>(
                 (false, true) => &Family::BOTH[1..],
                 (false, false) => &[],
             };
-            (conflict::claims(p, Some(fams), gateways), Some(t))
+            (conflict::claims(p, Some(fams), gateways, reach), Some(t))
         }
     };
     if let Some(owner) = older(&claims) {
         st.status = taken(owner);
         return (st, None);
+    }
+    if let (Place::Interface(i), Some(have)) = (&p.spec.place, &scope.observed.host_ifaces) {
+        if !have.contains(i) {
+            st.status = Status::Error(format!(
+                "the host has no interface {i} (when it appears, the publication becomes active: the agent \
+                 reads the host's interfaces again periodically and on kleenectl reconcile)"
+            ));
+            return (st, None);
+        }
     }
     match targets {
         Some(t) => {
@@ -534,13 +574,13 @@ fn admit<'a>(
 fn render(
     jails: &[JailFacts],
     statuses: &mut [(u64, PubStatus)],
-    observed: &Observed,
+    host: &HostView,
     applied: &Applied,
     renderer: &mut Renderer,
 ) -> BTreeMap<String, Arc<Loaded>> {
     let mut wanted = BTreeMap::new();
     for facts in jails {
-        if let Some(l) = render_jail(facts, statuses, &observed.gateways, applied.pf_errors, renderer) {
+        if let Some(l) = render_jail(facts, statuses, host, applied.pf_errors, renderer) {
             wanted.insert(facts.component.clone(), l);
         }
     }
@@ -553,17 +593,21 @@ fn render(
 fn render_jail(
     facts: &JailFacts,
     statuses: &mut [(u64, PubStatus)],
-    gateways: &Gateways,
+    host: &HostView,
     pf_errors: &BTreeMap<String, String>,
     renderer: &mut Renderer,
 ) -> Option<Arc<Loaded>> {
     let jail = facts.running.filter(|_| !facts.items.is_empty())?;
-    let rendered = renderer.render(&facts.component, jail, &facts.items, gateways);
+    let rendered = renderer.render(&facts.component, jail, &facts.items, host);
     let pf_error = pf_errors.get(&facts.component);
     for r in &rendered.publications {
         let i = statuses.binary_search_by_key(&r.seq, |(q, _)| *q).expect("status recorded in the claims phase");
         let st = &mut statuses[i].1;
         st.interfaces = Arc::clone(&r.interfaces);
+        st.notes.clone_from(&r.notes);
+        if st.status == Status::Active && pf_error.is_none() && r.no_rules.is_none() {
+            st.reached.clone_from(&r.reached);
+        }
         if let Some(err) = pf_error {
             st.status = Status::Error(format!("pf refused the anchor: {err}"));
         } else if let Some(why) = &r.no_rules {
@@ -625,7 +669,7 @@ mod tests {
         force: &BTreeSet<String>,
         pf_errors: &BTreeMap<String, String>,
     ) -> Plan {
-        let desired = Desired { publications: desired, networks, anchor: "kleene" };
+        let desired = Desired { publications: desired, networks, anchor: "kleene", reach: Reach::default() };
         super::plan(&desired, observed, &Applied { loaded, force, pf_errors }, &mut Renderer::default())
     }
 
@@ -690,7 +734,9 @@ mod tests {
         assert_eq!(p.actions.len(), 1);
         let Action::Load { component, loaded: l, kill_before, kill_after } = &p.actions[0] else { panic!() };
         assert_eq!(component, "web");
-        assert!(l.text.starts_with("rdr on em1 inet proto udp from any to (em1) port 8080 -> 10.13.37.2 port 80\n"));
+        assert!(l.text.starts_with(
+            "rdr on em1 inet proto udp from any to (em1) port 8080 tag \"kleene:web:em1:8080:80/udp\" -> 10.13.37.2 port 80\n"
+        ));
         assert!(kill_before.is_empty() && kill_after.is_empty());
         assert_eq!(p.statuses[&1].status, Status::Active);
         apply(&p, &mut loaded, &mut obs);
@@ -951,7 +997,7 @@ mod tests {
         let loaded = BTreeMap::new();
         let mut renderer = Renderer::default();
         let mut with_renderer = |obs: &Observed| {
-            let d = Desired { publications: &desired, networks: &[], anchor: "kleene" };
+            let d = Desired { publications: &desired, networks: &[], anchor: "kleene", reach: Reach::default() };
             super::plan(&d, obs, &Applied { loaded: &loaded, force: &f, pf_errors: &e }, &mut renderer)
         };
         let first = with_renderer(&obs);
@@ -997,7 +1043,7 @@ mod tests {
     ) -> (Plan, Option<JailPlan>, Plan) {
         let mut renderer = Renderer::default();
         let all: Vec<Stored> = old.iter().chain(new).cloned().collect();
-        let desired = |publications| Desired { publications, networks, anchor: "kleene" };
+        let desired = |publications| Desired { publications, networks, anchor: "kleene", reach: Reach::default() };
         let before = super::plan(&desired(old), obs, applied, &mut renderer);
         let alone = plan_publish(&desired(&all), obs, applied, &before.held, &mut renderer);
         let after = super::plan(&desired(&all), obs, applied, &mut Renderer::default());
@@ -1044,12 +1090,12 @@ mod tests {
         assert!(publish(&old, &two, &obs, &applied, &[]).1.is_none(), "two jails");
         let late = [stored(1, "db", "8082:82")];
         let mut renderer = Renderer::default();
-        let desired = Desired { publications: &old, networks: &[], anchor: "kleene" };
+        let desired = Desired { publications: &old, networks: &[], anchor: "kleene", reach: Reach::default() };
         let before = super::plan(&desired, &obs, &applied, &mut renderer);
         let all: Vec<Stored> = old.iter().chain(&late).cloned().collect();
-        let desired = Desired { publications: &all, networks: &[], anchor: "kleene" };
+        let desired = Desired { publications: &all, networks: &[], anchor: "kleene", reach: Reach::default() };
         assert!(plan_publish(&desired, &obs, &applied, &before.held, &mut renderer).is_none(), "not newer");
-        let gone = Desired { publications: &two[..1], networks: &[], anchor: "kleene" };
+        let gone = Desired { publications: &two[..1], networks: &[], anchor: "kleene", reach: Reach::default() };
         assert!(plan_publish(&gone, &obs, &applied, &before.held, &mut renderer).is_none(), "web's seq 1 is gone");
     }
 
@@ -1196,7 +1242,7 @@ mod tests {
             let (f, e) = none();
             let mut loaded = BTreeMap::new();
             if h.settled {
-                let d = Desired { publications: &all[..old_len], networks: &networks, anchor: "kleene" };
+                let d = Desired { publications: &all[..old_len], networks: &networks, anchor: "kleene", reach: Reach::default() };
                 let first = super::plan(&d, &obs, &Applied { loaded: &loaded, force: &f, pf_errors: &e }, &mut Renderer::default());
                 apply(&first, &mut loaded, &mut obs);
             }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::container::Container;
 use super::model::{Cidr, Family, JailName, LabelKind, NetworkName};
+use super::reach::ReachOff;
 use super::spec::PortSpec;
 
 /// What a user asked for: publish `spec` of `jail`, optionally only to `sources`, optionally
@@ -26,6 +27,9 @@ pub struct Publication {
     /// earlier releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// The reaches this publication turned off for itself (none in earlier releases' state).
+    #[serde(default, skip_serializing_if = "ReachOff::is_none")]
+    pub reach_off: ReachOff,
 }
 
 impl Publication {
@@ -40,7 +44,7 @@ impl Publication {
     ) -> Publication {
         sources.sort();
         sources.dedup();
-        Publication { jail, spec, sources, log, network, container: None }
+        Publication { jail, spec, sources, log, network, container: None, reach_off: ReachOff::default() }
     }
 
     /// The same publication, owned by `container`.
@@ -57,6 +61,11 @@ impl Publication {
         }
     }
 
+    /// The same publication with `off` turned off.
+    pub fn with_reach_off(self, off: ReachOff) -> Publication {
+        Publication { reach_off: off, ..self }
+    }
+
     /// The sources of one family; `None` means from any.
     pub fn sources_of(&self, family: Family) -> Option<Vec<Cidr>> {
         if self.sources.is_empty() {
@@ -71,6 +80,13 @@ impl Publication {
     /// (jail, spec), so that `pfctl -k label -k LABEL` kills only this publication's states.
     pub fn label(&self) -> String {
         LabelKind::Publication.label(&format!("{}:{}", self.jail.component(), self.spec))
+    }
+
+    /// The tag this publication's rdr rules put on what they translate, and that its pass and
+    /// nat rules require (`tagged`): its label, so unique per (jail, spec) and within pf's 63
+    /// characters.
+    pub fn tag(&self) -> String {
+        self.label()
     }
 }
 
@@ -142,5 +158,17 @@ mod tests {
         assert_eq!(serde_yaml::from_str::<Publication>(&text).unwrap(), p);
         assert_eq!(p.label(), "kleene:cni-1:8080:80/tcp", "the label is the jail's and the spec's, as before");
         assert!(!serde_yaml::to_string(&publication("web", "80")).unwrap().contains("container"));
+    }
+
+    #[test]
+    fn reach_off_is_stored_only_when_something_is_off() {
+        let p = publication("web", "8080:80");
+        assert!(!serde_yaml::to_string(&p).unwrap().contains("reach_off"), "earlier releases' form");
+        let off = p.with_reach_off(ReachOff { hairpin: true, ..ReachOff::default() });
+        let text = serde_yaml::to_string(&off).unwrap();
+        assert!(text.contains("reach_off:\n  hairpin: true\n"), "{text}");
+        assert_eq!(serde_yaml::from_str::<Publication>(&text).unwrap(), off);
+        let old = "jail: web\nspec: 8080:80/tcp\nlog: true\n";
+        assert_eq!(serde_yaml::from_str::<Publication>(old).unwrap().reach_off, ReachOff::default());
     }
 }

@@ -485,7 +485,8 @@ fn parse_line(line: &str) -> Option<Vec<String>> {
 mod tests {
     use super::*;
     use crate::core::publication::Publication;
-    use crate::core::render::{Gateways, Targets, render_uniform};
+    use crate::core::reach::Reach;
+    use crate::core::render::{Gateways, HostView, Targets, render_uniform};
 
     fn anchor(specs: &[&str], sources: &[&str], log: bool) -> String {
         let pubs: Vec<Publication> = specs
@@ -502,7 +503,8 @@ mod tests {
             .collect();
         let t = Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00:13:37::2".parse().unwrap()]);
         let g = Gateways { inet: Some("em0".parse().unwrap()), inet6: Some("em0".parse().unwrap()) };
-        render_uniform(&pubs, &t, &g).text()
+        let outside = Reach { hairpin: false, networks: false, host: false, loopback: true };
+        render_uniform(&pubs, &t, &HostView { reach: outside, ..HostView::new(g) }, false).text()
     }
 
     fn same(a: &str, b: &str) {
@@ -529,7 +531,7 @@ mod tests {
                         "port 8000:8010 -> fd00:13:37::2 port 9000:*",
                         "port 8000:8010 -> fd00:13:37::2 port 9000:9010",
                     )
-                    .replace("port 8080 ->", "port = 8080 ->")
+                    .replace("port 8080 tag", "port = 8080 tag")
                     .replace(
                         "proto tcp from any to 10.13.37.2 port 9000:9010",
                         "proto tcp from any to 10.13.37.2 port 9000:9010 flags S/SA keep state",
@@ -546,10 +548,26 @@ mod tests {
                         "proto udp from any to fd00:13:37::2 port 80",
                         "proto udp from any to fd00:13:37::2 port = 80 keep state",
                     );
+                // pfctl prints tags bare, and `tagged` last.
+                let pf = match pf.split_once(" tagged \"") {
+                    Some((head, rest)) => {
+                        let (tag, labels) = rest.split_once("\" ").unwrap();
+                        format!("{head} {labels} tagged {tag}")
+                    }
+                    None => pf,
+                };
+                let pf = match pf.split_once(" tag \"") {
+                    Some((head, rest)) => {
+                        let (tag, after) = rest.split_once('"').unwrap();
+                        format!("{head} tag {tag}{after}")
+                    }
+                    None => pf,
+                };
                 pf + "\n"
             })
             .collect();
         assert!(printed.contains("flags S/SA keep state label"), "{printed}");
+        assert!(printed.contains("label \"kleene/web\" tagged kleene:web:em0:8080:80/udp\n"), "{printed}");
         same(&rules, &printed);
     }
 
@@ -558,14 +576,50 @@ mod tests {
         let rules = anchor(&["8080:80"], &["192.0.2.0/24", "198.51.100.7"], true);
         let (nat, filter): (Vec<&str>, Vec<&str>) = rules.lines().partition(|l| l.starts_with("rdr"));
         let label = filter[0].split_once(" label ").unwrap().1;
+        let label = label.replace(" tagged \"kleene:web:8080:80/tcp\"", "");
+        let label = label.strip_prefix("tagged \"kleene:web:8080:80/tcp\" label ").unwrap_or(&label);
         let printed = format!(
-            "rdr on em0 inet proto tcp from 192.0.2.0/24 to (em0) port = 8080 -> 10.13.37.2 port 80\n\
-             rdr on em0 inet proto tcp from 198.51.100.7 to (em0) port = 8080 -> 10.13.37.2 port 80\n\
-             pass in log quick on em0 inet proto tcp from 192.0.2.0/24 to 10.13.37.2 port = 80 flags S/SA keep state label {label}\n\
-             pass in log quick on em0 inet proto tcp from 198.51.100.7 to 10.13.37.2 port = 80 flags S/SA keep state label {label}\n"
+            "rdr on em0 inet proto tcp from 192.0.2.0/24 to (em0) port = 8080 tag kleene:web:8080:80/tcp -> 10.13.37.2 port 80\n\
+             rdr on em0 inet proto tcp from 198.51.100.7 to (em0) port = 8080 tag kleene:web:8080:80/tcp -> 10.13.37.2 port 80\n\
+             pass in log quick inet proto tcp from 192.0.2.0/24 to 10.13.37.2 port = 80 flags S/SA keep state label {label} tagged kleene:web:8080:80/tcp\n\
+             pass in log quick inet proto tcp from 198.51.100.7 to 10.13.37.2 port = 80 flags S/SA keep state label {label} tagged kleene:web:8080:80/tcp\n"
         );
         let v4: String = nat.iter().chain(&filter).filter(|l| l.contains(" inet ")).map(|l| format!("{l}\n")).collect();
         same(&v4, &printed);
+    }
+
+    /// The reach rules as FreeBSD's pfctl prints them back (pf-printed.jsonl "reach/": `tag`
+    /// bare before `->`, `tagged` last, a brace list one rule each, no `round-robin` for a
+    /// single address).
+    #[test]
+    fn the_reach_rules_round_trip() {
+        let p = Publication::new("web".parse().unwrap(), "8080:80".parse().unwrap(), vec![], false, None);
+        let host = HostView {
+            networks: vec!["10.13.37.0/24".parse().unwrap(), "10.13.38.0/24".parse().unwrap()],
+            links: vec![("bridge0".parse().unwrap(), "10.13.37.1".parse().unwrap())],
+            ..HostView::new(Gateways { inet: Some("em0".parse().unwrap()), inet6: None })
+        };
+        let t = Targets::from_addrs(["10.13.37.5".parse().unwrap()]);
+        let rules = render_uniform([&p], &t, &host, true).text();
+        let l = "label \"kleene:web:8080:80/tcp\" label \"kleene/web\"";
+        let tag = "kleene:web:8080:80/tcp";
+        let printed = format!(
+            "nat on bridge0 inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 tagged {tag} -> 10.13.37.1\n\
+             nat on bridge0 inet proto tcp from 127.0.0.1 to 10.13.37.5 port = 80 tagged {tag} -> 10.13.37.1\n\
+             rdr on em0 inet proto tcp from any to (em0) port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
+             rdr on lo0 inet proto tcp from any to (em0) port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
+             rdr on lo0 inet proto tcp from any to 127.0.0.1 port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
+             rdr on bridge0 inet proto tcp from any to (em0) port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
+             pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
+             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
+             pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
+             pass in quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
+             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
+             pass out quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n"
+        );
+        same(&rules, &printed);
+        differ(&rules, &printed.replace("tagged kleene:web:8080:80/tcp\npass out", "\npass out"));
+        differ(&rules, &printed.replace("-> 10.13.37.1", "-> 10.13.37.9"));
     }
 
     #[test]

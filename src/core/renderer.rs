@@ -11,7 +11,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::model::{InterfaceName, JailName};
 use super::plan::{Loaded, RunningJail, Stored};
-use super::render::{Gateways, Targets, render_anchor};
+use super::reach::From;
+use super::render::{HostView, Targets, render_anchor};
 use super::spec::PortSpec;
 
 /// What one anchor rendered to.
@@ -31,6 +32,10 @@ pub struct PubRendered {
     pub interfaces: Arc<[InterfaceName]>,
     /// Why it has no rule at all, when it has none.
     pub no_rules: Option<String>,
+    /// Where it can be reached from.
+    pub reached: Vec<From>,
+    /// Reaches asked for that cannot work here, and why.
+    pub notes: Vec<String>,
 }
 
 /// The inputs one anchor was rendered from. A publication never changes once stored (a new one
@@ -39,26 +44,29 @@ pub struct PubRendered {
 struct Inputs {
     jail: JailName,
     jid: u32,
-    gateways: Gateways,
+    vnet: bool,
+    host: HostView,
     items: Vec<(u64, Targets)>,
 }
 
 impl Inputs {
-    fn of(jail: &RunningJail, gateways: &Gateways, items: &[(&Stored, Targets)]) -> Inputs {
+    fn of(jail: &RunningJail, host: &HostView, items: &[(&Stored, Targets)]) -> Inputs {
         Inputs {
             jail: jail.name.clone(),
             jid: jail.jid,
-            gateways: gateways.clone(),
+            vnet: jail.vnet,
+            host: host.clone(),
             items: items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
         }
     }
 
-    /// Whether these are the inputs of `jail` with `items` under `gateways` (compared in place:
+    /// Whether these are the inputs of `jail` with `items` under `host` (compared in place:
     /// no allocation when nothing changed).
-    fn matches(&self, jail: &RunningJail, gateways: &Gateways, items: &[(&Stored, Targets)]) -> bool {
+    fn matches(&self, jail: &RunningJail, host: &HostView, items: &[(&Stored, Targets)]) -> bool {
         self.jid == jail.jid
             && self.jail == jail.name
-            && &self.gateways == gateways
+            && self.vnet == jail.vnet
+            && &self.host == host
             && self.items.len() == items.len()
             && self.items.iter().zip(items).all(|((seq, t), (s, u))| *seq == s.seq && t == u)
     }
@@ -86,22 +94,19 @@ impl std::fmt::Debug for Renderer {
 
 impl Renderer {
     /// The anchor `component` of running `jail` holding `items` (accepted publications with
-    /// their targets, in seq order) under `gateways`: the remembered one when these are the
+    /// their targets, in seq order) under `host`: the remembered one when these are the
     /// inputs it was rendered from, else rendered now and remembered.
     pub fn render(
         &mut self,
         component: &str,
         jail: &RunningJail,
         items: &[(&Stored, Targets)],
-        gateways: &Gateways,
+        host: &HostView,
     ) -> &Rendered {
-        let fresh = || Entry {
-            inputs: Inputs::of(jail, gateways, items),
-            rendered: render_jail(jail, items, gateways),
-            used: true,
-        };
+        let fresh =
+            || Entry { inputs: Inputs::of(jail, host, items), rendered: render_jail(jail, items, host), used: true };
         match self.entries.get_mut(component) {
-            Some(e) if e.inputs.matches(jail, gateways, items) => e.used = true,
+            Some(e) if e.inputs.matches(jail, host, items) => e.used = true,
             Some(e) => *e = fresh(),
             None => {
                 self.entries.insert(component.to_string(), fresh());
@@ -128,9 +133,9 @@ impl Renderer {
 }
 
 /// Renders one running jail's anchor.
-fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gateways) -> Rendered {
+fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], host: &HostView) -> Rendered {
     let seq_of: BTreeMap<&PortSpec, u64> = items.iter().map(|(s, _)| (&s.publication.spec, s.seq)).collect();
-    let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), gateways);
+    let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), host, jail.vnet);
     let mut shared: Vec<Arc<[InterfaceName]>> = Vec::new();
     let publications = anchor
         .publications
@@ -150,7 +155,13 @@ fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gate
                     l
                 }
             };
-            PubRendered { seq: seq_of[&p.spec], interfaces, no_rules }
+            PubRendered {
+                seq: seq_of[&p.spec],
+                interfaces,
+                no_rules,
+                reached: r.reached.clone(),
+                notes: r.notes.clone(),
+            }
         })
         .collect();
     let loaded =
@@ -162,6 +173,7 @@ fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], gateways: &Gate
 mod tests {
     use super::*;
     use crate::core::publication::Publication;
+    use crate::core::render::Gateways;
 
     fn stored(seq: u64, spec: &str) -> Stored {
         Stored {
@@ -174,8 +186,8 @@ mod tests {
         RunningJail { name: "web".parse().unwrap(), jid, vnet: false, addrs: Ok(vec!["10.13.37.2".parse().unwrap()]) }
     }
 
-    fn gateways(inet: &str) -> Gateways {
-        Gateways { inet: Some(inet.parse().unwrap()), inet6: None }
+    fn gateways(inet: &str) -> HostView {
+        HostView::new(Gateways { inet: Some(inet.parse().unwrap()), inet6: None })
     }
 
     fn targets(ip: &str) -> Targets {

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! SPEC  = [ADDR ":"] HOST [":" JAIL] ["/" PROTO]
-//! ADDR  = INTERFACE | IPV4-ADDRESS | "[" IPV6-ADDRESS "]"
+//! ADDR  = INTERFACE | IPV4-ADDRESS | "[" IPV6-ADDRESS "]" | "localhost"
 //! HOST  = PORT | PORT "-" PORT
 //! JAIL  = PORT | PORT "-" PORT
 //! PROTO = "tcp" | "udp" | "sctp"            (default tcp)
 //! ```
+//!
+//! A loopback address (`127.0.0.1`, `[::1]`) or `localhost` (both) publishes on the host's
+//! loopback only, Docker's "local only" form: reachable from the host, not from outside.
 //!
 //! A parsed spec prints back in its canonical form, `[ADDR:]HOST:JAIL/PROTO`, and parsing that
 //! text gives the same value.
@@ -24,8 +27,22 @@ pub enum Place {
     Gateway,
     /// A named interface: the rules follow its addresses (`to (em1)`).
     Interface(InterfaceName),
-    /// One host address: the rules match only that destination.
+    /// One host address: the rules match only that destination. A loopback address publishes
+    /// on the host's loopback only.
     Address(IpAddr),
+    /// `localhost`: the host's loopback only, 127.0.0.1 and ::1.
+    Localhost,
+}
+
+impl Place {
+    /// Whether the publication is on the host's loopback only (reachable from the host alone).
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Place::Localhost => true,
+            Place::Address(a) => a.is_loopback(),
+            Place::Gateway | Place::Interface(_) => false,
+        }
+    }
 }
 
 /// One parsed port spec.
@@ -80,6 +97,9 @@ fn parse_addr_part(s: &str) -> Result<Place, String> {
             s.parse().map_err(|_| format!("{s:?} is not an IPv4 address (an interface name starts with a letter)"))?;
         check_host_address(IpAddr::V4(ip))?;
         return Ok(Place::Address(IpAddr::V4(ip)));
+    }
+    if s == "localhost" {
+        return Ok(Place::Localhost);
     }
     s.parse::<InterfaceName>().map(Place::Interface).map_err(|e| e.reason)
 }
@@ -208,6 +228,7 @@ impl fmt::Display for PortSpec {
             Place::Interface(i) => write!(f, "{i}:")?,
             Place::Address(IpAddr::V4(a)) => write!(f, "{a}:")?,
             Place::Address(IpAddr::V6(a)) => write!(f, "[{a}]:")?,
+            Place::Localhost => f.write_str("localhost:")?,
         }
         write!(f, "{}:{}/{}", self.host, self.jail, self.proto)
     }
@@ -244,6 +265,9 @@ mod tests {
             ("em0:8000-8010:9000/udp", "em0:8000-8010:9000-9010/udp"),
             ("9999/sctp", "9999:9999/sctp"),
             ("9000-9010/sctp", "9000-9010:9000-9010/sctp"),
+            ("127.0.0.1:8080:80", "127.0.0.1:8080:80/tcp"),
+            ("[::1]:8080:80/udp", "[::1]:8080:80/udp"),
+            ("localhost:8080:80", "localhost:8080:80/tcp"),
             ("1", "1:1/tcp"),
             ("65535:1", "65535:1/tcp"),
             ("080:80", "80:80/tcp"),
@@ -324,6 +348,16 @@ mod tests {
     }
 
     #[test]
+    fn loopback_forms_are_local_only() {
+        for (spec, local) in
+            [("127.0.0.1:8080:80", true), ("[::1]:8080:80", true), ("localhost:8080:80", true), ("8080:80", false)]
+        {
+            assert_eq!(PortSpec::parse(spec).unwrap().place.is_loopback(), local, "{spec}");
+        }
+        assert_eq!(PortSpec::parse("localhost:8080:80").unwrap().fixed_family(), None, "both families");
+    }
+
+    #[test]
     fn issue_examples_verbatim() {
         assert_eq!(
             PortSpec::parse("em1:8080").unwrap_err().to_string(),
@@ -346,7 +380,10 @@ mod tests {
     fn arb_place() -> impl Strategy<Value = Place> {
         prop_oneof![
             Just(Place::Gateway),
-            "[a-z][a-z0-9_.-]{0,14}".prop_map(|s| Place::Interface(s.parse().unwrap())),
+            Just(Place::Localhost),
+            "[a-z][a-z0-9_.-]{0,14}"
+                .prop_filter("localhost is the loopback", |s| s != "localhost")
+                .prop_map(|s| Place::Interface(s.parse().unwrap())),
             any::<[u8; 4]>()
                 .prop_filter("usable", |b| check_host_address(IpAddr::from(*b)).is_ok())
                 .prop_map(|b| Place::Address(IpAddr::from(b))),

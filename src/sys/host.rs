@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use crate::core::model::{Family, InterfaceName, JailName};
 
-use super::parse::{self, JailInfo, ParseError};
+use super::parse::{self, HostInterfaces, JailInfo, ParseError};
 use super::runner::{self, CmdError, Limits};
 
 /// A tool that failed, or printed what could not be understood.
@@ -39,8 +39,8 @@ pub trait Jails: Send + Sync {
 
 /// Addresses configured on interfaces: the host's, and those inside a VNET jail.
 pub trait Interfaces: Send + Sync {
-    /// The host's own addresses.
-    fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError>;
+    /// The host's interfaces and own addresses.
+    fn host_addrs(&self) -> Result<HostInterfaces, SysError>;
     /// The addresses inside the network stack of the VNET jail `jid`.
     fn jail_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError>;
 }
@@ -93,9 +93,9 @@ pub struct IfconfigTool {
 }
 
 impl Interfaces for IfconfigTool {
-    fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError> {
+    fn host_addrs(&self) -> Result<HostInterfaces, SysError> {
         let out = runner::run(&self.ifconfig, &["-a"], None, false, self.limits)?;
-        Ok(parse::parse_ifconfig(&out.stdout))
+        Ok(parse::parse_host_interfaces(&out.stdout))
     }
 
     fn jail_addrs(&self, jid: u32) -> Result<Vec<IpAddr>, SysError> {

@@ -6,6 +6,7 @@ pub mod host;
 pub mod parse;
 pub mod pf;
 pub mod runner;
+pub mod settings;
 
 /// Limits glibc to two malloc arenas. The agent's short-lived threads (one per connection and
 /// per concurrent tool read) would otherwise each get an arena of their own, and freed memory

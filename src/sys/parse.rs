@@ -103,13 +103,33 @@ pub fn route_not_found(stderr: &str) -> bool {
 /// Addresses in `ifconfig -a` output, interface by interface, skipping loopback interfaces,
 /// loopback and link-local addresses, and tentative/duplicated IPv6 addresses.
 pub fn parse_ifconfig(text: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
+    parse_host_interfaces(text).addrs.into_iter().map(|(_, a)| a).collect()
+}
+
+/// The host's interfaces as `ifconfig -a` shows them: every interface's name, and the usable
+/// addresses (as [`parse_ifconfig`] picks them) with their interfaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostInterfaces {
+    pub names: Vec<InterfaceName>,
+    pub addrs: Vec<(InterfaceName, IpAddr)>,
+}
+
+/// The interfaces and addresses in `ifconfig -a` output. A heading line is `NAME: flags=...`;
+/// a name that is not a valid interface name is skipped with its addresses.
+pub fn parse_host_interfaces(text: &str) -> HostInterfaces {
+    let mut out = HostInterfaces::default();
     let mut loopback_if = false;
+    let mut current: Option<InterfaceName> = None;
     for line in text.lines() {
         if !line.starts_with([' ', '\t']) {
             loopback_if = line.contains("LOOPBACK") || line.starts_with("lo");
+            current = line.split_once(':').and_then(|(n, _)| n.parse::<InterfaceName>().ok());
+            if let Some(n) = &current {
+                out.names.push(n.clone());
+            }
             continue;
         }
+        let Some(iface) = &current else { continue };
         if loopback_if {
             continue;
         }
@@ -129,10 +149,22 @@ pub fn parse_ifconfig(text: &str) -> Vec<IpAddr> {
             continue;
         }
         if (kw == "inet") == ip.is_ipv4() {
-            out.push(ip);
+            out.addrs.push((iface.clone(), ip));
         }
     }
     out
+}
+
+/// The lines of `pfctl -s Interfaces -v`: a name, and ` (skip)` after one pf skips
+/// (pfctl.c's print_iface).
+pub fn parse_pf_interfaces(text: &str) -> Vec<(String, bool)> {
+    text.lines()
+        .filter(|l| !l.starts_with([' ', '\t']) && !l.trim().is_empty())
+        .map(|l| match l.trim_end().strip_suffix(" (skip)") {
+            Some(name) => (name.to_string(), true),
+            None => (l.trim_end().to_string(), false),
+        })
+        .collect()
 }
 
 /// Child anchor paths printed by `pfctl -a PARENT -s Anchors` on stdout, one per line, indented
@@ -214,6 +246,16 @@ mod tests {
             \tinet6 fd00:13:37::6 prefixlen 64 tentative\n";
         let a = parse_ifconfig(text);
         assert_eq!(a, vec!["10.13.37.5".parse::<IpAddr>().unwrap(), "fd00:13:37::5".parse().unwrap()]);
+        let h = parse_host_interfaces(text);
+        let names: Vec<&str> = h.names.iter().map(InterfaceName::as_str).collect();
+        assert_eq!(names, ["lo0", "epair0b"]);
+        assert_eq!(h.addrs[0], ("epair0b".parse().unwrap(), "10.13.37.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn pf_interfaces() {
+        let got = parse_pf_interfaces("all\nem0\nlo\nlo0 (skip)\n\tCleared:     Tue Dec  1 10:00:00 2026\n");
+        assert_eq!(got, [("all".into(), false), ("em0".into(), false), ("lo".into(), false), ("lo0".into(), true)]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! pf, driven through pfctl(8). Every command line here is one FreeBSD's pfctl accepts
 //! (pfctl(8)): `-a` selects an anchor, `-f -` loads from stdin in one transaction, `-F all`
 //! with `-a` flushes only that anchor (never the states), `-k label -k L` kills the states
-//! created by rules labelled L, `-s` shows, `-P` prints ports numerically.
+//! created by rules labelled L, `-s` shows, `-P` prints ports numerically, `-s Interfaces -v`
+//! lists the interfaces pf knows, one per line, a skipped one followed by ` (skip)`.
 
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ pub trait Pf: Send + Sync {
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError>;
     /// Whether pf is enabled (`None` when pfctl's answer could not be read).
     fn enabled(&self) -> Result<Option<bool>, CmdError>;
+    /// The interfaces and interface groups pf knows, each with whether pf skips it (`set skip`).
+    fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError>;
 }
 
 /// The real pf, through the pfctl binary at `path`.
@@ -100,5 +103,10 @@ impl Pf for Pfctl {
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
         let out = self.run(&["-s", "info"], None)?;
         Ok(parse::parse_pf_status(&out.stdout))
+    }
+
+    fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {
+        let out = self.run(&["-s", "Interfaces", "-v"], None)?;
+        Ok(parse::parse_pf_interfaces(&out.stdout))
     }
 }

@@ -56,14 +56,15 @@ impl Host {
         fs::create_dir_all(root.join("db")).unwrap();
         // The agent refuses a state directory others may write, whatever the umask is.
         fs::set_permissions(root.join("db"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        for tool in ["pfctl", "jls", "jexec", "route", "ifconfig"] {
+        for tool in ["pfctl", "jls", "jexec", "route", "ifconfig", "sysctl", "sockstat"] {
             std::os::unix::fs::symlink(fake_tools(), root.join("bin").join(tool)).unwrap();
         }
         let h = Host { dir };
         h.set_jails(serde_json::json!([]));
         h.set_gateway(Some("em0"));
-        h.write_state("pf/main.conf", "rdr-anchor \"kleene/*\"\nanchor \"kleene/*\"\n");
-        h.set_host_ifconfig(serde_json::json!([{"name": "em0", "addrs": ["192.0.2.10/24"]}]));
+        h.write_state("pf/main.conf", "nat-anchor \"kleene/*\"\nrdr-anchor \"kleene/*\"\nanchor \"kleene/*\"\n");
+        h.set_host_ifconfig(serde_json::json!([{"name": "em0", "addrs": ["192.0.2.10/24"]}, {"name": "em1"}]));
+        h.set_sysctls(serde_json::json!({"net.inet.ip.forwarding": "1", "net.inet6.ip6.forwarding": "1", "net.pf.filter_local": "1"}));
         h
     }
 
@@ -134,7 +135,7 @@ impl Host {
     pub fn config(&self, extra: &str) -> PathBuf {
         let poll = if extra.contains("poll_interval_ms") { "" } else { "poll_interval_ms: 100\n" };
         let text = format!(
-            "socket: {}\nstate_dir: {}\n{poll}tools:\n  pfctl: {}\n  jls: {}\n  route: {}\n  jexec: {}\n  ifconfig: {}\n{extra}",
+            "socket: {}\nstate_dir: {}\n{poll}tools:\n  pfctl: {}\n  jls: {}\n  route: {}\n  jexec: {}\n  ifconfig: {}\n  sysctl: {}\n  sockstat: {}\n{extra}",
             self.socket().display(),
             self.root().join("db").display(),
             self.tool("pfctl").display(),
@@ -142,6 +143,8 @@ impl Host {
             self.tool("route").display(),
             self.tool("jexec").display(),
             self.tool("ifconfig").display(),
+            self.tool("sysctl").display(),
+            self.tool("sockstat").display(),
         );
         let path = self.root().join("kleene-rdr.yml");
         fs::write(&path, text).unwrap();
@@ -286,6 +289,16 @@ impl Host {
 
     /// Replaces the host's interfaces that `ifconfig -a` prints after lo0:
     /// `[{"name": "em0", "addrs": ["192.0.2.10/24", "2001:db8::10/64"]}]`.
+    /// The sysctl variables `sysctl` knows besides its defaults (`null`: unknown).
+    pub fn set_sysctls(&self, values: Value) {
+        self.write_state("sysctl.json", &values.to_string());
+    }
+
+    /// The host's listening sockets, as `sockstat -l` lists them.
+    pub fn set_sockets(&self, sockets: Value) {
+        self.write_state("sockstat.json", &sockets.to_string());
+    }
+
     pub fn set_host_ifconfig(&self, ifaces: Value) {
         self.write_state("host_ifconfig.json", &ifaces.to_string());
     }

@@ -1,6 +1,6 @@
-//! Fake FreeBSD tools for the integration tests: `pfctl`, `jls`, `jexec`, `route` and
-//! `ifconfig`, in one binary that dispatches on the name it is called by (symlinks in
-//! `ROOT/bin/`).
+//! Fake FreeBSD tools for the integration tests: `pfctl`, `jls`, `jexec`, `route`,
+//! `ifconfig`, `sysctl` and `sockstat`, in one binary that dispatches on the name it is called by
+//! (symlinks in `ROOT/bin/`).
 //!
 //! A fake that echoes what it was given hides real bugs, so these speak what FreeBSD 14.3
 //! prints: the real tools' flags (getopt-style, as pfctl(8), jls(8), jexec(8), route(8) and
@@ -38,6 +38,16 @@
 //!   `pfctl: Syntax error in config file: pf rules not loaded`), `refuse-kill` (every `-k` fails:
 //!   its text on stderr, exit 1, nothing recorded in `killed`), `refuse-flush` (every `-F` fails
 //!   likewise and removes nothing).
+//! - `sysctl.json`: `{"net.pf.filter_local": "0", ...}`, the variables `sysctl` knows besides
+//!   net.pf.filter_local, net.inet.ip.forwarding and net.inet6.ip6.forwarding (0 unless set
+//!   here; `null` removes one: `sysctl: unknown oid 'NAME'`). Printed as sysctl(8) does:
+//!   `NAME: VALUE`, or the value alone with `-n`.
+//! - `sockstat.json`: the listening sockets `sockstat -l` prints, `[{"user": "root", "command":
+//!   "nginx", "pid": 812, "fd": 6, "proto": "tcp4", "local": "127.0.0.1:8080"}]`, under
+//!   sockstat's header, with `*:*` as the foreign address.
+//! - `pfctl -s Interfaces` lists `all`, the group `lo`, lo0 and the interfaces of
+//!   `host_ifconfig.json`, sorted; with `-v` a skipped one (`set skip on` in `main.conf`, an
+//!   interface or the group `lo`) is followed by ` (skip)` (pfctl.c print_iface).
 //! - `ifconfig-started`: one line (`JID PID`) per `ifconfig -j` as it starts, so that a test can
 //!   count the reads the agent killed.
 //! - `calls.log`: one JSON line per invocation: tool, argv, bytes on stdin, and the microseconds
@@ -72,6 +82,8 @@ fn main() {
         "jexec" => jexec(&state, &args),
         "route" => route(&state, &args),
         "ifconfig" => ifconfig(&state, &args),
+        "sysctl" => sysctl(&state, &args),
+        "sockstat" => sockstat(&state, &args),
         other => {
             eprintln!("fake-freebsd: unknown tool {other:?}");
             127
@@ -192,6 +204,9 @@ fn loaded_anchors(pf: &Path) -> Vec<String> {
 struct Ruleset {
     rules: Vec<Rule>,
     tables: Vec<Table>,
+    /// Interfaces and groups `set skip on` names (the main ruleset's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skip: Vec<String>,
 }
 
 impl Ruleset {
@@ -661,8 +676,20 @@ fn pfctl_show(pf: &Path, m: &str, anchor: &str, numeric: bool, verbose: bool, ze
                 }
             }
         }
-        "states" | "all" | "Tables" | "Sources" | "Interfaces" | "timeouts" | "memory" | "osfp" | "queue" | "ether"
-        | "creatorids" => {}
+        "Interfaces" => {
+            let skip = main_ruleset(pf).map(|rs| rs.skip).unwrap_or_default();
+            let state = pf.parent().expect("ROOT/state/pf");
+            let mut names: Vec<String> = host_ifaces(state).into_iter().map(|i| i.name).collect();
+            names.extend(["all".to_string(), "lo".to_string()]);
+            names.sort();
+            for n in names {
+                // A skipped group skips its members (pfi_skip_if): lo0 is in the group lo.
+                let skipped = skip.iter().any(|s| *s == n || (s == "lo" && n.starts_with("lo") && n != "lo"));
+                println!("{n}{}", if verbose && skipped { " (skip)" } else { "" });
+            }
+        }
+        "states" | "all" | "Tables" | "Sources" | "timeouts" | "memory" | "osfp" | "queue" | "ether" | "creatorids" => {
+        }
         _ => unreachable!(),
     }
     Ok(0)
@@ -1207,8 +1234,8 @@ struct RawRule {
 
 enum Stmt {
     Table(Table),
-    /// A `set` option, and what pfctl -v prints for it at parse time.
-    Set(Option<String>),
+    /// A `set` option, what pfctl -v prints for it at parse time, and the interfaces it skips.
+    Set(Option<String>, Vec<String>),
     Rule(Box<RawRule>),
 }
 
@@ -1274,7 +1301,7 @@ fn parse_ruleset(text: &str, file: &str) -> ParseOutcome {
         };
         let want = match &stmt {
             Stmt::Table(_) => None,
-            Stmt::Set(_) => Some(0),
+            Stmt::Set(..) => Some(0),
             Stmt::Rule(r) => Some(if matches!(r.action.as_str(), "pass" | "block" | "anchor") { 5 } else { 4 }),
         };
         if let Some(w) = want {
@@ -1291,7 +1318,10 @@ fn parse_ruleset(text: &str, file: &str) -> ParseOutcome {
                 printed.push(t.print());
                 rs.tables.push(t);
             }
-            Stmt::Set(p) => printed.extend(p),
+            Stmt::Set(p, skip) => {
+                printed.extend(p);
+                rs.skip.extend(skip);
+            }
             Stmt::Rule(raw) => match expand(*raw) {
                 Ok(rules) => rs.rules.extend(rules),
                 Err(e) => errors.extend(e.lines(file, n)),
@@ -1311,11 +1341,11 @@ fn parse_stmt(toks: &[Tok]) -> PResult<Stmt> {
                 c.expect_kw("on")?;
                 let ifs = parse_iflist(&mut c)?;
                 let names: Vec<String> = ifs.into_iter().map(|(_, n)| n).collect();
-                Stmt::Set(Some(format!("set skip on {{ {} }}", names.join(" "))))
+                Stmt::Set(Some(format!("set skip on {{ {} }}", names.join(" "))), names)
             } else {
                 // Other options change nothing this fake models.
                 c.i = c.t.len();
-                Stmt::Set(None)
+                Stmt::Set(None, vec![])
             }
         }
         "pass" | "block" => Stmt::Rule(Box::new(parse_filter(&mut c, first)?)),
@@ -2323,4 +2353,114 @@ fn ifconfig(state: &Path, args: &[String]) -> i32 {
             1
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sysctl, sockstat
+
+/// sysctl(8): `sysctl [-n] NAME...` prints `NAME: VALUE` (the value alone with -n) for each
+/// variable it knows; for another, `sysctl: unknown oid 'NAME'` on stderr, and exit 1 at the end
+/// (it goes on with the rest). Setting (`NAME=VALUE`) is not simulated.
+fn sysctl(state: &Path, args: &[String]) -> i32 {
+    let (opts, names) = match getopt(args, "AabB:deFhiJlNnoqTtWxf:") {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "sysctl: {e}\nusage: sysctl [-bdeFhiJlNnoqTtWx]  [ -B <bufsize> ] [-f filename] name[=value] ..."
+            );
+            return 1;
+        }
+    };
+    let has = |c: char| opts.iter().any(|(o, _)| *o == c);
+    if names.is_empty() {
+        eprintln!("fake sysctl: listing every variable is not simulated");
+        return 1;
+    }
+    let mut known: std::collections::BTreeMap<String, Option<String>> =
+        ["net.pf.filter_local", "net.inet.ip.forwarding", "net.inet6.ip6.forwarding"]
+            .into_iter()
+            .map(|n| (n.to_string(), Some("0".to_string())))
+            .collect();
+    if let Ok(t) = fs::read_to_string(state.join("sysctl.json")) {
+        let set: std::collections::BTreeMap<String, Option<String>> = serde_json::from_str(&t).expect("sysctl.json");
+        known.extend(set);
+    }
+    let mut code = 0;
+    for name in &names {
+        if name.contains('=') {
+            eprintln!("fake sysctl: setting {name} is not simulated");
+            return 1;
+        }
+        match known.get(name.as_str()).cloned().flatten() {
+            Some(v) if has('n') => println!("{v}"),
+            Some(v) => println!("{name}: {v}"),
+            None if has('i') => {}
+            None => {
+                if !has('q') {
+                    eprintln!("sysctl: unknown oid '{name}'");
+                }
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+#[derive(serde::Deserialize)]
+struct Socket {
+    #[serde(default = "root")]
+    user: String,
+    command: String,
+    pid: u32,
+    #[serde(default)]
+    fd: u32,
+    proto: String,
+    local: String,
+}
+
+fn root() -> String {
+    "root".into()
+}
+
+/// sockstat(1): `-4`, `-6` (the families; both when neither is given), `-l` (listening sockets:
+/// the only ones this fake has), `-c` (connected: none), `-L`, `-n`; one line per socket under
+/// the header, in sockstat's column widths.
+fn sockstat(state: &Path, args: &[String]) -> i32 {
+    let usage = "usage: sockstat [-46ACcfIiLlnqSsUuvw] [-j jid] [-p ports] [-P protocols]";
+    let (opts, operands) = match getopt(args, "46ACcfIij:LlnP:p:qSsUuvw") {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sockstat: {e}\n{usage}");
+            return 1;
+        }
+    };
+    if !operands.is_empty() {
+        eprintln!("{usage}");
+        return 1;
+    }
+    let has = |c: char| opts.iter().any(|(o, _)| *o == c);
+    let (v4, v6) = if has('4') || has('6') { (has('4'), has('6')) } else { (true, true) };
+    let connected_only = has('c') && !has('l');
+    let list: Vec<Socket> = match fs::read_to_string(state.join("sockstat.json")) {
+        Ok(t) => serde_json::from_str(&t).expect("sockstat.json"),
+        Err(_) => vec![],
+    };
+    if !has('q') {
+        println!(
+            "{:<8} {:<10} {:<5} {:<2} {:<6} {:<21} {:<21}",
+            "USER", "COMMAND", "PID", "FD", "PROTO", "LOCAL ADDRESS", "FOREIGN ADDRESS"
+        );
+    }
+    for s in list.iter().filter(|_| !connected_only) {
+        let fam4 = s.proto.ends_with('4') || s.proto.ends_with("46");
+        let fam6 = s.proto.ends_with('6');
+        if !((v4 && fam4) || (v6 && fam6)) {
+            continue;
+        }
+        println!(
+            "{:<8} {:<10} {:<5} {:<2} {:<6} {:<21} {:<21}",
+            s.user, s.command, s.pid, s.fd, s.proto, s.local, "*:*"
+        );
+    }
+    0
 }

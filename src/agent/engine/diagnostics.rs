@@ -23,6 +23,7 @@ impl Engine {
         if !self.check_pf(&mut out) {
             return out;
         }
+        out.extend(self.reach_findings(&super::reach::HostReach::read(&self.sys, &self.cfg.anchor)));
         for (source, p) in self.observer.problems() {
             if *source != Source::Pf {
                 let fix = format!("check tools.{} in the config, and the agent's log", source.tool());
@@ -157,21 +158,129 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use crate::agent::api::PublishRequest;
     use crate::agent::engine::testing::{Harness, PfOp, jail};
+    use crate::core::reach::ReachOff;
 
     #[test]
     fn a_healthy_host_is_all_ok() {
         let h = Harness::new();
         h.start();
         let what: Vec<String> = h.engine().check().into_iter().map(|d| d.what).collect();
-        assert_eq!(what, ["agent", "pf device", "pf enabled", "main ruleset rdr-anchor", "main ruleset anchor"]);
+        assert_eq!(
+            what,
+            [
+                "agent",
+                "pf device",
+                "pf enabled",
+                "main ruleset rdr-anchor",
+                "main ruleset anchor",
+                "main ruleset nat-anchor",
+                "loopback",
+                "net.pf.filter_local",
+                "net.inet.ip.forwarding",
+                "net.inet6.ip6.forwarding",
+                "host services"
+            ]
+        );
         assert!(h.problems().is_empty());
+    }
+
+    fn only_problem(h: &Harness) -> crate::agent::api::Diagnostic {
+        let problems = h.problems();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        problems.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_main_ruleset_without_the_nat_anchor_gets_the_line() {
+        let h = Harness::new();
+        h.pf().set_main("rdr-anchor \"kleene/*\" all\nanchor \"kleene/*\" all\n");
+        h.start();
+        let p = only_problem(&h);
+        assert_eq!(p.what, "main ruleset nat-anchor");
+        assert_eq!(
+            p.fix.as_deref(),
+            Some(
+                "add `nat-anchor \"kleene/*\"` to the translation section of /etc/pf.conf (beside \
+                 `rdr-anchor \"kleene/*\"`), then service pf reload"
+            )
+        );
+    }
+
+    #[test]
+    fn a_skipped_lo0_gets_the_rule_to_write_instead() {
+        let h = Harness::new();
+        h.pf().set_skip(&["lo", "lo0"]);
+        h.start();
+        let p = only_problem(&h);
+        assert_eq!(p.what, "loopback");
+        assert!(p.detail.starts_with("pf skips lo0"), "{p:?}");
+        assert!(p.fix.as_deref().unwrap().contains("`pass quick on lo0 all no state`"), "{p:?}");
+    }
+
+    #[test]
+    fn vnet_jails_need_filter_local_and_forwarding() {
+        let h = Harness::new();
+        h.fakes.settings.set_sysctl("net.pf.filter_local", Some("0"));
+        h.fakes.settings.set_sysctl("net.inet.ip.forwarding", Some("0"));
+        h.fakes.settings.set_sysctl("net.inet6.ip6.forwarding", None);
+        h.start();
+        assert!(h.problems().is_empty(), "no VNET jail runs: nothing is needed: {:?}", h.problems());
+        let mut vnet = jail("web", 3, &[]);
+        vnet.vnet = true;
+        h.fakes.ifaces.set_jail(3, &["10.13.37.5"]);
+        h.fakes.jails.set(vec![vnet]);
+        h.engine().begin_reconcile();
+        let problems = h.problems();
+        let what: Vec<&str> = problems.iter().map(|d| d.what.as_str()).collect();
+        assert_eq!(what, ["net.pf.filter_local", "net.inet.ip.forwarding"], "{problems:#?}");
+        assert_eq!(
+            problems[0].fix.as_deref(),
+            Some(
+                "sysctl net.pf.filter_local=1, add net.pf.filter_local=1 to /etc/sysctl.conf, then service pf \
+                 restart (pf reads it when it is enabled)"
+            )
+        );
+        assert_eq!(
+            problems[1].fix.as_deref(),
+            Some("sysctl net.inet.ip.forwarding=1 and sysrc gateway_enable=\"YES\" (/etc/rc.conf)")
+        );
+    }
+
+    #[test]
+    fn a_host_service_on_the_published_port_at_the_loopback_is_shadowed() {
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.fakes.settings.listen("nginx", "tcp4", "127.0.0.1:8080");
+        h.fakes.settings.listen("sshd", "tcp4", "*:22");
+        h.fakes.settings.listen("named", "udp4", "127.0.0.1:8080");
+        h.publish("web", &["8080:80"]).unwrap();
+        let p = only_problem(&h);
+        assert_eq!(p.what, "host services");
+        assert_eq!(
+            p.detail,
+            "nginx (pid 812) listens on 127.0.0.1:8080 (tcp4), but the host's own connections to that port on its \
+             loopback reach jail web (8080:80/tcp) instead"
+        );
+        assert!(p.fix.unwrap().contains("kleenectl publish -j web --no-host 8080:80/tcp"));
+        let h = Harness::running(vec![jail("web", 3, &["10.13.37.2"])]);
+        h.fakes.settings.listen("nginx", "tcp4", "127.0.0.1:8080");
+        let request = PublishRequest {
+            jail: "web".parse().unwrap(),
+            specs: vec!["8080:80".parse().unwrap()],
+            sources: vec![],
+            log: false,
+            network: None,
+            reach_off: ReachOff { host: true, ..ReachOff::default() },
+        };
+        crate::agent::engine::publish(&h.engine, &request).unwrap();
+        assert!(h.problems().is_empty(), "--no-host leaves the host's loopback alone: {:?}", h.problems());
     }
 
     #[test]
     fn a_main_ruleset_without_the_anchors_gets_the_line_to_add() {
         let h = Harness::new();
-        h.pf().set_main("anchor \"kleene/*\" all\n");
+        h.pf().set_main("nat-anchor \"kleene/*\" all\nanchor \"kleene/*\" all\n");
         h.start();
         let problems = h.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");

@@ -26,6 +26,7 @@
 mod diagnostics;
 mod executor;
 mod observe;
+mod reach;
 mod requests;
 #[cfg(test)]
 mod testing;
@@ -43,6 +44,7 @@ use crate::core::renderer::Renderer;
 use crate::sys::host::{IfconfigTool, Interfaces, JailTools, Jails, RouteTool, Routes};
 use crate::sys::pf::{Pf, Pfctl};
 use crate::sys::runner::Limits;
+use crate::sys::settings::{Settings, SettingsTools};
 
 use super::api::{Answer, ContainerPublishRequest, PublishRequest, Refusal, RefusalKind};
 use super::config::Config;
@@ -68,6 +70,8 @@ pub struct System {
     pub jails: Box<dyn Jails>,
     pub routes: Box<dyn Routes>,
     pub ifaces: Arc<dyn Interfaces>,
+    /// sysctl and sockstat, for `check` and publish's warnings.
+    pub settings: Box<dyn Settings>,
 }
 
 impl System {
@@ -83,6 +87,11 @@ impl System {
                 ifconfig: cfg.tools.ifconfig.clone(),
                 limits: limits(MAX_OUTPUT),
                 jail_limits: limits(MAX_JAIL_IFCONFIG_OUTPUT),
+            }),
+            settings: Box::new(SettingsTools {
+                sysctl: cfg.tools.sysctl.clone(),
+                sockstat: cfg.tools.sockstat.clone(),
+                limits: limits(MAX_OUTPUT),
             }),
         }
     }
@@ -112,6 +121,8 @@ pub struct Engine {
     last: Plan,
     /// While a poll reads without the lock: what requests observed or changed meanwhile.
     touched: Option<Touched>,
+    /// What the host offered the reaches when last asked (at start and on reconcile).
+    host_reach: reach::HostReach,
 }
 
 /// A poll about to read the host without the engine's lock: what to read, and with what.
@@ -160,6 +171,7 @@ impl Engine {
             force: BTreeSet::new(),
             last: Plan::default(),
             touched: None,
+            host_reach: reach::HostReach::default(),
         })
     }
 
@@ -212,6 +224,7 @@ impl Engine {
     /// by a reboot, and what an earlier process loaded cannot be trusted) and flush anchors the
     /// state does not know.
     pub fn start(&mut self) {
+        self.host_reach = reach::HostReach::read(&self.sys, &self.cfg.anchor);
         self.observe();
         self.force = self.state.publications.iter().map(|s| self.component(&s.publication.jail)).collect();
         self.reconcile_with(Bypass::All);
@@ -262,8 +275,12 @@ impl Engine {
     }
 
     fn plan_current(&mut self) -> Plan {
-        let desired =
-            Desired { publications: &self.state.publications, networks: &self.cfg.networks, anchor: &self.cfg.anchor };
+        let desired = Desired {
+            publications: &self.state.publications,
+            networks: &self.cfg.networks,
+            anchor: &self.cfg.anchor,
+            reach: self.cfg.reach,
+        };
         let applied =
             Applied { loaded: self.executor.loaded(), force: &self.force, pf_errors: self.executor.refused_loads() };
         plan::plan(&desired, self.observer.observed(), &applied, &mut self.renderer)
@@ -365,6 +382,7 @@ impl Engine {
     pub fn begin_reconcile(&mut self) {
         self.touch(|t| t.all = true);
         self.dirty |= self.observer.observe_all_again(&self.sys, &self.cfg.anchor);
+        self.host_reach = reach::HostReach::read(&self.sys, &self.cfg.anchor);
     }
 
     /// `kleenectl reconcile [--verify]`, after [`Engine::begin_reconcile`]: applies everything
@@ -571,7 +589,7 @@ mod tests {
         let h = web();
         let mut cfg = h.engine().config().clone();
         cfg.anchor = "rdr".into();
-        h.fakes.pf.set_main("rdr-anchor \"rdr/*\" all\nanchor \"rdr/*\" all\n");
+        h.fakes.pf.set_main("nat-anchor \"rdr/*\" all\nrdr-anchor \"rdr/*\" all\nanchor \"rdr/*\" all\n");
         h.engine().reconfigure(cfg, h.fakes.system());
         assert_eq!(h.pf().changes(), ["flush kleene/web", "kill kleene/web", "load rdr/web"]);
         assert!(h.pf().anchor("kleene/web").is_none());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::core::model::{Family, InterfaceName, JailName};
 use crate::core::plan::{AddrsUnknown, Observed, RunningJail};
 use crate::sys::host::{Routes, SysError};
-use crate::sys::parse::JailInfo;
+use crate::sys::parse::{HostInterfaces, JailInfo};
 use crate::sys::runner::CmdError;
 
 use super::super::log;
@@ -62,8 +62,8 @@ pub(super) struct Reading {
     jails: Result<Vec<JailInfo>, SysError>,
     gateways: [Result<Option<InterfaceName>, SysError>; 2],
     anchors: Result<Vec<String>, CmdError>,
-    /// Read only when VNET jails run and the last read is older than the refresh interval.
-    host_addrs: Option<Result<Vec<IpAddr>, SysError>>,
+    /// Read only when the last read is older than the refresh interval.
+    host_addrs: Option<Result<HostInterfaces, SysError>>,
     /// When the reading started: what it says is at least this old.
     started: Instant,
 }
@@ -188,8 +188,7 @@ impl Observer {
             let join = "observation threads do not panic";
             (jails.join().expect(join), gateways.join().expect(join), anchors)
         });
-        let vnet = jails.as_ref().is_ok_and(|list| list.iter().any(|j| j.vnet));
-        let host_addrs = (vnet && host_addrs_due).then(|| sys.ifaces.host_addrs());
+        let host_addrs = host_addrs_due.then(|| sys.ifaces.host_addrs());
         Reading { jails, gateways, anchors, host_addrs, started }
     }
 
@@ -267,7 +266,7 @@ impl Observer {
         let mut changed = false;
         match jail {
             Ok(found) => {
-                if found.as_ref().is_some_and(|j| j.vnet) && self.host_addrs_read.is_none() {
+                if self.host_addrs_read.is_none() {
                     changed |= self.read_host_addrs(sys, false);
                 }
                 let fresh = found.map(|j| self.running(j));
@@ -298,9 +297,7 @@ impl Observer {
     pub(super) fn observe_all_again(&mut self, sys: &System, parent: &str) -> bool {
         self.vnet.invalidate_all();
         let mut changed = self.observe(sys, parent);
-        if self.observed.jails.iter().any(|j| j.vnet) {
-            changed |= self.read_host_addrs(sys, true);
-        }
+        changed |= self.read_host_addrs(sys, true);
         changed
     }
 
@@ -317,13 +314,18 @@ impl Observer {
 
     /// Takes in a read of the host's own addresses; a failed one keeps the last good one.
     /// Returns whether they changed.
-    fn take_host_addrs(&mut self, read: Result<Vec<IpAddr>, SysError>) -> bool {
+    fn take_host_addrs(&mut self, read: Result<HostInterfaces, SysError>) -> bool {
         match read {
-            Ok(addrs) => {
+            Ok(h) => {
                 self.problems.remove(&Source::HostAddrs);
-                let addrs: BTreeSet<IpAddr> = addrs.into_iter().collect();
-                let changed = addrs != self.observed.host_addrs;
+                let addrs: BTreeSet<IpAddr> = h.addrs.iter().map(|(_, a)| *a).collect();
+                let ifaces = Some(h.names.into_iter().collect());
+                let changed = addrs != self.observed.host_addrs
+                    || h.addrs != self.observed.host_links
+                    || ifaces != self.observed.host_ifaces;
                 self.observed.host_addrs = addrs;
+                self.observed.host_links = h.addrs;
+                self.observed.host_ifaces = ifaces;
                 self.host_addrs_read = Some(Instant::now());
                 changed
             }

@@ -31,6 +31,7 @@ use crate::core::container::Owner;
 use crate::core::model::{JailName, NetworkName};
 use crate::core::plan::{self, Action, Applied, Desired, JailPlan, Plan, PubStatus, Status, Stored};
 use crate::core::publication::Publication;
+use crate::core::reach::Reach;
 use crate::core::render::Gateways;
 use crate::core::spec::Place;
 
@@ -105,14 +106,17 @@ impl Engine {
     /// `kleenectl publish`: stores and applies the request's publications, all or none. The
     /// caller observed the jail first ([`super::publish`]).
     pub fn publish(&mut self, request: &PublishRequest) -> Answer {
-        let PublishRequest { jail, specs, sources, log, network } = request;
+        let PublishRequest { jail, specs, sources, log, network, reach_off } = request;
         if specs.is_empty() {
             return Err(Refusal::new(RefusalKind::Invalid, "give at least one port spec"));
         }
         configured(&self.cfg.networks, network.as_ref())?;
         let new: Vec<Publication> = specs
             .iter()
-            .map(|s| Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone()))
+            .map(|s| {
+                Publication::new(jail.clone(), s.clone(), sources.clone(), *log, network.clone())
+                    .with_reach_off(*reach_off)
+            })
             .collect();
         self.publish_new(jail, new, false)
     }
@@ -121,7 +125,7 @@ impl Engine {
     /// (its jail running, its rules loaded), else none is stored. The caller observed the jail
     /// first ([`super::publish_container`]).
     pub fn publish_container(&mut self, request: &ContainerPublishRequest) -> Answer {
-        let ContainerPublishRequest { jail, specs, container, anchor } = request;
+        let ContainerPublishRequest { jail, specs, container, anchor, reach_off } = request;
         if let Some(a) = anchor {
             if a != &self.cfg.anchor {
                 return Err(Refusal::new(
@@ -143,7 +147,11 @@ impl Engine {
         }
         let new: Vec<Publication> = specs
             .iter()
-            .map(|s| Publication::new(jail.clone(), s.clone(), vec![], false, None).owned(container.clone()))
+            .map(|s| {
+                Publication::new(jail.clone(), s.clone(), vec![], false, None)
+                    .owned(container.clone())
+                    .with_reach_off(*reach_off)
+            })
             .collect();
         self.publish_new(jail, new, true)
     }
@@ -151,7 +159,7 @@ impl Engine {
     /// Stores and applies `new`, publications of `jail`, all or none; with `active`, each must be
     /// active once planned.
     fn publish_new(&mut self, jail: &JailName, new: Vec<Publication>, active: bool) -> Answer {
-        apart(&new, &self.observer.observed().gateways)?;
+        apart(&new, &self.observer.observed().gateways, &self.cfg.reach)?;
         own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
         let (fresh, already) = split_known(&self.state.publications, new)?;
         let mut lines: Vec<String> =
@@ -200,7 +208,10 @@ impl Engine {
             return Err(Refusal::new(kind, msg));
         }
         self.commit(jail, planned, undo).map_err(|f| f.refusal(jail, "published"))?;
-        lines.extend(seqs.into_iter().map(|seq| self.describe(seq)));
+        for seq in seqs {
+            lines.push(self.describe(seq));
+            lines.extend(self.reach_warnings(seq).into_iter().map(|w| format!("warning: {w}")));
+        }
         Ok(lines.join("\n"))
     }
 
@@ -316,6 +327,7 @@ impl Engine {
                 publications: &self.state.publications,
                 networks: &self.cfg.networks,
                 anchor: &self.cfg.anchor,
+                reach: self.cfg.reach,
             };
             let applied = Applied {
                 loaded: self.executor.loaded(),
@@ -386,6 +398,7 @@ impl Engine {
             Status::Active => {
                 let on = match &p.spec.place {
                     Place::Address(a) => format!("address {a}"),
+                    Place::Localhost => "the host's loopback (127.0.0.1, ::1)".to_string(),
                     _ => {
                         let i: Vec<String> = st.interfaces.iter().map(|i| i.to_string()).collect();
                         i.join(", ")
@@ -425,13 +438,13 @@ fn configured(networks: &[Network], network: Option<&NetworkName>) -> Result<(),
 }
 
 /// Refuses a request whose publications repeat a spec or claim the same host port.
-fn apart(new: &[Publication], gateways: &Gateways) -> Result<(), Refusal> {
+fn apart(new: &[Publication], gateways: &Gateways, reach: &Reach) -> Result<(), Refusal> {
     let mut taken = conflict::Index::default();
     for (i, p) in new.iter().enumerate() {
         if let Some(q) = new[..i].iter().find(|q| q.spec == p.spec) {
             return Err(Refusal::new(RefusalKind::Invalid, format!("{} is given twice (as {})", p.spec, q.spec)));
         }
-        let mine = conflict::claims(p, None, gateways);
+        let mine = conflict::claims(p, None, gateways, reach);
         if let Some(q) = taken.owner(&mine).map(|j: usize| &new[j]) {
             return Err(Refusal::new(
                 RefusalKind::Conflict,
@@ -903,12 +916,14 @@ mod tests {
     fn a_request_must_not_repeat_a_spec_nor_claim_a_port_twice() {
         let gateways = Gateways { inet: Some("em0".parse().unwrap()), inet6: None };
         let twice = [publication("web", "8080:80"), publication("web", "8080:80/tcp")];
-        let e = apart(&twice, &gateways).unwrap_err();
+        let e = apart(&twice, &gateways, &Reach::default()).unwrap_err();
         assert_eq!((e.kind, e.message.as_str()), (RefusalKind::Invalid, "8080:80/tcp is given twice (as 8080:80/tcp)"));
         let overlap = [publication("web", "8000-8010:9000"), publication("web", "em0:8005:80")];
-        let e = apart(&overlap, &gateways).unwrap_err();
+        let e = apart(&overlap, &gateways, &Reach::default()).unwrap_err();
         assert_eq!(e.kind, RefusalKind::Conflict);
-        assert!(apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways).is_ok());
+        assert!(
+            apart(&[publication("web", "8080"), publication("web", "8080/udp")], &gateways, &Reach::default()).is_ok()
+        );
     }
 
     #[test]

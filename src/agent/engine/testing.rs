@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::core::model::{Family, InterfaceName, JailName};
 use crate::sys::host::{Interfaces, Jails, Routes, SysError};
-use crate::sys::parse::{JailInfo, ParseError};
+use crate::sys::parse::{HostInterfaces, JailInfo, ParseError};
 use crate::sys::pf::{Pf, Show};
 use crate::sys::runner::{CmdError, CmdErrorKind};
+use crate::sys::settings::{Listener, SYSCTLS, Settings};
 
 use super::super::api::{Answer, Diagnostic, PublicationState, PublishRequest, Removal, UnpublishRequest};
 use super::super::config::Config;
@@ -59,6 +60,7 @@ pub enum PfCall {
     Anchors(String),
     Show(Option<String>, Show),
     Enabled,
+    Interfaces,
 }
 
 #[derive(Default)]
@@ -70,6 +72,8 @@ struct PfModel {
     /// Operations pf refuses, with its message, until allowed again.
     refusals: BTreeMap<PfOp, String>,
     calls: Vec<PfCall>,
+    /// Interfaces pf skips (`set skip on ...`).
+    skipped: Vec<String>,
 }
 
 /// pf: anchors loaded and flushed in memory; refuses what the test says.
@@ -78,7 +82,7 @@ pub struct FakePf(Arc<Mutex<PfModel>>);
 
 impl Default for FakePf {
     fn default() -> Self {
-        let main = "rdr-anchor \"kleene/*\" all\nanchor \"kleene/*\" all\n".to_string();
+        let main = "nat-anchor \"kleene/*\" all\nrdr-anchor \"kleene/*\" all\nanchor \"kleene/*\" all\n".to_string();
         FakePf(Arc::new(Mutex::new(PfModel { main, ..PfModel::default() })))
     }
 }
@@ -131,6 +135,11 @@ impl FakePf {
     /// Replaces the main ruleset.
     pub fn set_main(&self, text: &str) {
         lock(&self.0).main = text.to_string();
+    }
+
+    /// From now on pf skips these interfaces (`set skip on lo0`).
+    pub fn set_skip(&self, ifaces: &[&str]) {
+        lock(&self.0).skipped = ifaces.iter().map(|i| i.to_string()).collect();
     }
 
     /// Records `call`; the refusal scripted for `op`, if any.
@@ -187,6 +196,64 @@ impl Pf for FakePf {
 
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
         self.call(PfCall::Enabled, PfOp::Show, &["pfctl", "-s", "info"]).map(|_| Some(true))
+    }
+
+    fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {
+        let m = self.call(PfCall::Interfaces, PfOp::Show, &["pfctl", "-s", "Interfaces", "-v"])?;
+        let names = ["all", "em0", "lo", "lo0"];
+        Ok(names.iter().map(|n| (n.to_string(), m.skipped.iter().any(|s| s == n))).collect())
+    }
+}
+
+#[derive(Default)]
+struct SettingsModel {
+    sysctls: BTreeMap<String, String>,
+    listeners: Vec<Listener>,
+}
+
+/// sysctl and sockstat: the values and sockets the test says there are (forwarding and
+/// net.pf.filter_local on, nothing listening, unless the test says otherwise).
+#[derive(Clone)]
+pub struct FakeSettings(Arc<Mutex<SettingsModel>>);
+
+impl Default for FakeSettings {
+    fn default() -> Self {
+        let sysctls = SYSCTLS.iter().map(|n| (n.to_string(), "1".to_string())).collect();
+        FakeSettings(Arc::new(Mutex::new(SettingsModel { sysctls, listeners: vec![] })))
+    }
+}
+
+impl FakeSettings {
+    /// Sets a sysctl variable; `None`: the kernel does not know it.
+    pub fn set_sysctl(&self, name: &str, value: Option<&str>) {
+        let mut m = lock(&self.0);
+        match value {
+            Some(v) => m.sysctls.insert(name.to_string(), v.to_string()),
+            None => m.sysctls.remove(name),
+        };
+    }
+
+    /// A host process listening on `addr` (`127.0.0.1:8080`, `*:8080`) with `proto` (`tcp4`).
+    pub fn listen(&self, command: &str, proto: &str, addr: &str) {
+        let (a, port) = addr.rsplit_once(':').expect("ADDR:PORT");
+        lock(&self.0).listeners.push(Listener {
+            command: command.into(),
+            pid: "812".into(),
+            proto: proto.into(),
+            addr: if a == "*" { None } else { Some(a.parse().expect("an address")) },
+            port: port.parse().expect("a port"),
+        });
+    }
+}
+
+impl Settings for FakeSettings {
+    fn sysctls(&self, names: &[&str]) -> Result<BTreeMap<String, String>, CmdError> {
+        let m = lock(&self.0);
+        Ok(m.sysctls.iter().filter(|(n, _)| names.contains(&n.as_str())).map(|(n, v)| (n.clone(), v.clone())).collect())
+    }
+
+    fn listening(&self) -> Result<Vec<Listener>, CmdError> {
+        Ok(lock(&self.0).listeners.clone())
     }
 }
 
@@ -302,19 +369,39 @@ impl Routes for FakeRoutes {
     }
 }
 
-#[derive(Default)]
 struct IfacesModel {
-    host: Vec<IpAddr>,
+    host: HostInterfaces,
     jails: BTreeMap<u32, Vec<IpAddr>>,
     /// `None` for the host's addresses, the jid for a jail's.
     calls: Vec<Option<u32>>,
 }
 
-/// ifconfig: the host's and the VNET jails' addresses the test says there are.
+impl Default for IfacesModel {
+    fn default() -> Self {
+        let names = ["lo0", "em0", "em1"].map(|n| n.parse().expect("an interface name")).to_vec();
+        IfacesModel { host: HostInterfaces { names, addrs: vec![] }, jails: BTreeMap::new(), calls: vec![] }
+    }
+}
+
+/// ifconfig: the host's and the VNET jails' addresses the test says there are (the host has
+/// lo0, em0 and em1 unless the test says otherwise).
 #[derive(Clone, Default)]
 pub struct FakeIfaces(Arc<Mutex<IfacesModel>>);
 
 impl FakeIfaces {
+    /// From now on the host has these interfaces, with these addresses (`bridge0=10.13.37.1`).
+    pub fn set_host(&self, names: &[&str], addrs: &[&str]) {
+        let names = names.iter().map(|n| n.parse().expect("an interface name")).collect();
+        let addrs = addrs
+            .iter()
+            .map(|a| {
+                let (i, a) = a.split_once('=').expect("IF=ADDR");
+                (i.parse().expect("an interface name"), a.parse().expect("an address"))
+            })
+            .collect();
+        lock(&self.0).host = HostInterfaces { names, addrs };
+    }
+
     /// From now on the VNET jail `jid` has these addresses.
     pub fn set_jail(&self, jid: u32, addrs: &[&str]) {
         lock(&self.0).jails.insert(jid, addrs.iter().map(|a| a.parse().expect("an address")).collect());
@@ -327,7 +414,7 @@ impl FakeIfaces {
 }
 
 impl Interfaces for FakeIfaces {
-    fn host_addrs(&self) -> Result<Vec<IpAddr>, SysError> {
+    fn host_addrs(&self) -> Result<HostInterfaces, SysError> {
         let mut m = lock(&self.0);
         m.calls.push(None);
         Ok(m.host.clone())
@@ -350,6 +437,7 @@ pub struct Fakes {
     pub jails: FakeJails,
     pub routes: FakeRoutes,
     pub ifaces: FakeIfaces,
+    pub settings: FakeSettings,
 }
 
 impl Fakes {
@@ -367,6 +455,7 @@ impl Fakes {
             jails: Box::new(self.jails.clone()),
             routes: Box::new(self.routes.clone()),
             ifaces: Arc::new(self.ifaces.clone()),
+            settings: Box::new(self.settings.clone()),
         }
     }
 }
@@ -452,6 +541,7 @@ impl Harness {
             sources: vec![],
             log: false,
             network: None,
+            reach_off: Default::default(),
         };
         super::publish(&self.engine, &request)
     }

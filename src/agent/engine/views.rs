@@ -24,12 +24,17 @@ impl Engine {
             let planned = self.last.statuses.get(&s.seq);
             let status = planned.map_or_else(|| Status::Pending("not planned yet".into()), |st| st.status.clone());
             let (standing, reason) = standing(self.with_pf(&s.publication, status));
+            let reached = match standing {
+                Standing::Active => planned.map_or_else(Vec::new, |st| st.reached.clone()),
+                _ => Vec::new(),
+            };
             PublicationState {
                 publication: s.publication.clone(),
                 standing,
                 reason,
                 interfaces: planned.map_or_else(Vec::new, |st| st.interfaces.to_vec()),
                 targets: planned.map_or_else(Targets::default, |st| st.targets.clone()),
+                reached,
             }
         });
         let removing = self.executor.removing().filter(|(p, _)| wanted(&p.jail)).map(|(p, retry)| {
@@ -40,6 +45,7 @@ impl Engine {
                 reason: Some(format!("unpublished, but pf has not killed its established states yet{why}")),
                 interfaces: Vec::new(),
                 targets: Targets::default(),
+                reached: Vec::new(),
             }
         });
         stored.chain(removing).collect()
