@@ -736,6 +736,7 @@ mod tests {
             cni_network: "podman".parse().unwrap(),
             addresses: vec!["10.88.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             anchor: Some("kleene".into()),
+            reach_off: ReachOff::default(),
         };
         let line = encode_request(&add);
         assert_eq!(

@@ -579,6 +579,7 @@ fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result
 mod tests {
     use super::*;
     use crate::agent::engine::testing::{Harness, PfOp, jail};
+    use crate::core::reach::ReachOff;
 
     /// An engine started with `web` running on 10.13.37.2.
     fn running_web() -> Harness {
@@ -788,6 +789,7 @@ mod tests {
             specs: specs.iter().map(|s| s.parse().unwrap()).collect(),
             container: container(id, addrs),
             anchor: None,
+            reach_off: ReachOff::default(),
         };
         crate::agent::engine::publish_container(h.engine_mutex(), &request)
     }
@@ -801,9 +803,19 @@ mod tests {
         // A VNET jail with no networks configured: a jail publication could not target it.
         let h = Harness::running(vec![crate::agent::engine::testing::jail_info("cni-1", 7, &[], true)]);
         let ok = add(&h, "cni-1", "c1", &["10.88.0.5", "fd00::5"], &["8080:80", "5353/udp"]).unwrap();
+        let published: Vec<&str> = ok.lines().filter(|l| !l.starts_with("warning: ")).collect();
         assert_eq!(
-            ok,
-            "published cni-1 8080:80/tcp on em0 -> 10.88.0.5, fd00::5\npublished cni-1 5353:5353/udp on em0 -> 10.88.0.5, fd00::5"
+            published,
+            [
+                "published cni-1 8080:80/tcp on em0 -> 10.88.0.5, fd00::5",
+                "published cni-1 5353:5353/udp on em0 -> 10.88.0.5, fd00::5"
+            ]
+        );
+        assert!(
+            ok.contains(
+                "warning: 8080:80/tcp: the host has no IPv4 address on the network of VNET jail address 10.88.0.5"
+            ),
+            "the host has no address on the container's network, so hairpin and host access cannot work: {ok}"
         );
         let anchor = h.pf().anchor("kleene/cni-1").unwrap();
         assert!(anchor.contains("-> 10.88.0.5 port 80"), "{anchor}");
@@ -904,6 +916,7 @@ mod tests {
             specs: vec!["8080".parse().unwrap()],
             container: container("c1", &["10.88.0.5"]),
             anchor: Some("podman".into()),
+            reach_off: ReachOff::default(),
         };
         let e = h.engine().publish_container(&request).unwrap_err();
         assert_eq!(e.kind, RefusalKind::Invalid);
