@@ -27,6 +27,7 @@ mod diagnostics;
 mod executor;
 mod observe;
 mod requests;
+mod stats;
 #[cfg(test)]
 mod testing;
 mod verify;
@@ -52,6 +53,8 @@ use super::vnet::VnetAddrs;
 use executor::{Bypass, Executor, Outcome, Unfinished};
 use observe::{Observer, Reading, Touched};
 use verify::Verifier;
+
+pub use stats::{StatsRead, stats};
 
 /// The most pfctl and jls may print: an anchor of 1,024 dual-stack publications prints about
 /// 600 KB, jls about 120 bytes per jail.

@@ -59,6 +59,7 @@ pub enum PfCall {
     Anchors(String),
     Show(Option<String>, Show),
     Enabled,
+    Labels(String),
 }
 
 #[derive(Default)]
@@ -69,6 +70,8 @@ struct PfModel {
     main: String,
     /// Operations pf refuses, with its message, until allowed again.
     refusals: BTreeMap<PfOp, String>,
+    /// What `-a ANCHOR -s labels` prints, by ANCHOR (`*` for every anchor); nothing when unset.
+    labels: BTreeMap<String, String>,
     calls: Vec<PfCall>,
 }
 
@@ -126,6 +129,11 @@ impl FakePf {
     /// Writes an anchor behind the engine's back (another program, or drift).
     pub fn set_anchor(&self, path: &str, text: &str) {
         lock(&self.0).anchors.insert(path.to_string(), text.to_string());
+    }
+
+    /// Sets what `pfctl -a ANCHOR -s labels` prints.
+    pub fn set_labels(&self, anchor: &str, text: &str) {
+        lock(&self.0).labels.insert(anchor.to_string(), text.to_string());
     }
 
     /// Replaces the main ruleset.
@@ -187,6 +195,11 @@ impl Pf for FakePf {
 
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
         self.call(PfCall::Enabled, PfOp::Show, &["pfctl", "-s", "info"]).map(|_| Some(true))
+    }
+
+    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
+        let m = self.call(PfCall::Labels(anchor.into()), PfOp::Show, &["pfctl", "-a", anchor, "-s", "labels"])?;
+        Ok(m.labels.get(anchor).cloned().unwrap_or_default())
     }
 }
 
