@@ -18,7 +18,7 @@ use crate::core::model::{Cidr, Family, InterfaceName, InvalidValue, JailName, Ne
 use crate::core::publication::Publication;
 use crate::core::render::{Gateways, Targets, render_uniform};
 use crate::core::spec::{Place, PortSpec, SpecError};
-use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response, StatsView, Traffic};
+use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response, StatsView};
 
 /// Bad input from the command line: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +532,7 @@ mod tests {
     use super::*;
     use crate::agent::api::{PublicationState, Standing};
     use crate::core::render::Targets;
+    use crate::proto::Traffic;
 
     fn view(spec: &str, standing: Standing, interfaces: &[&str], targets: &[&str]) -> PublicationView {
         PublicationState {
@@ -588,8 +589,15 @@ mod tests {
 
     #[test]
     fn the_stats_table_says_why_a_publication_has_no_counters() {
-        let traffic =
-            Traffic { packets_in: 12, bytes_in: 4096, packets_out: 10, bytes_out: 900, states_created: 3, evaluations: 5, since: 0 };
+        let traffic = Traffic {
+            packets_in: 12,
+            bytes_in: 4096,
+            packets_out: 10,
+            bytes_out: 900,
+            states_created: 3,
+            evaluations: 5,
+            since: 0,
+        };
         let row = |spec: &str, state, traffic, note: Option<&str>| StatsView {
             jail: "web".parse().unwrap(),
             spec: spec.parse().unwrap(),

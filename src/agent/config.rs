@@ -65,6 +65,8 @@ pub struct Config {
     pub tool_timeout_ms: u64,
     /// How often a VNET jail's addresses are read again (also on `reconcile` and a new jid).
     pub vnet_refresh_ms: u64,
+    /// Where the agent serves Prometheus metrics (`GET /metrics`); none: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             max_publications: 65536,
             tool_timeout_ms: 10_000,
             vnet_refresh_ms: 60_000,
+            metrics_listen: None,
         }
     }
 }

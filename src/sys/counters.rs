@@ -125,10 +125,8 @@ pub struct PfCalls {
 }
 
 /// The process's count of pfctl runs.
-pub static PF_CALLS: PfCalls = PfCalls {
-    calls: [const { AtomicU64::new(0) }; 7],
-    failures: [const { AtomicU64::new(0) }; 7],
-};
+pub static PF_CALLS: PfCalls =
+    PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
 
 impl PfCalls {
     /// Counts one run of `op`, and its failure when `failed`.

@@ -34,6 +34,7 @@ mod verify;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ use crate::sys::runner::Limits;
 use super::api::{Answer, PublishRequest, Refusal, RefusalKind};
 use super::config::Config;
 use super::log;
+use super::metrics::{self, HEALTH};
 use super::state::{State, Store};
 use super::vnet::VnetAddrs;
 use executor::{Bypass, Executor, Outcome, Unfinished};
@@ -286,12 +288,14 @@ impl Engine {
         if !self.dirty && self.force.is_empty() && !self.executor.retries_due(now) {
             return Outcome::default();
         }
-        let plan = self.plan_current();
-        let before = self.executor.refused_loads().clone();
-        let mut outcome = self.apply(&plan.actions, bypass);
-        outcome.merge(self.executor.retry_kills(&*self.sys.pf, now));
-        self.settle(plan, &before);
-        outcome
+        metrics::timed(&HEALTH.reconcile, || {
+            let plan = self.plan_current();
+            let before = self.executor.refused_loads().clone();
+            let mut outcome = self.apply(&plan.actions, bypass);
+            outcome.merge(self.executor.retry_kills(&*self.sys.pf, now));
+            self.settle(plan, &before);
+            outcome
+        })
     }
 
     /// After a plan was applied: forgets failures that became moot, and keeps the plan's
@@ -339,9 +343,16 @@ impl Engine {
         let touched = self.touched.take().unwrap_or_default();
         self.dirty |= self.observer.take(read.reading, &self.cfg.anchor, &touched);
         let loaded = self.executor.loaded();
-        self.force.extend(
-            read.stale.into_iter().filter(|c| !touched.all && !touched.anchors.contains(c) && loaded.contains_key(c)),
-        );
+        let drifted: Vec<String> = read
+            .stale
+            .into_iter()
+            .filter(|c| !touched.all && !touched.anchors.contains(c) && loaded.contains_key(c))
+            .collect();
+        HEALTH.drift_repairs.fetch_add(drifted.len() as u64, Ordering::Relaxed);
+        self.force.extend(drifted);
+        if self.observer.problems().is_empty() {
+            HEALTH.poll_succeeded();
+        }
         self.reconcile();
     }
 
@@ -352,7 +363,9 @@ impl Engine {
             return;
         }
         let picked = self.verifier.pick(self.executor.loaded(), count);
-        self.force.extend(verify::compare(&*self.sys.pf, &self.cfg.anchor, &picked));
+        let drifted = verify::compare(&*self.sys.pf, &self.cfg.anchor, &picked);
+        HEALTH.drift_repairs.fetch_add(drifted.len() as u64, Ordering::Relaxed);
+        self.force.extend(drifted);
     }
 
     /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
@@ -420,6 +433,10 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 /// whose addresses are being read, waits for that read (at most one tool deadline) without
 /// holding the engine's lock, so that nobody else waits for it.
 pub fn publish(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
+    metrics::timed(&HEALTH.publish, || publish_untimed(engine, request))
+}
+
+fn publish_untimed(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
     let mut e = lock(engine);
     e.observe_jail(&request.jail);
     if e.vnet_pending(Some(&request.jail)) {

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use crate::core::model::{JailName, LabelKind};
 use crate::sys::counters::{LabelLine, RuleCounters, parse_labels};
 
-use super::super::api::{PublicationStats, PublicationState, Refusal, RefusalKind};
+use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind};
 use super::{Engine, System, lock};
 
 /// One counter read at a time, in the whole agent.
@@ -76,6 +76,11 @@ impl Engine {
 }
 
 impl StatsRead {
+    /// The standing of every publication reported.
+    pub fn standings(&self) -> impl Iterator<Item = super::super::api::Standing> + '_ {
+        self.items.iter().map(|i| i.state.standing)
+    }
+
     /// Reads pf's counters (one pfctl call when pf.conf calls the anchors, see the module
     /// documentation) and pairs them with the publications. A failure of the call that reads
     /// every anchor is an error; a failure to read one anchor leaves its publications without
@@ -86,11 +91,10 @@ impl StatsRead {
         // By jail label: what the read of every anchor found.
         let mut all: BTreeMap<String, Vec<LabelLine>> = BTreeMap::new();
         if loaded().next().is_some() && !self.one_jail {
-            let text = self
-                .sys
-                .pf
-                .labels("*")
-                .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's counters: {}", e.message())))?;
+            let text =
+                self.sys.pf.labels("*").map_err(|e| {
+                    Refusal::new(RefusalKind::Pf, format!("cannot read pf's counters: {}", e.message()))
+                })?;
             all = by_jail_label(&parse_labels(&text));
         }
         // By anchor path: the anchors that read did not show, read one by one.
@@ -174,11 +178,7 @@ mod tests {
     fn read(h: &Harness, jail: Option<&str>) -> Vec<(String, Option<RuleCounters>, Option<String>)> {
         let jail = jail.map(|j| j.parse().unwrap());
         let read = h.engine().begin_stats(jail.as_ref());
-        read.read()
-            .unwrap()
-            .into_iter()
-            .map(|s| (s.state.publication.spec.to_string(), s.counters, s.note))
-            .collect()
+        read.read().unwrap().into_iter().map(|s| (s.state.publication.spec.to_string(), s.counters, s.note)).collect()
     }
 
     #[test]
