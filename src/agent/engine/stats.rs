@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use crate::core::model::{JailName, LabelKind};
 use crate::sys::counters::{LabelLine, RuleCounters, parse_labels};
 
-use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind};
+use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind, Standing};
 use super::{Engine, System, lock};
 
 /// One counter read at a time, in the whole agent.
@@ -59,9 +59,10 @@ impl Engine {
             .map(|state| {
                 let p = &state.publication;
                 let component = self.component(&p.jail);
+                // Only an active publication has rules in pf.
                 let loaded = match state.standing {
-                    super::super::api::Standing::Removing => None,
-                    _ => self.executor.loaded_at(&component).map(|t| (self.anchor_path(&component), t)),
+                    Standing::Active => self.executor.loaded_at(&component).map(|t| (self.anchor_path(&component), t)),
+                    _ => None,
                 };
                 Item { jail_label: p.jail.label(), label: p.label(), loaded, state }
             })
@@ -77,7 +78,7 @@ impl Engine {
 
 impl StatsRead {
     /// The standing of every publication reported.
-    pub fn standings(&self) -> impl Iterator<Item = super::super::api::Standing> + '_ {
+    pub fn standings(&self) -> impl Iterator<Item = Standing> + '_ {
         self.items.iter().map(|i| i.state.standing)
     }
 
