@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_head_ends_at_the_first_empty_line() {
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(22));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(20));
         assert_eq!(find_end(b"GET / HTTP/1.1\nA: b\n\n"), Some(19));
         assert_eq!(find_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
