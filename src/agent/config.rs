@@ -242,6 +242,19 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_an_address_and_port_of_either_family() {
+        assert_eq!(Config::default().metrics_listen, None, "off by default");
+        for addr in ["127.0.0.1:9720", "[::1]:9720", "0.0.0.0:9100", "[2001:db8::1]:80"] {
+            let c = Config::parse(&format!("metrics_listen: \"{addr}\"\n")).unwrap();
+            assert_eq!(c.metrics_listen, Some(addr.parse().unwrap()));
+        }
+        for bad in ["localhost:9720", "127.0.0.1", "9720", "[::1]", "127.0.0.1:99999"] {
+            let e = format!("{:#}", Config::parse(&format!("metrics_listen: \"{bad}\"\n")).unwrap_err());
+            assert!(e.contains("metrics_listen") && e.contains("socket address"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (text, want) in [
             ("bogus: 1\n", "unknown field `bogus`"),
