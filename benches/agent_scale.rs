@@ -6,8 +6,9 @@
 //!
 //! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
 //! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
-//! `kleenectl publish` round trips; the agent's peak RSS; and the rule text a single-jail change
-//! pushes with per-jail anchors versus a whole-ruleset reload. Prints a report; asserts only that
+//! `kleenectl publish` round trips; the agent's peak RSS; the rule text a single-jail change
+//! pushes with per-jail anchors versus a whole-ruleset reload; and reading every publication's
+//! traffic counters: `kleenectl stats` and one metrics scrape. Prints a report; asserts only that
 //! the agent did what it should (every anchor loaded, the stopped jail flushed), never a time.
 
 #[path = "../tests/common/mod.rs"]
@@ -115,7 +116,11 @@ fn main() {
     }
 
     // 1. Cold start.
-    let cfg = h.config("poll_interval_ms: 200\nverify_interval_ms: 3600000\nmax_publications: 1000000\n");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = h.config(&format!(
+        "poll_interval_ms: 200\nverify_interval_ms: 3600000\nmax_publications: 1000000\nmetrics_listen: \
+         127.0.0.1:{metrics_port}\n"
+    ));
     let started = Instant::now();
     let mut agent = h.start_agent_with(&cfg);
     h.wait_for("every anchor loaded", || h.calls().iter().filter(|c| is_load(c)).count() >= jails);
@@ -234,6 +239,7 @@ fn main() {
         status_kib(pid, "RssAnon:"),
         status_kib(pid, "RssFile:")
     );
+    counters(&h, jails, pid, metrics_port);
     agent.stop();
 
     // 6. Rule text pushed per single-jail change.
@@ -254,4 +260,72 @@ fn main() {
         let whole: usize = (0..n).map(anchor_bytes).sum();
         println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));
     }
+}
+
+/// Section 7, the traffic counters of every publication: `kleenectl stats` (all jails, then one
+/// jail) and one metrics scrape, five times each; pfctl calls, output and the agent's CPU.
+fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
+    use std::io::{Read as _, Write as _};
+    for i in 0..jails {
+        let lines: String = (0..PER_JAIL).map(|k| format!("{k} {k}0 {k}000 {k}0 {k}000 0 0 {k}\n")).collect();
+        h.set_counters(&format!("kleene/{}", jail_name(i)), Some(&lines));
+    }
+    let labels =
+        |calls: &[Call]| calls.iter().filter(|c| c.tool == "pfctl" && c.argv.iter().any(|a| a == "labels")).count();
+    let mut stats = Vec::new();
+    let mut one = Vec::new();
+    let mut scrapes = Vec::new();
+    let (mut cpu_stats, mut cpu_scrape, mut pf_us, mut calls) = (0, 0, 0, 0);
+    let (mut out_bytes, mut body_bytes) = (0, 0);
+    for _ in 0..5 {
+        let before = h.calls().len();
+        let cpu0 = cpu_ns(pid);
+        let t0 = Instant::now();
+        let out = h.ctl(&["stats", "--json"]);
+        stats.push(t0.elapsed());
+        cpu_stats = cpu_ns(pid) - cpu0;
+        assert_eq!(out.code, 0, "{out:?}");
+        out_bytes = out.stdout.len();
+        let window = h.calls()[before..].to_vec();
+        calls = labels(&window);
+        pf_us = window.iter().filter(|c| c.argv.iter().any(|a| a == "labels")).map(elapsed_us).sum::<u64>();
+
+        let t0 = Instant::now();
+        let out = h.ctl(&["stats", "-j", &jail_name(jails - 1)]);
+        one.push(t0.elapsed());
+        assert_eq!(out.code, 0, "{out:?}");
+
+        let cpu0 = cpu_ns(pid);
+        let t0 = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        scrapes.push(t0.elapsed());
+        cpu_scrape = cpu_ns(pid) - cpu0;
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{:.200}", body);
+        body_bytes = body.len();
+    }
+    for v in [&mut stats, &mut one, &mut scrapes] {
+        v.sort();
+    }
+    let publications = h.ls().len();
+    println!("## 7. Traffic counters ({jails} jails, {publications} publications; five runs each, median)");
+    println!(
+        "- `kleenectl stats --json`, every jail: {} (client included); {calls} pfctl call(s) (`-a '*' -s labels`), the fake \
+         pfctl ran {} ms; agent CPU {:.1} ms; {out_bytes} bytes of JSON",
+        ms(stats[2]),
+        pf_us as f64 / 1000.0,
+        cpu_stats as f64 / 1e6
+    );
+    println!("- `kleenectl stats -j {}`: {}", jail_name(jails - 1), ms(one[2]));
+    println!(
+        "- one scrape of /metrics: {} (connect to last byte); agent CPU {:.1} ms; {body_bytes} bytes",
+        ms(scrapes[2]),
+        cpu_scrape as f64 / 1e6
+    );
+    let before = h.calls().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(labels(&h.calls()[before..]), 0, "polls never read counters");
+    println!("- polls in the second after: no `-s labels`\n");
 }
