@@ -86,6 +86,17 @@ fn stats_reads_every_anchor_in_one_pfctl_call_and_never_on_a_poll() {
 }
 
 #[test]
+fn a_pfctl_whose_labels_do_not_follow_anchors_costs_a_call_per_anchor() {
+    let (h, _a, _) = web_with_traffic("");
+    h.pf_switch("labels-flat", Some(""));
+    let out = h.ctl(&["stats", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(traffic_of(&rows, "8080:80/tcp")["bytes_in"], 1200, "the same counters");
+    assert_eq!(label_reads(&h), ["*", "kleene/web"], "every anchor the first call did not show, read alone");
+}
+
+#[test]
 fn ls_shows_bytes_in_and_a_reload_starts_the_counters_again() {
     let (h, _a, _) = web_with_traffic("");
     let out = h.ctl(&["ls"]);

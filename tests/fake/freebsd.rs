@@ -34,8 +34,10 @@
 //!   '%'>` (the counters `-s labels` prints: one line of eight numbers per filter rule, in the
 //!   order `-s rules` lists them; absent lines are zeros; a load or flush of the anchor and `-z`
 //!   remove the file, as pf starts reloaded rules at zero). `-s labels` follows anchor calls as
-//!   pfctl does: `-a '*' -s labels` prints the main ruleset's labels and, through its `anchor
-//!   "kleene/*"`, each child anchor's inside `anchor "web" all {` ... `}`. Switches the tests create: `nodev`
+//!   FreeBSD main's pfctl.c does: `-a '*' -s labels` prints the main ruleset's labels and,
+//!   through its `anchor "kleene/*"`, each child anchor's inside `anchor "web" all {` ... `}`.
+//!   With the switch `labels-flat` it does not, as older pfctl.c (whose PFCTL_SHOW_LABELS case
+//!   prints the rule and stops) does not: `-a '*'` then shows the main ruleset's labels only. Switches the tests create: `nodev`
 //!   (/dev/pf missing), `disabled` (pf disabled), `refuse` (every load fails with its text, then
 //!   `pfctl: Syntax error in config file: pf rules not loaded`), `refuse-kill` (every `-k` fails:
 //!   its text on stderr, exit 1, nothing recorded in `killed`), `refuse-flush` (every `-F` fails
@@ -744,7 +746,7 @@ fn show_labels(
             let numbers = numbers.filter(|n| !n.is_empty()).unwrap_or_else(|| "0 0 0 0 0 0 0 0".into());
             println!("{} {numbers}", r.labels.join(" "));
         }
-        if let Some(call) = &r.anchor {
+        if let Some(call) = r.anchor.as_ref().filter(|_| !pf.join("labels-flat").exists()) {
             let last = call.trim_end_matches("/*").rsplit('/').next().unwrap_or("");
             if last.starts_with('_') || recursive {
                 show_labels(pf, &npath, call, recursive, call.ends_with('*'), depth, verbose)?;

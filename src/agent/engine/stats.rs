@@ -10,9 +10,10 @@
 //!
 //! One pfctl call reads every anchor: `pfctl -a '*' -s labels` follows the main ruleset's
 //! `anchor "kleene/*"` and prints each child anchor's labelled rules inside its own block.
-//! Anchors that call does not show (pf.conf lacks the anchor line, or a race with a reload) are
-//! read one by one (`pfctl -a kleene/<jail> -s labels`). A request for one jail reads its anchor
-//! alone.
+//! Anchors that call does not show (pf.conf lacks the anchor line, a race with a reload, or a
+//! pfctl whose `-s labels` does not follow anchor calls: older pfctl.c prints only the main
+//! ruleset's labels) are read one by one (`pfctl -a kleene/<jail> -s labels`). A request for one
+//! jail reads its anchor alone.
 //!
 //! pf starts a reloaded anchor's counters at zero. The agent reports them as pf keeps them,
 //! with `since`: when the agent last loaded the anchor. It does not add up counters across
