@@ -182,6 +182,16 @@ mod tests {
         assert_eq!(lines[3].labels, ["a", "label", "with", "spaces"]);
     }
 
+    proptest::proptest! {
+        /// Whatever pfctl prints, parsing returns, and every line it keeps ends in eight numbers.
+        #[test]
+        fn parsing_is_total(text in "(anchor \"[a-z]{0,3}\" all \\{\n|\\}\n|[a-z:/ ]{0,12}( [0-9]{1,3}){0,9}\n){0,12}") {
+            for l in parse_labels(&text) {
+                proptest::prop_assert!(!l.labels.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn counting_runs_by_operation() {
         let calls = PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
