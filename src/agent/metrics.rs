@@ -295,3 +295,71 @@ pub fn timed<T>(h: &Histogram, f: impl FnOnce() -> T) -> T {
     h.observe(start.elapsed());
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::api::{PublicationState, RefusalKind};
+    use crate::core::publication::Publication;
+    use crate::core::render::Targets;
+    use crate::sys::counters::RuleCounters;
+
+    fn stats(jail: &str, spec: &str, counters: Option<RuleCounters>) -> PublicationStats {
+        PublicationStats {
+            state: PublicationState {
+                publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
+                standing: Standing::Active,
+                reason: None,
+                interfaces: vec![],
+                targets: Targets::default(),
+            },
+            since: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            counters,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_counters_are_labelled() {
+        let health = Health::new();
+        health.publish.observe(Duration::from_micros(500));
+        health.publish.observe(Duration::from_millis(20));
+        health.publish.observe(Duration::from_secs(60));
+        let calls = PfCalls::new();
+        calls.record(PfOp::Load, true);
+        let counters =
+            RuleCounters { packets_in: 3, bytes_in: 300, packets_out: 2, bytes_out: 20, ..Default::default() };
+        let ok = Ok(vec![stats("web", "[2001:db8::1]:443:8443/tcp", Some(counters)), stats("db", "5432", None)]);
+        let text = render(&Snapshot {
+            standings: &[Standing::Active, Standing::Pending, Standing::Active],
+            jails: 4,
+            stats: &ok,
+            health: &health,
+            calls: &calls,
+        });
+        for line in [
+            "kleene_rdr_publish_duration_seconds_bucket{le=\"0.001\"} 1",
+            "kleene_rdr_publish_duration_seconds_bucket{le=\"0.025\"} 2",
+            "kleene_rdr_publish_duration_seconds_bucket{le=\"30\"} 2",
+            "kleene_rdr_publish_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "kleene_rdr_publish_duration_seconds_count 3",
+            "kleene_rdr_publish_duration_seconds_sum 60.0205",
+            "kleene_rdr_publications{state=\"active\"} 2",
+            "kleene_rdr_publications{state=\"removing\"} 0",
+            "kleene_rdr_jails_running 4",
+            "kleene_rdr_pfctl_calls_total{operation=\"load\"} 1",
+            "kleene_rdr_pfctl_failures_total{operation=\"load\"} 1",
+            "kleene_rdr_last_successful_poll_timestamp_seconds 0",
+            "kleene_rdr_publication_bytes_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"in\"} 300",
+            "kleene_rdr_publication_packets_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"out\"} 2",
+            "kleene_rdr_publication_counters_reset_timestamp_seconds{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\"} 1700000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(!text.contains("jail=\"db\""), "no counters, no samples");
+        let failed = Err(Refusal::new(RefusalKind::Pf, "no"));
+        let text = render(&Snapshot { standings: &[], jails: 0, stats: &failed, health: &health, calls: &calls });
+        assert!(text.contains("kleene_rdr_pf_counters_up 0\n") && !text.contains("kleene_rdr_publication_bytes_total"));
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -129,6 +129,11 @@ pub static PF_CALLS: PfCalls =
     PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
 
 impl PfCalls {
+    /// No run counted yet.
+    pub const fn new() -> PfCalls {
+        PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] }
+    }
+
     /// Counts one run of `op`, and its failure when `failed`.
     pub fn record(&self, op: PfOp, failed: bool) {
         self.calls[op as usize].fetch_add(1, Ordering::Relaxed);
@@ -194,7 +199,7 @@ mod tests {
 
     #[test]
     fn counting_runs_by_operation() {
-        let calls = PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
+        let calls = PfCalls::new();
         calls.record(PfOp::Labels, false);
         calls.record(PfOp::Labels, true);
         assert_eq!(calls.get(PfOp::Labels), (2, 1));
