@@ -124,6 +124,12 @@ pub struct PfCalls {
     failures: [AtomicU64; 7],
 }
 
+impl Default for PfCalls {
+    fn default() -> Self {
+        PfCalls::new()
+    }
+}
+
 /// The process's count of pfctl runs.
 pub static PF_CALLS: PfCalls =
     PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
