@@ -15,6 +15,7 @@
 //! Names follow Prometheus's conventions: the `kleene_rdr_` prefix, base units (seconds,
 //! bytes), `_total` on counters, labels for dimensions (`direction`, `operation`, `state`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,16 +277,21 @@ fn publications(out: &mut String, stats: &Result<Vec<PublicationStats>, Refusal>
             let _ = writeln!(out, "kleene_rdr_publication_states_created_total{{{l}}} {}", c.states_created);
         },
     );
-    family(
+    // One series per jail: its anchor's load resets all its publications' counters together.
+    head(
         out,
-        "kleene_rdr_publication_counters_reset_timestamp_seconds",
+        "kleene_rdr_jail_counters_reset_timestamp_seconds",
         "gauge",
-        "When pf last started a publication's counters at zero: the last load of its jail's anchor (Unix time).",
-        &|out, l, st, _| {
-            let t = st.since.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
-            let _ = writeln!(out, "kleene_rdr_publication_counters_reset_timestamp_seconds{{{l}}} {t}");
-        },
+        "When pf last started the counters of a jail's publications at zero: the last load of its anchor (Unix time).",
     );
+    let mut since: BTreeMap<&str, f64> = BTreeMap::new();
+    for (_, st, _) in &rows {
+        let t = st.since.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
+        since.insert(st.state.publication.jail.as_str(), t);
+    }
+    for (jail, t) in since {
+        let _ = writeln!(out, "kleene_rdr_jail_counters_reset_timestamp_seconds{{jail=\"{}\"}} {t}", esc(jail));
+    }
 }
 
 /// Times one publish or reconcile.
@@ -352,7 +358,7 @@ mod tests {
             "kleene_rdr_last_successful_poll_timestamp_seconds 0",
             "kleene_rdr_publication_bytes_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"in\"} 300",
             "kleene_rdr_publication_packets_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"out\"} 2",
-            "kleene_rdr_publication_counters_reset_timestamp_seconds{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\"} 1700000000",
+            "kleene_rdr_jail_counters_reset_timestamp_seconds{jail=\"web\"} 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
