@@ -199,6 +199,10 @@ impl Engine {
             cfg.socket = self.cfg.socket.clone();
             cfg.state_dir = self.cfg.state_dir.clone();
         }
+        if cfg.metrics_listen != self.cfg.metrics_listen {
+            log::warn("a metrics_listen change takes effect only when the agent restarts");
+            cfg.metrics_listen = self.cfg.metrics_listen;
+        }
         if cfg.anchor != self.cfg.anchor {
             // With the tools that loaded them.
             self.executor.reparent(&*self.sys.pf, &cfg.anchor);
