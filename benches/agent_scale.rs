@@ -6,8 +6,9 @@
 //!
 //! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
 //! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
-//! `kleenectl publish` round trips; the agent's peak RSS; and the rule text a single-jail change
-//! pushes with per-jail anchors versus a whole-ruleset reload. Prints a report; asserts only that
+//! `kleenectl publish` round trips; the agent's peak RSS; the rule text a single-jail change
+//! pushes with per-jail anchors versus a whole-ruleset reload; and reading every publication's
+//! traffic counters: `kleenectl stats` and one metrics scrape. Prints a report; asserts only that
 //! the agent did what it should (every anchor loaded, the stopped jail flushed), never a time.
 
 #[path = "../tests/common/mod.rs"]
@@ -45,6 +46,17 @@ fn cpu_ns(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0)
+}
+
+/// CPU time the whole process has used, threads that exited included, in nanoseconds
+/// (/proc/PID/stat utime + stime, in clock ticks of 10 ms).
+fn process_cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    (fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)) * 10_000_000
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -115,7 +127,11 @@ fn main() {
     }
 
     // 1. Cold start.
-    let cfg = h.config("poll_interval_ms: 200\nverify_interval_ms: 3600000\nmax_publications: 1000000\n");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = h.config(&format!(
+        "poll_interval_ms: 200\nverify_interval_ms: 3600000\nmax_publications: 1000000\nmetrics_listen: \
+         127.0.0.1:{metrics_port}\n"
+    ));
     let started = Instant::now();
     let mut agent = h.start_agent_with(&cfg);
     h.wait_for("every anchor loaded", || h.calls().iter().filter(|c| is_load(c)).count() >= jails);
@@ -234,6 +250,7 @@ fn main() {
         status_kib(pid, "RssAnon:"),
         status_kib(pid, "RssFile:")
     );
+    counters(&h, jails, pid, metrics_port);
     agent.stop();
 
     // 6. Rule text pushed per single-jail change.
@@ -254,4 +271,74 @@ fn main() {
         let whole: usize = (0..n).map(anchor_bytes).sum();
         println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));
     }
+}
+
+/// Section 7, the traffic counters of every publication: `kleenectl stats` (all jails, then one
+/// jail) and one metrics scrape, five times each; pfctl calls, output and the agent's CPU.
+fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
+    use std::io::{Read as _, Write as _};
+    for i in 0..jails {
+        let lines: String = (0..PER_JAIL).map(|k| format!("{k} {k}0 {k}000 {k}0 {k}000 0 0 {k}\n")).collect();
+        h.set_counters(&format!("kleene/{}", jail_name(i)), Some(&lines));
+    }
+    let labels =
+        |calls: &[Call]| calls.iter().filter(|c| c.tool == "pfctl" && c.argv.iter().any(|a| a == "labels")).count();
+    let mut stats = Vec::new();
+    let mut one = Vec::new();
+    let mut scrapes = Vec::new();
+    let (mut cpu_stats, mut cpu_scrape, mut pf_us, mut calls) = (0, 0, 0, 0);
+    let runs = 5;
+    let (mut out_bytes, mut body_bytes) = (0, 0);
+    for _ in 0..runs {
+        let before = h.calls().len();
+        let cpu0 = process_cpu_ns(pid);
+        let t0 = Instant::now();
+        let out = h.ctl(&["stats", "--json"]);
+        stats.push(t0.elapsed());
+        cpu_stats += process_cpu_ns(pid) - cpu0;
+        assert_eq!(out.code, 0, "{out:?}");
+        out_bytes = out.stdout.len();
+        let window = h.calls()[before..].to_vec();
+        calls = labels(&window);
+        pf_us = window.iter().filter(|c| c.argv.iter().any(|a| a == "labels")).map(elapsed_us).sum::<u64>();
+
+        let t0 = Instant::now();
+        let out = h.ctl(&["stats", "-j", &jail_name(jails - 1)]);
+        one.push(t0.elapsed());
+        assert_eq!(out.code, 0, "{out:?}");
+
+        let cpu0 = process_cpu_ns(pid);
+        let t0 = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        scrapes.push(t0.elapsed());
+        cpu_scrape += process_cpu_ns(pid) - cpu0;
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{:.200}", body);
+        body_bytes = body.len();
+    }
+    for v in [&mut stats, &mut one, &mut scrapes] {
+        v.sort();
+    }
+    let publications = h.ls().len();
+    println!("## 7. Traffic counters ({jails} jails, {publications} publications; five runs each, median)");
+    println!(
+        "- `kleenectl stats --json`, every jail: {} (client included); {calls} pfctl call(s) (`-a '*' -s labels`), the fake \
+         pfctl ran {} ms; agent CPU {:.0} ms (all threads, mean of {runs}); {out_bytes} bytes of JSON",
+        ms(stats[2]),
+        pf_us as f64 / 1000.0,
+        cpu_stats as f64 / 1e6 / runs as f64
+    );
+    println!("- `kleenectl stats -j {}`: {}", jail_name(jails - 1), ms(one[2]));
+    println!(
+        "- one scrape of /metrics: {} (connect to last byte); agent CPU {:.0} ms (all threads, mean of {runs}); \
+         {body_bytes} bytes",
+        ms(scrapes[2]),
+        cpu_scrape as f64 / 1e6 / runs as f64
+    );
+    let before = h.calls().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(labels(&h.calls()[before..]), 0, "polls never read counters");
+    println!("- polls in the second after: no `-s labels`\n");
 }

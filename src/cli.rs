@@ -19,7 +19,7 @@ use crate::core::publication::Publication;
 use crate::core::reach::{Reach, ReachOff};
 use crate::core::render::{Gateways, HostView, Targets, render_uniform};
 use crate::core::spec::{Place, PortSpec, SpecError};
-use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response};
+use crate::proto::{AnchorView, ErrorKind, Finding, PublicationView, Request, Response, StatsView};
 
 /// Bad input from the command line: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,16 @@ enum Command {
     },
     /// List publications.
     Ls {
+        /// Only this jail's.
+        #[arg(short = 'j', long = "jail", value_name = "JAIL")]
+        jail: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show pf's traffic counters of each publication: packets and bytes in and out, states
+    /// created, and since when (a reload of the jail's anchor starts them at zero).
+    Stats {
         /// Only this jail's.
         #[arg(short = 'j', long = "jail", value_name = "JAIL")]
         jail: Option<String>,
@@ -251,16 +261,32 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(print_message(&r))
         }
         Command::Ls { jail, json } => {
-            let views: Vec<PublicationView> = match ask_data(&socket, jail.as_deref(), |jail| Request::List { jail })? {
-                Ok(v) => v,
-                Err(code) => return Ok(code),
-            };
+            let mut views: Vec<PublicationView> =
+                match ask_data(&socket, jail.as_deref(), |jail| Request::List { jail: jail.clone() })? {
+                    Ok(v) => v,
+                    Err(code) => return Ok(code),
+                };
+            with_traffic(&socket, jail.as_deref(), &mut views);
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &views)?;
                 writeln!(out)?;
             } else {
                 out.write_all(ls_table(&views).as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Stats { jail, json } => {
+            let stats: Vec<StatsView> = match ask_data(&socket, jail.as_deref(), |jail| Request::Stats { jail })? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &stats)?;
+                writeln!(out)?;
+            } else {
+                out.write_all(stats_table(&stats).as_bytes())?;
             }
             Ok(0)
         }
@@ -288,6 +314,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Err(e) => Err(e.into()),
             Ok(r) => Ok(print_message(&r)),
         },
+    }
+}
+
+/// Adds pf's counters to `ls`'s publications (one `stats` request). Without them (pf's counters
+/// unreadable, an agent of an earlier release) `ls` still lists, and says why on stderr.
+fn with_traffic(socket: &AgentSocket, jail: Option<&str>, views: &mut [PublicationView]) {
+    let jail = jail.and_then(|j| check_jail(j).ok());
+    let stats = match socket.request(&Request::Stats { jail }) {
+        Ok(r) if r.ok => r.decode::<Vec<StatsView>>().map_err(|e| format!("the agent's answer: {e}")),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    };
+    match stats {
+        Ok(stats) => {
+            for v in views.iter_mut() {
+                v.traffic = stats.iter().find(|s| s.jail == v.jail && s.spec == v.spec).and_then(|s| s.traffic);
+            }
+        }
+        Err(e) => eprintln!("kleenectl: warning: no traffic counters: {e}"),
     }
 }
 
@@ -331,7 +376,7 @@ fn print_message(r: &Response) -> i32 {
 
 /// The `ls` table.
 pub fn ls_table(views: &[PublicationView]) -> String {
-    let mut rows = vec![["JAIL", "PUBLISHED", "TARGET", "PROTO", "STATE"].map(String::from).to_vec()];
+    let mut rows = vec![["JAIL", "PUBLISHED", "TARGET", "PROTO", "TRAFFIC", "STATE"].map(String::from).to_vec()];
     for v in views {
         let place = match &v.spec.place {
             Place::Address(IpAddr::V6(a)) => format!("[{a}]"),
@@ -361,19 +406,85 @@ pub fn ls_table(views: &[PublicationView]) -> String {
             format!("{place}:{}", v.host_ports),
             if targets.is_empty() { format!("-:{}", v.jail_ports) } else { targets.join(",") },
             v.protocol.to_string(),
+            v.traffic.map_or_else(|| "-".to_string(), |t| human_bytes(t.bytes_in)),
             state,
         ]);
     }
-    let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    table(&rows)
+}
+
+/// Rows in columns two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let last = rows[0].len() - 1;
+    let widths: Vec<usize> = (0..last).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         for (i, w) in widths.iter().enumerate() {
             out.push_str(&format!("{:<w$}  ", r[i], w = w));
         }
-        out.push_str(&r[4]);
+        out.push_str(&r[last]);
         out.push('\n');
     }
     out
+}
+
+/// The `stats` table.
+pub fn stats_table(stats: &[StatsView]) -> String {
+    let head = ["JAIL", "SPEC", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "STATES", "SINCE"];
+    let mut rows = vec![head.map(String::from).to_vec()];
+    for s in stats {
+        let mut row = vec![s.jail.to_string(), s.spec.to_string()];
+        match (&s.traffic, &s.note) {
+            (Some(t), _) => row.extend([
+                t.packets_in.to_string(),
+                human_bytes(t.bytes_in),
+                t.packets_out.to_string(),
+                human_bytes(t.bytes_out),
+                t.states_created.to_string(),
+                utc(t.since),
+            ]),
+            (None, note) => {
+                row.extend(["-", "-", "-", "-", "-"].map(String::from));
+                row.push(match note {
+                    Some(n) => format!("- ({n})"),
+                    None => format!("- ({}: no rules loaded)", s.state),
+                });
+            }
+        }
+        rows.push(row);
+    }
+    table(&rows)
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `20.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), from the proleptic Gregorian calendar.
+pub fn utc(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 fn check(socket: &AgentSocket) -> anyhow::Result<i32> {
@@ -480,6 +591,7 @@ mod tests {
     use super::*;
     use crate::agent::api::{PublicationState, Standing};
     use crate::core::render::Targets;
+    use crate::proto::Traffic;
 
     fn view(spec: &str, standing: Standing, interfaces: &[&str], targets: &[&str]) -> PublicationView {
         PublicationState {
@@ -495,21 +607,76 @@ mod tests {
 
     #[test]
     fn the_table_says_where_each_publication_listens_from_its_typed_spec() {
-        let table = ls_table(&[
+        let mut views = [
             view("8080:80", Standing::Active, &["em0", "em1"], &["10.13.37.2", "fd00::2"]),
             view("8081", Standing::Pending, &[], &[]),
             view("em1:8443:443/udp", Standing::Pending, &[], &[]),
             view("192.0.2.10:8000-8010:9000", Standing::Active, &[], &["10.13.37.2"]),
             view("[2001:db8::10]:80:8080", Standing::Removing, &[], &[]),
+        ];
+        views[0].traffic = Some(Traffic {
+            packets_in: 3,
+            bytes_in: 1536,
+            packets_out: 2,
+            bytes_out: 100,
+            states_created: 1,
+            evaluations: 1,
+            since: 0,
+        });
+        views[3].traffic = Some(Traffic { bytes_in: 0, ..views[0].traffic.unwrap() });
+        assert_eq!(
+            ls_table(&views),
+            "JAIL  PUBLISHED             TARGET                      PROTO  TRAFFIC  STATE\n\
+             web   em0,em1:8080          10.13.37.2:80,[fd00::2]:80  tcp    1.5 KiB  active\n\
+             web   gateway:8081          -:8081                      tcp    -        pending (why)\n\
+             web   em1:8443              -:443                       udp    -        pending (why)\n\
+             web   192.0.2.10:8000-8010  10.13.37.2:9000-9010        tcp    0 B      active\n\
+             web   [2001:db8::10]:80     -:8080                      tcp    -        removing (why)\n"
+        );
+    }
+
+    #[test]
+    fn bytes_and_times_are_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_040_000), "2026-11-30T12:00:00Z");
+    }
+
+    #[test]
+    fn the_stats_table_says_why_a_publication_has_no_counters() {
+        let traffic = Traffic {
+            packets_in: 12,
+            bytes_in: 4096,
+            packets_out: 10,
+            bytes_out: 900,
+            states_created: 3,
+            evaluations: 5,
+            since: 0,
+        };
+        let row = |spec: &str, state, traffic, note: Option<&str>| StatsView {
+            jail: "web".parse().unwrap(),
+            spec: spec.parse().unwrap(),
+            protocol: crate::core::model::Protocol::Tcp,
+            state,
+            traffic,
+            note: note.map(String::from),
+        };
+        let t = stats_table(&[
+            row("8080:80", crate::proto::State::Active, Some(traffic), None),
+            row("8081", crate::proto::State::Pending, None, None),
+            row("8082", crate::proto::State::Active, None, Some("cannot read pf's counters of kleene/web: x")),
         ]);
         assert_eq!(
-            table,
-            "JAIL  PUBLISHED             TARGET                      PROTO  STATE\n\
-             web   em0,em1:8080          10.13.37.2:80,[fd00::2]:80  tcp    active\n\
-             web   gateway:8081          -:8081                      tcp    pending (why)\n\
-             web   em1:8443              -:443                       udp    pending (why)\n\
-             web   192.0.2.10:8000-8010  10.13.37.2:9000-9010        tcp    active\n\
-             web   [2001:db8::10]:80     -:8080                      tcp    removing (why)\n"
+            t,
+            "JAIL  SPEC           PKTS IN  BYTES IN  PKTS OUT  BYTES OUT  STATES  SINCE\n\
+             web   8080:80/tcp    12       4.0 KiB   10        900 B      3       1970-01-01T00:00:00Z\n\
+             web   8081:8081/tcp  -        -         -         -          -       - (pending: no rules loaded)\n\
+             web   8082:8082/tcp  -        -         -         -          -       - (cannot read pf's counters of kleene/web: x)\n"
         );
     }
 
@@ -523,8 +690,8 @@ mod tests {
         });
         assert_eq!(
             ls_table(&[v]),
-            "JAIL                          PUBLISHED  TARGET        PROTO  STATE\n\
-             web (container 3f6940ab5ab4)  em0:8080   10.88.0.5:80  tcp    active\n"
+            "JAIL                          PUBLISHED  TARGET        PROTO  TRAFFIC  STATE\n\
+             web (container 3f6940ab5ab4)  em0:8080   10.88.0.5:80  tcp    -        active\n"
         );
     }
 }

@@ -75,6 +75,8 @@ pub enum Request {
     Check,
     /// Re-read jails and routes now, and read every loaded anchor back when `verify`.
     Reconcile { verify: bool },
+    /// pf's traffic counters of the publications, of one jail or all.
+    Stats { jail: Option<JailName> },
 }
 
 impl Request {
@@ -87,6 +89,7 @@ impl Request {
             Request::Rules { .. } => "rules",
             Request::Check => "check",
             Request::Reconcile { .. } => "reconcile",
+            Request::Stats { .. } => "stats",
         }
     }
 
@@ -280,6 +283,10 @@ mod wire {
             #[serde(default)]
             verify: bool,
         },
+        Stats {
+            #[serde(default)]
+            jail: Option<String>,
+        },
     }
 
     fn jail(s: &str) -> Result<JailName, String> {
@@ -395,6 +402,7 @@ mod wire {
                 Request::Rules { jail } => super::Request::Rules { jail: jail_opt(jail)? },
                 Request::Check {} => super::Request::Check,
                 Request::Reconcile { verify } => super::Request::Reconcile { verify },
+                Request::Stats { jail } => super::Request::Stats { jail: jail_opt(jail)? },
             })
         }
     }
@@ -578,6 +586,63 @@ pub struct PublicationView {
     /// The reaches the publication turned off for itself.
     #[serde(default)]
     pub reach_off: ReachOff,
+    /// pf's counters, when `kleenectl ls` asked for them too (`stats`); never in a `list`
+    /// answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+}
+
+/// pf's counters of one publication's pass rules (its IPv4 and IPv6 rules summed), since the
+/// agent last loaded its jail's anchor (pf starts them at zero then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// States its rules created.
+    pub states_created: u64,
+    /// Times its rules were evaluated.
+    pub evaluations: u64,
+    /// When the counters started (Unix time, seconds): when the agent last loaded the anchor.
+    pub since: u64,
+}
+
+/// One publication of a `stats` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub jail: JailName,
+    /// The canonical spec.
+    pub spec: PortSpec,
+    pub protocol: Protocol,
+    pub state: State,
+    /// None when its rules are not loaded, or pf's counters could not be read (`note`).
+    pub traffic: Option<Traffic>,
+    /// Why the counters are missing although its rules are loaded.
+    pub note: Option<String>,
+}
+
+impl From<api::PublicationStats> for StatsView {
+    fn from(s: api::PublicationStats) -> StatsView {
+        let since = s.since.map_or(0, |t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        let p = s.state.publication;
+        StatsView {
+            traffic: s.counters.map(|c| Traffic {
+                packets_in: c.packets_in,
+                bytes_in: c.bytes_in,
+                packets_out: c.packets_out,
+                bytes_out: c.bytes_out,
+                states_created: c.states_created,
+                evaluations: c.evaluations,
+                since,
+            }),
+            protocol: p.spec.proto,
+            jail: p.jail,
+            spec: p.spec,
+            state: s.state.standing.into(),
+            note: s.note,
+        }
+    }
 }
 
 impl From<api::PublicationState> for PublicationView {
@@ -604,6 +669,7 @@ impl From<api::PublicationState> for PublicationView {
             container: p.container,
             reachable_from: s.reached,
             reach_off: p.reach_off,
+            traffic: None,
         }
     }
 }
@@ -699,6 +765,8 @@ mod tests {
             Request::Rules { jail: Some("odd{name}".parse().unwrap()) },
             Request::Check,
             Request::Reconcile { verify: false },
+            Request::Stats { jail: None },
+            Request::Stats { jail: Some(web.clone()) },
         ];
         for req in all {
             assert_eq!(decode(&encode_request(&req)).unwrap(), req);

@@ -103,7 +103,7 @@ fn every_documented_example_gets_the_documented_response() {
         .filter_map(|e| serde_json::from_str::<Value>(&e.request).ok())
         .filter_map(|r| r["op"].as_str().map(str::to_string))
         .collect();
-    for op in ["publish", "unpublish", "list", "rules", "check", "reconcile"] {
+    for op in ["publish", "unpublish", "list", "rules", "check", "reconcile", "stats"] {
         assert!(ops.iter().any(|o| o == op), "docs/protocol.md has no example of {op}");
     }
     let h = documented_host();
@@ -127,15 +127,24 @@ fn every_documented_example_gets_the_documented_response() {
 }
 
 #[test]
-fn ls_json_prints_the_list_data_unchanged() {
+fn ls_json_prints_the_list_data_and_the_traffic_of_active_publications() {
     let h = documented_host();
     let _agent = h.start_agent();
     let out =
         h.ctl(&["publish", "-j", "web", "--source", "192.0.2.0/24", "--log", "em0:8443:443", "[2001:db8::10]:80:8080"]);
     assert_eq!(out.code, 0, "{out:?}");
     let data = ask(&h, r#"{"version":2,"op":"list"}"#)["data"].clone();
-    let printed: Value = serde_json::from_str(&h.ctl(&["ls", "--json"]).stdout).unwrap();
-    assert_eq!(printed, data);
+    let mut printed: Value = serde_json::from_str(&h.ctl(&["ls", "--json"]).stdout).unwrap();
+    let traffic: Vec<Value> = printed
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .map(|p| p.as_object_mut().unwrap().remove("traffic"))
+        .map(Option::unwrap_or_default)
+        .collect();
+    assert_eq!(printed, data, "the list data, and traffic");
+    assert_eq!(traffic[0]["bytes_in"], 0, "em0:8443:443 is active: {traffic:?}");
+    assert_eq!(traffic[1], Value::Null, "the IPv6 address publication has no rules (error): no traffic member");
     let table = h.ctl(&["ls"]).stdout;
     assert!(table.contains("[2001:db8::10]:80 "), "{table}");
     assert!(table.contains("em0:8443 "), "{table}");

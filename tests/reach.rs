@@ -42,9 +42,9 @@ fn a_vnet_jail_on_a_bridge_gets_exactly_its_reach_and_loses_it_at_unpublish() {
              rdr on lo0 inet proto tcp from any to 127.0.0.1 port = 8080 tag {TAG} -> 10.13.37.5 port 80\n\
              rdr on bridge0 inet proto tcp from any to (em0) port = 8080 tag {TAG} -> 10.13.37.5 port 80\n\
              pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n\
-             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n\
+             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} label \"kleene:outbound\" tagged {TAG}\n\
              pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS}\n\
-             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS}\n"
+             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} label \"kleene:outbound\"\n"
         )
     );
     assert_eq!(h.ls()[0]["reachable_from"], json!(["outside", "jails", "networks", "host"]));
@@ -68,7 +68,7 @@ fn each_reach_turned_off_for_a_publication_removes_its_rules() {
         format!(
             "rdr on em0 inet proto tcp from any to (em0) port = 8080 tag {TAG} -> 10.13.37.5 port 80\n\
              pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n\
-             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} tagged {TAG}\n"
+             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {LABELS} label \"kleene:outbound\" tagged {TAG}\n"
         )
     );
     let v = &h.ls()[0];

@@ -156,3 +156,17 @@ pub struct Diagnostic {
     /// What to do when not ok.
     pub fix: Option<String>,
 }
+
+/// One publication's traffic, as `kleenectl stats` shows it: pf's counters of its pass rules
+/// (both families summed) since `since`, when pf last took its jail's anchor (pf starts a
+/// reloaded anchor's counters at zero; the agent does not carry them across reloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationStats {
+    pub state: PublicationState,
+    /// When the counters started: `None` when its rules are not loaded.
+    pub since: Option<std::time::SystemTime>,
+    /// `None` when its rules are not loaded, or pf's counters could not be read (`note` says).
+    pub counters: Option<crate::sys::counters::RuleCounters>,
+    /// Why counters are missing although its rules are loaded.
+    pub note: Option<String>,
+}

@@ -74,6 +74,8 @@ pub struct Config {
     pub vnet_refresh_ms: u64,
     /// Who besides the outside world reaches a published port (each on by default).
     pub reach: Reach,
+    /// Where the agent serves Prometheus metrics (`GET /metrics`); none: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             tool_timeout_ms: 10_000,
             vnet_refresh_ms: 60_000,
             reach: Reach::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -248,6 +251,19 @@ mod tests {
         let c = Config::parse(include_str!("../../docs/kleene-rdr.yml.sample")).unwrap();
         assert_eq!(c.networks.len(), 1);
         assert_eq!(Config { networks: vec![], ..c }, Config::default());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_and_port_of_either_family() {
+        assert_eq!(Config::default().metrics_listen, None, "off by default");
+        for addr in ["127.0.0.1:9720", "[::1]:9720", "0.0.0.0:9100", "[2001:db8::1]:80"] {
+            let c = Config::parse(&format!("metrics_listen: \"{addr}\"\n")).unwrap();
+            assert_eq!(c.metrics_listen, Some(addr.parse().unwrap()));
+        }
+        for bad in ["localhost:9720", "127.0.0.1", "9720", "[::1]", "127.0.0.1:99999"] {
+            let e = format!("{:#}", Config::parse(&format!("metrics_listen: \"{bad}\"\n")).unwrap_err());
+            assert!(e.contains("metrics_listen") && e.contains("socket address"), "{bad}: {e}");
+        }
     }
 
     #[test]

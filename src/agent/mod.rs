@@ -5,7 +5,9 @@ pub mod access;
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod vnet;
@@ -48,6 +50,7 @@ pub fn run(config: &ConfigFile) -> anyhow::Result<()> {
     let cfg = config.load()?;
     let sys = System::from_config(&cfg);
     let socket = cfg.socket.clone();
+    let cfg_metrics = cfg.metrics_listen;
     let poll = Duration::from_millis(cfg.poll_interval_ms);
     let policy = access::Policy::new(cfg.socket_group.as_deref())?;
     let limits = server::Limits {
@@ -58,6 +61,7 @@ pub fn run(config: &ConfigFile) -> anyhow::Result<()> {
     let (wake_tx, wake_rx) = mpsc::channel::<()>();
     let mut engine = Engine::new(cfg, sys, wake_tx)?;
     let listener = server::bind(&socket, &policy)?;
+    let metrics = cfg_metrics.map(|addr| http::bind(addr).map(|l| (addr, l))).transpose()?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signal_tx = tx.clone();
     std::thread::spawn(move || {
@@ -83,6 +87,11 @@ pub fn run(config: &ConfigFile) -> anyhow::Result<()> {
     let engine = Arc::new(Mutex::new(engine));
     let serving = Arc::clone(&engine);
     std::thread::spawn(move || server::serve(listener, serving, policy, limits));
+    if let Some((addr, listener)) = metrics {
+        log::info(&format!("serving metrics on http://{addr}/metrics"));
+        let scraped = Arc::clone(&engine);
+        std::thread::spawn(move || http::serve(listener, scraped));
+    }
     let mut poll = poll;
     let mut next_tick = Instant::now() + poll;
     loop {

@@ -25,7 +25,8 @@ use anyhow::{Context as _, bail};
 
 use crate::core::container::{Container, Owner};
 use crate::proto::{
-    AnchorView, DecodeError, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, decode_request,
+    AnchorView, DecodeError, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, StatsView,
+    decode_request,
 };
 
 use super::access::{self, Peer, Policy, RefusalLog};
@@ -264,5 +265,10 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
         }
         Request::Check => Response::with_data(&lock().check().into_iter().map(Finding::from).collect::<Vec<_>>()),
         Request::Reconcile { verify } => Response::answer(engine::reconcile(engine, verify)),
+        // pf's counters are read without the engine's lock (engine::stats).
+        Request::Stats { jail } => match engine::stats(engine, jail.as_ref()) {
+            Ok(stats) => Response::with_data(&stats.into_iter().map(StatsView::from).collect::<Vec<_>>()),
+            Err(refusal) => refusal.into(),
+        },
     }
 }

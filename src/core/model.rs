@@ -553,6 +553,12 @@ impl LabelKind {
     }
 }
 
+/// The third label of a publication's `pass out` rules (VNET targets): a connection forwarded
+/// to a VNET jail passes a `pass in` rule where it enters the host and a `pass out` rule where
+/// it leaves towards the jail, and both count its packets. Traffic counters skip the rules
+/// carrying this label, so that each packet is counted once, in the direction it travels.
+pub const OUTBOUND_LABEL: &str = "kleene:outbound";
+
 /// Whether a label is one this agent puts on its rules: a publication's (`kleene:...`) or a
 /// jail's (`kleene/...`).
 pub fn is_own_label(label: &str) -> bool {

@@ -602,6 +602,7 @@ mod tests {
         let t = Targets::from_addrs(["10.13.37.5".parse().unwrap()]);
         let rules = render_uniform([&p], &t, &host, true).text();
         let l = "label \"kleene:web:8080:80/tcp\" label \"kleene/web\"";
+        let o = "label \"kleene:outbound\"";
         let tag = "kleene:web:8080:80/tcp";
         let printed = format!(
             "nat on bridge0 inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 tagged {tag} -> 10.13.37.1\n\
@@ -611,11 +612,11 @@ mod tests {
              rdr on lo0 inet proto tcp from any to 127.0.0.1 port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
              rdr on bridge0 inet proto tcp from any to (em0) port = 8080 tag {tag} -> 10.13.37.5 port 80\n\
              pass in quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
-             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} tagged {tag}\n\
+             pass out quick inet proto tcp from any to 10.13.37.5 port = 80 flags S/SA keep state {l} {o} tagged {tag}\n\
              pass in quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
              pass in quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
-             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n\
-             pass out quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l}\n"
+             pass out quick inet proto tcp from 10.13.37.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l} {o}\n\
+             pass out quick inet proto tcp from 10.13.38.0/24 to 10.13.37.5 port = 80 flags S/SA keep state {l} {o}\n"
         );
         same(&rules, &printed);
         differ(&rules, &printed.replace("tagged kleene:web:8080:80/tcp\npass out", "\npass out"));

@@ -15,7 +15,7 @@
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
-use super::model::{Cidr, Family, InterfaceName, PortRange, Protocol};
+use super::model::{Cidr, Family, InterfaceName, OUTBOUND_LABEL, PortRange, Protocol};
 use super::publication::Publication;
 use super::reach::{From, Reach};
 use super::spec::{Place, PortSpec};
@@ -475,7 +475,10 @@ pub fn render_publication(p: &Publication, targets: &Targets, host: &HostView, v
             to: target,
             port: spec.jail,
             tagged,
-            labels: labels.clone(),
+            labels: match dir {
+                Dir::In => labels.clone(),
+                Dir::Out => labels.iter().cloned().chain([OUTBOUND_LABEL.to_string()]).collect(),
+            },
         };
         out.pass.push(pass(Dir::In, from.clone(), Some(tag.clone())));
         if vnet {
@@ -638,9 +641,9 @@ mod tests {
                  rdr on bridge0 inet proto tcp from any to (em0) port 8080 tag {TAG} -> 10.13.37.5 port 80\n\
                  rdr on bridge1 inet proto tcp from any to (em0) port 8080 tag {TAG} -> 10.13.37.5 port 80\n\
                  pass in quick inet proto tcp from any to 10.13.37.5 port 80 tagged {TAG} {LABELS}\n\
-                 pass out quick inet proto tcp from any to 10.13.37.5 port 80 tagged {TAG} {LABELS}\n\
+                 pass out quick inet proto tcp from any to 10.13.37.5 port 80 tagged {TAG} {LABELS} label \"kleene:outbound\"\n\
                  pass in quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS}\n\
-                 pass out quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS}\n"
+                 pass out quick inet proto tcp from {{ 10.13.37.0/24, 10.13.38.0/24 }} to 10.13.37.5 port 80 {LABELS} label \"kleene:outbound\"\n"
             )
         );
         let r = &a.publications[0].1;

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use super::counters::{PF_CALLS, PfOp};
 use super::parse;
 use super::runner::{self, CmdError};
 
@@ -44,46 +45,79 @@ pub trait Pf: Send + Sync {
     fn enabled(&self) -> Result<Option<bool>, CmdError>;
     /// The interfaces and interface groups pf knows, each with whether pf skips it (`set skip`).
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError>;
+    /// What `pfctl -a ANCHOR -s labels` prints: the counters of the labelled filter rules of
+    /// `anchor`, or with `*` of the main ruleset and of every anchor it calls, recursively
+    /// (`counters::parse_labels` reads it).
+    fn labels(&self, anchor: &str) -> Result<String, CmdError>;
 }
 
-/// The real pf, through the pfctl binary at `path`.
+/// The real pf, through the pfctl binary at `path`. Every run is counted by operation
+/// (`counters::PF_CALLS`).
 pub struct Pfctl {
     pub path: PathBuf,
     pub limits: runner::Limits,
 }
 
 impl Pfctl {
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<runner::Output, CmdError> {
-        runner::run(&self.path, args, stdin, false, self.limits)
-    }
-}
-
-impl Pf for Pfctl {
-    fn load(&self, anchor: &str, text: &str) -> Result<(), CmdError> {
-        self.run(&["-a", anchor, "-f", "-"], Some(text.as_bytes())).map(drop)
+    /// Runs pfctl; a non-zero exit is a failure.
+    fn run(&self, op: PfOp, args: &[&str], stdin: Option<&[u8]>) -> Result<runner::Output, CmdError> {
+        counted(op, runner::run(&self.path, args, stdin, false, self.limits))
     }
 
-    fn flush(&self, anchor: &str) -> Result<(), CmdError> {
-        self.run(&["-q", "-a", anchor, "-F", "all"], None).map(drop)
+    /// Runs pfctl, its exit status and stderr left to the caller.
+    fn run_judged(&self, args: &[&str]) -> Result<runner::Output, CmdError> {
+        runner::run(&self.path, args, None, true, self.limits)
     }
 
-    fn kill_label(&self, label: &str) -> Result<(), CmdError> {
-        self.run(&["-k", "label", "-k", label], None).map(drop)
+    /// What `-s ...` printed. pfctl warns about a missing anchor on stderr and may still exit 0:
+    /// that is a failure too.
+    fn shown(&self, op: PfOp, args: &[&str]) -> Result<String, CmdError> {
+        let shown = self.run_judged(args).and_then(|out| {
+            if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
+                return Err(runner::failure(&self.path, args, out));
+            }
+            Ok(out.stdout)
+        });
+        counted(op, shown)
     }
 
-    fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
-        let args = ["-a", parent, "-s", "Anchors"];
-        let out = runner::run(&self.path, &args, None, true, self.limits)?;
-        // A parent that does not exist at all: `pfctl: DIOCGETRULESETS: No such file or
-        // directory`, exit 1. pfctl's `Anchor 'PARENT' not found.` on stderr comes from its
-        // Ethernet-anchor lookup and says nothing about the pf anchors listed on stdout.
+    /// The anchors `-s Anchors` listed. A parent that does not exist at all: `pfctl:
+    /// DIOCGETRULESETS: No such file or directory`, exit 1. pfctl's `Anchor 'PARENT' not found.`
+    /// on stderr comes from its Ethernet-anchor lookup and says nothing about the pf anchors
+    /// listed on stdout.
+    fn listed(&self, args: &[&str], out: runner::Output) -> Result<Vec<String>, CmdError> {
         if !out.status.success() {
             if out.stderr.contains("DIOCGETRULESETS") && out.stderr.contains("No such file or directory") {
                 return Ok(vec![]);
             }
-            return Err(runner::failure(&self.path, &args, out));
+            return Err(runner::failure(&self.path, args, out));
         }
         Ok(parse::parse_anchors(&out.stdout))
+    }
+}
+
+/// Counts a finished run of `op`.
+fn counted<T>(op: PfOp, r: Result<T, CmdError>) -> Result<T, CmdError> {
+    PF_CALLS.record(op, r.is_err());
+    r
+}
+
+impl Pf for Pfctl {
+    fn load(&self, anchor: &str, text: &str) -> Result<(), CmdError> {
+        self.run(PfOp::Load, &["-a", anchor, "-f", "-"], Some(text.as_bytes())).map(drop)
+    }
+
+    fn flush(&self, anchor: &str) -> Result<(), CmdError> {
+        self.run(PfOp::Flush, &["-q", "-a", anchor, "-F", "all"], None).map(drop)
+    }
+
+    fn kill_label(&self, label: &str) -> Result<(), CmdError> {
+        self.run(PfOp::Kill, &["-k", "label", "-k", label], None).map(drop)
+    }
+
+    fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
+        let args = ["-a", parent, "-s", "Anchors"];
+        counted(PfOp::Anchors, self.run_judged(&args).and_then(|out| self.listed(&args, out)))
     }
 
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError> {
@@ -92,21 +126,20 @@ impl Pf for Pfctl {
             args.extend(["-a", a]);
         }
         args.extend(["-s", what.modifier()]);
-        let out = runner::run(&self.path, &args, None, true, self.limits)?;
-        // pfctl warns about a missing anchor on stderr and may still exit 0.
-        if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
-            return Err(runner::failure(&self.path, &args, out));
-        }
-        Ok(out.stdout)
+        self.shown(PfOp::Show, &args)
     }
 
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
-        let out = self.run(&["-s", "info"], None)?;
+        let out = self.run(PfOp::Info, &["-s", "info"], None)?;
         Ok(parse::parse_pf_status(&out.stdout))
     }
 
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {
-        let out = self.run(&["-s", "Interfaces", "-v"], None)?;
+        let out = self.run(PfOp::Show, &["-s", "Interfaces", "-v"], None)?;
         Ok(parse::parse_pf_interfaces(&out.stdout))
+    }
+
+    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
+        self.shown(PfOp::Labels, &["-a", anchor, "-s", "labels"])
     }
 }

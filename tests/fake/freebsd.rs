@@ -33,7 +33,11 @@
 //!   write it), `killed` (one `label L` line per `-k label -k L`), `counters/<anchor with '/' as
 //!   '%'>` (the counters `-s labels` prints: one line of eight numbers per filter rule, in the
 //!   order `-s rules` lists them; absent lines are zeros; a load or flush of the anchor and `-z`
-//!   remove the file, as pf starts reloaded rules at zero). Switches the tests create: `nodev`
+//!   remove the file, as pf starts reloaded rules at zero). `-s labels` follows anchor calls as
+//!   FreeBSD main's pfctl.c does: `-a '*' -s labels` prints the main ruleset's labels and,
+//!   through its `anchor "kleene/*"`, each child anchor's inside `anchor "web" all {` ... `}`.
+//!   With the switch `labels-flat` it does not, as older pfctl.c (whose PFCTL_SHOW_LABELS case
+//!   prints the rule and stops) does not: `-a '*'` then shows the main ruleset's labels only. Switches the tests create: `nodev`
 //!   (/dev/pf missing), `disabled` (pf disabled), `refuse` (every load fails with its text, then
 //!   `pfctl: Syntax error in config file: pf rules not loaded`), `refuse-kill` (every `-k` fails:
 //!   its text on stderr, exit 1, nothing recorded in `killed`), `refuse-flush` (every `-F` fails
@@ -359,18 +363,24 @@ fn pfctl(state: &Path, args: &[String], stdin: &[u8]) -> i32 {
     let quiet = has('q');
     let numeric = has('P');
     let verbose = has('v');
-    // A trailing `*` asks for recursion and is not part of the name (pfctl.c).
+    // A trailing `*` asks for recursion and is not part of the name (pfctl.c): `-a '*'` is the
+    // main ruleset, recursively; only an empty `-a ''` is refused.
+    let mut recursive = false;
     let anchor: String = match get('a') {
         Some(a) => {
-            let a = a.strip_suffix("/*").or_else(|| a.strip_suffix('*')).unwrap_or(&a).to_string();
             if a.is_empty() {
                 eprintln!("pfctl: anchor name must not be empty");
                 return 1;
             }
-            a
+            recursive = a.ends_with('*');
+            a.strip_suffix("/*").or_else(|| a.strip_suffix('*')).unwrap_or(&a).to_string()
         }
         None => String::new(),
     };
+    if recursive && anchor.is_empty() && show.as_deref() != Some("labels") {
+        eprintln!("fake pfctl: -a '*' is simulated only with -s labels");
+        return 1;
+    }
     let pf = state.join("pf");
     let _lock = lock(&pf);
     if !noaction && pf.join("nodev").exists() {
@@ -390,7 +400,7 @@ fn pfctl(state: &Path, args: &[String], stdin: &[u8]) -> i32 {
         }
     }
     if let Some(m) = show.as_deref().filter(|_| !noaction) {
-        match pfctl_show(&pf, m, &anchor, numeric, verbose, has('z')) {
+        match pfctl_show(&pf, m, &anchor, numeric, verbose, has('z'), recursive) {
             Ok(code) => exit_val = code,
             Err(code) => return code,
         }
@@ -585,7 +595,15 @@ fn pfctl_flush(pf: &Path, m: &str, anchor: &str, quiet: bool) -> Result<(), i32>
 }
 
 /// `-s MODIFIER`: Ok(exit status so far) to go on, Err(status) to exit at once.
-fn pfctl_show(pf: &Path, m: &str, anchor: &str, numeric: bool, verbose: bool, zero: bool) -> Result<i32, i32> {
+fn pfctl_show(
+    pf: &Path,
+    m: &str,
+    anchor: &str,
+    numeric: bool,
+    verbose: bool,
+    zero: bool,
+    recursive: bool,
+) -> Result<i32, i32> {
     match m {
         "info" => {
             let status = if pf.join("disabled").exists() { "Disabled" } else { "Enabled" };
@@ -625,7 +643,13 @@ fn pfctl_show(pf: &Path, m: &str, anchor: &str, numeric: bool, verbose: bool, ze
                 eprintln!("Anchor '{anchor}' not found.");
             }
         }
-        "nat" | "rules" | "labels" => {
+        "labels" => {
+            show_labels(pf, "", anchor, recursive, false, 0, verbose)?;
+            if zero {
+                let _ = fs::remove_file(counters_file(pf, anchor));
+            }
+        }
+        "nat" | "rules" => {
             let rs = if anchor.is_empty() {
                 match main_ruleset(pf) {
                     Ok(rs) => rs,
@@ -653,25 +677,9 @@ fn pfctl_show(pf: &Path, m: &str, anchor: &str, numeric: bool, verbose: bool, ze
                         println!("{}", r.print(numeric));
                     }
                 }
-                "rules" => {
+                _ => {
                     for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
                         println!("{}", r.print(numeric));
-                    }
-                }
-                _ => {
-                    let file = counters_file(pf, anchor);
-                    let counters = fs::read_to_string(&file).unwrap_or_default();
-                    let mut lines = counters.lines();
-                    for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
-                        let numbers = lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
-                        if r.labels.is_empty() {
-                            continue;
-                        }
-                        let numbers = numbers.filter(|n| !n.is_empty()).unwrap_or_else(|| "0 0 0 0 0 0 0 0".into());
-                        println!("{} {numbers}", r.labels.join(" "));
-                    }
-                    if zero {
-                        let _ = fs::remove_file(file);
                     }
                 }
             }
@@ -693,6 +701,86 @@ fn pfctl_show(pf: &Path, m: &str, anchor: &str, numeric: bool, verbose: bool, ze
         _ => unreachable!(),
     }
     Ok(0)
+}
+
+/// `-s labels` of the ruleset `name` below `path`, as pfctl_show_rules prints it in its
+/// PFCTL_SHOW_LABELS format (pfctl.c): for each labelled filter rule its labels, each followed
+/// by a space, then evaluations, packets, bytes, packets in, bytes in, packets out, bytes out and
+/// state creations. An anchor call is followed when its name's last component starts with `_`,
+/// or with recursion (`-a NAME/*`, `-a '*'`); a wildcard call (`anchor "kleene/*"`) followed
+/// with recursion prints each child ruleset inside `anchor "CHILD" all {` ... `}` (indented two
+/// spaces per level unless -v), the children in pf's order (by name).
+fn show_labels(
+    pf: &Path,
+    path: &str,
+    name: &str,
+    recursive: bool,
+    wildcard: bool,
+    depth: usize,
+    verbose: bool,
+) -> Result<(), i32> {
+    let name = name.strip_suffix("/*").unwrap_or(name);
+    let npath = match (name.strip_prefix('/'), path) {
+        (Some(abs), _) => abs.to_string(),
+        (None, "") => name.to_string(),
+        (None, p) => format!("{p}/{name}"),
+    };
+    let indent = if verbose { String::new() } else { "  ".repeat(depth) };
+    if wildcard && recursive {
+        let known = rulesets(pf);
+        if !known.contains(&npath) {
+            eprintln!("Anchor '{name}' not found.");
+            return Ok(());
+        }
+        let children: Vec<&String> = known
+            .iter()
+            .filter(|n| n.strip_prefix(&npath).and_then(|r| r.strip_prefix('/')).is_some_and(|r| !r.contains('/')))
+            .collect();
+        for c in children {
+            let child = c.rsplit('/').next().unwrap();
+            println!("{indent}anchor \"{child}\" all {{");
+            show_labels(pf, &npath, child, recursive, false, depth + 1, verbose)?;
+            println!("{indent}}}");
+        }
+        return Ok(());
+    }
+    let rs = if npath.is_empty() {
+        match main_ruleset(pf) {
+            Ok(rs) => rs,
+            Err(errors) => {
+                eprintln!("fake pfctl: the main ruleset in state/pf/main.conf does not parse:");
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return Err(1);
+            }
+        }
+    } else {
+        match read_anchor(pf, &npath) {
+            Some(rs) => rs,
+            None if valid_path(&npath) && rulesets(pf).contains(&npath) => Ruleset::default(),
+            None => {
+                eprintln!("pfctl: DIOCGETRULES: Invalid argument");
+                return Ok(());
+            }
+        }
+    };
+    let counters = fs::read_to_string(counters_file(pf, &npath)).unwrap_or_default();
+    let mut lines = counters.lines();
+    for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
+        let numbers = lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        if !r.labels.is_empty() {
+            let numbers = numbers.filter(|n| !n.is_empty()).unwrap_or_else(|| "0 0 0 0 0 0 0 0".into());
+            println!("{} {numbers}", r.labels.join(" "));
+        }
+        if let Some(call) = r.anchor.as_ref().filter(|_| !pf.join("labels-flat").exists()) {
+            let last = call.trim_end_matches("/*").rsplit('/').next().unwrap_or("");
+            if last.starts_with('_') || recursive {
+                show_labels(pf, &npath, call, recursive, call.ends_with('*'), depth, verbose)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::core::model::{JailName, LabelKind, is_own_label};
 use crate::core::plan::{Action, Loaded};
@@ -190,6 +190,8 @@ pub(super) struct Executor {
     poll: Duration,
     /// What the agent loaded, by component.
     loaded: BTreeMap<String, Arc<Loaded>>,
+    /// When pf last took each loaded anchor: its rules' counters run from then.
+    loaded_at: BTreeMap<String, SystemTime>,
     /// Loads pf refused, by component (the planner reports them on the publications).
     refused_loads: BTreeMap<String, String>,
     /// Flushes pf refused, by component.
@@ -209,6 +211,7 @@ impl Executor {
             parent: parent.to_string(),
             poll,
             loaded: BTreeMap::new(),
+            loaded_at: BTreeMap::new(),
             refused_loads: BTreeMap::new(),
             refused_flushes: BTreeMap::new(),
             retries: BTreeMap::new(),
@@ -220,6 +223,12 @@ impl Executor {
     /// What the agent loaded, by component.
     pub(super) fn loaded(&self) -> &BTreeMap<String, Arc<Loaded>> {
         &self.loaded
+    }
+
+    /// When pf last took the anchor `component` from this agent (a load starts its rules'
+    /// counters at zero); `None` when it is not loaded.
+    pub(super) fn loaded_at(&self, component: &str) -> Option<SystemTime> {
+        self.loaded.contains_key(component).then(|| self.loaded_at.get(component).copied()).flatten()
     }
 
     /// Loads pf refused and that are retried, by component.
@@ -268,6 +277,7 @@ impl Executor {
             Ok(()) => {
                 log::info(&format!("loaded anchor {path} (jail {}, jid {})", loaded.jail, loaded.jid));
                 self.loaded.insert(component.to_string(), Arc::clone(loaded));
+                self.loaded_at.insert(component.to_string(), SystemTime::now());
                 // The anchor holds these rules now, whatever pf refused to do with it before.
                 self.refused_loads.remove(component);
                 self.refused_flushes.remove(component);
@@ -315,6 +325,7 @@ impl Executor {
             Ok(()) => {
                 log::info(&format!("flushed anchor {path}"));
                 self.loaded.remove(component);
+                self.loaded_at.remove(component);
                 self.refused_loads.remove(component);
                 self.refused_flushes.remove(component);
                 self.retries.remove(component);
@@ -429,6 +440,7 @@ impl Executor {
     pub(super) fn reparent(&mut self, pf: &dyn Pf, parent: &str) -> Outcome {
         let out = self.flush_all(pf);
         self.loaded.clear();
+        self.loaded_at.clear();
         self.refused_loads.clear();
         self.refused_flushes.clear();
         self.retries.clear();

@@ -28,12 +28,14 @@ mod executor;
 mod observe;
 mod reach;
 mod requests;
+mod stats;
 #[cfg(test)]
 mod testing;
 mod verify;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,11 +51,14 @@ use crate::sys::settings::{Settings, SettingsTools};
 use super::api::{Answer, ContainerPublishRequest, PublishRequest, Refusal, RefusalKind};
 use super::config::Config;
 use super::log;
+use super::metrics::{self, HEALTH};
 use super::state::{State, Store};
 use super::vnet::VnetAddrs;
 use executor::{Bypass, Executor, Outcome, Unfinished};
 use observe::{Observer, Reading, Touched};
 use verify::Verifier;
+
+pub use stats::{StatsRead, stats};
 
 /// The most pfctl and jls may print: an anchor of 1,024 dual-stack publications prints about
 /// 600 KB, jls about 120 bytes per jail.
@@ -206,6 +211,10 @@ impl Engine {
             cfg.socket = self.cfg.socket.clone();
             cfg.state_dir = self.cfg.state_dir.clone();
         }
+        if cfg.metrics_listen != self.cfg.metrics_listen {
+            log::warn("a metrics_listen change takes effect only when the agent restarts");
+            cfg.metrics_listen = self.cfg.metrics_listen;
+        }
         if cfg.anchor != self.cfg.anchor {
             // With the tools that loaded them.
             self.executor.reparent(&*self.sys.pf, &cfg.anchor);
@@ -307,12 +316,14 @@ impl Engine {
         if !self.dirty && self.force.is_empty() && !self.executor.retries_due(now) {
             return Outcome::default();
         }
-        let plan = self.plan_current();
-        let before = self.executor.refused_loads().clone();
-        let mut outcome = self.apply(&plan.actions, bypass);
-        outcome.merge(self.executor.retry_kills(&*self.sys.pf, now));
-        self.settle(plan, &before);
-        outcome
+        metrics::timed(&HEALTH.reconcile, || {
+            let plan = self.plan_current();
+            let before = self.executor.refused_loads().clone();
+            let mut outcome = self.apply(&plan.actions, bypass);
+            outcome.merge(self.executor.retry_kills(&*self.sys.pf, now));
+            self.settle(plan, &before);
+            outcome
+        })
     }
 
     /// After a plan was applied: forgets failures that became moot, and keeps the plan's
@@ -360,9 +371,16 @@ impl Engine {
         let touched = self.touched.take().unwrap_or_default();
         self.dirty |= self.observer.take(read.reading, &self.cfg.anchor, &touched);
         let loaded = self.executor.loaded();
-        self.force.extend(
-            read.stale.into_iter().filter(|c| !touched.all && !touched.anchors.contains(c) && loaded.contains_key(c)),
-        );
+        let drifted: Vec<String> = read
+            .stale
+            .into_iter()
+            .filter(|c| !touched.all && !touched.anchors.contains(c) && loaded.contains_key(c))
+            .collect();
+        HEALTH.drift_repairs.fetch_add(drifted.len() as u64, Ordering::Relaxed);
+        self.force.extend(drifted);
+        if self.observer.problems().is_empty() {
+            HEALTH.poll_succeeded();
+        }
         self.reconcile();
     }
 
@@ -373,7 +391,9 @@ impl Engine {
             return;
         }
         let picked = self.verifier.pick(self.executor.loaded(), count);
-        self.force.extend(verify::compare(&*self.sys.pf, &self.cfg.anchor, &picked));
+        let drifted = verify::compare(&*self.sys.pf, &self.cfg.anchor, &picked);
+        HEALTH.drift_repairs.fetch_add(drifted.len() as u64, Ordering::Relaxed);
+        self.force.extend(drifted);
     }
 
     /// The first half of `kleenectl reconcile`: observes everything, and starts reading every
@@ -442,6 +462,10 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 /// whose addresses are being read, waits for that read (at most one tool deadline) without
 /// holding the engine's lock, so that nobody else waits for it.
 pub fn publish(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
+    metrics::timed(&HEALTH.publish, || publish_untimed(engine, request))
+}
+
+fn publish_untimed(engine: &Mutex<Engine>, request: &PublishRequest) -> Answer {
     let mut e = lock(engine);
     if !e.observed_recently(&request.jail) {
         e.observe_jail(&request.jail);

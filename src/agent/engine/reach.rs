@@ -356,9 +356,9 @@ mod tests {
                  rdr on lo0 inet proto udp from any to 127.0.0.1 port 8080 tag {tag} -> 10.13.37.5 port 80\n\
                  rdr on bridge0 inet proto udp from any to (em0) port 8080 tag {tag} -> 10.13.37.5 port 80\n\
                  pass in quick inet proto udp from any to 10.13.37.5 port 80 tagged {tag} {labels}\n\
-                 pass out quick inet proto udp from any to 10.13.37.5 port 80 tagged {tag} {labels}\n\
+                 pass out quick inet proto udp from any to 10.13.37.5 port 80 tagged {tag} {labels} label \"kleene:outbound\"\n\
                  pass in quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels}\n\
-                 pass out quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels}\n"
+                 pass out quick inet proto udp from 10.13.37.0/24 to 10.13.37.5 port 80 {labels} label \"kleene:outbound\"\n"
             )
         );
         let ls = h.list();

@@ -61,6 +61,7 @@ pub enum PfCall {
     Show(Option<String>, Show),
     Enabled,
     Interfaces,
+    Labels(String),
 }
 
 #[derive(Default)]
@@ -71,6 +72,8 @@ struct PfModel {
     main: String,
     /// Operations pf refuses, with its message, until allowed again.
     refusals: BTreeMap<PfOp, String>,
+    /// What `-a ANCHOR -s labels` prints, by ANCHOR (`*` for every anchor); nothing when unset.
+    labels: BTreeMap<String, String>,
     calls: Vec<PfCall>,
     /// Interfaces pf skips (`set skip on ...`).
     skipped: Vec<String>,
@@ -130,6 +133,11 @@ impl FakePf {
     /// Writes an anchor behind the engine's back (another program, or drift).
     pub fn set_anchor(&self, path: &str, text: &str) {
         lock(&self.0).anchors.insert(path.to_string(), text.to_string());
+    }
+
+    /// Sets what `pfctl -a ANCHOR -s labels` prints.
+    pub fn set_labels(&self, anchor: &str, text: &str) {
+        lock(&self.0).labels.insert(anchor.to_string(), text.to_string());
     }
 
     /// Replaces the main ruleset.
@@ -196,6 +204,11 @@ impl Pf for FakePf {
 
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
         self.call(PfCall::Enabled, PfOp::Show, &["pfctl", "-s", "info"]).map(|_| Some(true))
+    }
+
+    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
+        let m = self.call(PfCall::Labels(anchor.into()), PfOp::Show, &["pfctl", "-a", anchor, "-s", "labels"])?;
+        Ok(m.labels.get(anchor).cloned().unwrap_or_default())
     }
 
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {
