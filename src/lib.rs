@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod completions;
 pub mod core;
 pub mod proto;
 pub mod sys;
