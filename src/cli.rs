@@ -132,6 +132,12 @@ enum Command {
     },
     /// Print the anchor text for a jail, offline (no agent, no root).
     Render(RenderArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_name = "SHELL")]
+        shell: crate::completions::Shell,
+    },
 }
 
 /// The reaches a publication turns off for itself.
@@ -245,6 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent { config, check: true } => crate::agent::check(&ConfigFile::new(config)).map(|()| 0),
         Command::Agent { config, check: false } => crate::agent::run(&ConfigFile::new(config)).map(|()| 0),
         Command::Render(a) => render(a),
+        Command::Completions { shell } => {
+            let script = crate::completions::script(shell, <Cli as clap::CommandFactory>::command());
+            std::io::stdout().lock().write_all(script.as_bytes()).context("writing to stdout")?;
+            Ok(0)
+        }
         Command::Publish { jail, sources, log, network, reach, specs } => {
             let jail = check_jail(&jail)?;
             let specs = parse_specs(&specs)?;

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod cni;
+pub mod completions;
 pub mod core;
 pub mod proto;
 pub mod sys;
