@@ -395,6 +395,8 @@ fn read_dir(dir: &Path) -> anyhow::Result<State> {
         }
     }
     publications.sort_by_key(|s| s.seq);
+    // Kept for the agent's life: no spare capacity from growing it file by file.
+    publications.shrink_to_fit();
     let next_seq = match publications.last() {
         None => 1,
         Some(s) => s.seq.checked_add(1).context("the highest stored seq has no successor")?,

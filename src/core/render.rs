@@ -518,11 +518,14 @@ impl Anchor {
     }
 
     /// The text to load with `pfctl -a ANCHOR -f -`; empty when there is no rule.
+    /// The anchor's rules, one a line. The text is kept for as long as the anchor is loaded (a
+    /// thousand anchors at a time), so it holds no spare capacity.
     pub fn text(&self) -> String {
         let mut s = String::new();
         for r in self.rules() {
             writeln!(s, "{r}").expect("writing to a String");
         }
+        s.shrink_to_fit();
         s
     }
 
