@@ -337,7 +337,7 @@ mod tests {
             anchor \"web\" all {\n\
             pass in quick on em0 inet6 proto tcp from any to fd00::2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  \
             [ Evaluations: 1         Packets: 2         Bytes: 3           States: 1234567890123]\n  \
-            [ Inserted: uid 0 pid 812 State Creations: 8     ]\n  \
+            [ Inserted: uid 0 pid 812 State Creations: 1234567890200]\n  \
             [ Source Nodes: 0      Limit: 0      NAT/RDR: 0      Route: 0      ]\n\
             pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = 80 flags S/SA keep state\n  \
             [ Evaluations: 1         Packets: 2         Bytes: 3           States: 5     ]\n\
