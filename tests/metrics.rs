@@ -115,6 +115,32 @@ fn a_pfctl_whose_labels_do_not_follow_anchors_costs_a_call_per_anchor() {
     assert_eq!(state_reads(&h), ["*"], "`-s rules` follows the anchors");
 }
 
+/// What the agent parses, as the fake prints it: pfctl.c's pfctl_print_rule_counters format
+/// (FreeBSD 14), unindented under -v, a followed wildcard call's children in their own blocks.
+#[test]
+fn the_fake_pfctl_prints_rule_counters_as_pfctl_does() {
+    let h = Host::new();
+    let load = "pass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n";
+    assert_eq!(h.run_tool("pfctl", &["-a", "kleene/web", "-f", "-"], Some(load)).code, 0);
+    h.set_counters("kleene/web", Some("10 7 1700 4 1200 3 500 2 1\n"));
+    let out = h.run_tool("pfctl", &["-a", "*", "-v", "-s", "rules"], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "anchor \"kleene/*\" all {\n  \
+         [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]\n  \
+         [ Inserted: uid 0 pid 0 State Creations: 0     ]\n\
+         anchor \"web\" all {\n\
+         pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = http flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  \
+         [ Evaluations: 10        Packets: 7         Bytes: 1700        States: 1     ]\n  \
+         [ Inserted: uid 0 pid 0 State Creations: 2     ]\n\
+         }\n\
+         }\n"
+    );
+    let labels = h.run_tool("pfctl", &["-a", "kleene/web", "-s", "labels"], None);
+    assert_eq!(labels.stdout, "kleene:web:8080:80/tcp kleene/web 10 7 1700 4 1200 3 500 2\n", "eight numbers");
+}
+
 #[test]
 fn ls_shows_bytes_in_and_a_reload_starts_the_counters_again() {
     let (h, _a, _) = web_with_traffic("");
