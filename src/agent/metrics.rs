@@ -8,9 +8,10 @@
 //!   (pfctl runs and failures by operation), plus what a scrape asks the engine (publications by
 //!   state, jails running);
 //! - pf's counters of every publication, read at the scrape exactly as `kleenectl stats` reads
-//!   them (one `pfctl -a '*' -s labels`, without the engine's lock; `engine::stats`). pf starts
-//!   a reloaded anchor's counters at zero: they are exposed as counters, which Prometheus's
-//!   `rate()` and `increase()` take across such resets, with the time of the last reset.
+//!   them (one `pfctl -a '*' -s labels` and one `pfctl -a '*' -v -s rules`, without the
+//!   engine's lock; `engine::stats`). pf starts a reloaded anchor's counters at zero: they are
+//!   exposed as counters, which Prometheus's `rate()` and `increase()` take across such resets,
+//!   with the time of the last reset; the states the rules hold now are a gauge.
 //!
 //! Names follow Prometheus's conventions: the `kleene_rdr_` prefix, base units (seconds,
 //! bytes), `_total` on counters, labels for dimensions (`direction`, `operation`, `state`).
