@@ -451,7 +451,7 @@ pub fn stats_table(stats: &[StatsView]) -> String {
                 human_bytes(t.bytes_in),
                 t.packets_out.to_string(),
                 human_bytes(t.bytes_out),
-                t.states.to_string(),
+                t.states.map_or_else(|| "-".to_string(), |n| n.to_string()),
                 t.states_created.to_string(),
                 utc(t.since),
             ]),
@@ -632,7 +632,7 @@ mod tests {
             packets_out: 2,
             bytes_out: 100,
             states_created: 1,
-            states: 1,
+            states: Some(1),
             evaluations: 1,
             since: 0,
         });
@@ -668,7 +668,7 @@ mod tests {
             packets_out: 10,
             bytes_out: 900,
             states_created: 3,
-            states: 2,
+            states: Some(2),
             evaluations: 5,
             since: 0,
         };
@@ -682,6 +682,7 @@ mod tests {
         };
         let t = stats_table(&[
             row("8080:80", crate::proto::State::Active, Some(traffic), None),
+            row("8083", crate::proto::State::Active, Some(Traffic { states: None, ..traffic }), None),
             row("8081", crate::proto::State::Pending, None, None),
             row("8082", crate::proto::State::Active, None, Some("cannot read pf's counters of kleene/web: x")),
         ]);
@@ -689,6 +690,7 @@ mod tests {
             t,
             "JAIL  SPEC           PKTS IN  BYTES IN  PKTS OUT  BYTES OUT  STATES  CREATED  SINCE\n\
              web   8080:80/tcp    12       4.0 KiB   10        900 B      2       3        1970-01-01T00:00:00Z\n\
+             web   8083:8083/tcp  12       4.0 KiB   10        900 B      -       3        1970-01-01T00:00:00Z\n\
              web   8081:8081/tcp  -        -         -         -          -       -        - (pending: no rules loaded)\n\
              web   8082:8082/tcp  -        -         -         -          -       -        - (cannot read pf's counters of kleene/web: x)\n"
         );
