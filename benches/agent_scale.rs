@@ -278,11 +278,14 @@ fn main() {
 fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
     use std::io::{Read as _, Write as _};
     for i in 0..jails {
-        let lines: String = (0..PER_JAIL).map(|k| format!("{k} {k}0 {k}000 {k}0 {k}000 0 0 {k}\n")).collect();
+        let lines: String =
+            (0..PER_JAIL).map(|k| format!("{k} {k}0 {k}000 {k}0 {k}000 0 0 {k} {}\n", k.min(1))).collect();
         h.set_counters(&format!("kleene/{}", jail_name(i)), Some(&lines));
     }
-    let labels =
-        |calls: &[Call]| calls.iter().filter(|c| c.tool == "pfctl" && c.argv.iter().any(|a| a == "labels")).count();
+    // The counters' read (`-s labels`) and the current states' (`-v -s rules`).
+    let has = |c: &Call, w: &str| c.argv.iter().any(|a| a == w);
+    let read = |c: &Call| c.tool == "pfctl" && (has(c, "labels") || (has(c, "-v") && has(c, "rules")));
+    let labels = |calls: &[Call]| calls.iter().filter(|c| read(c)).count();
     let mut stats = Vec::new();
     let mut one = Vec::new();
     let mut scrapes = Vec::new();
@@ -300,7 +303,7 @@ fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
         out_bytes = out.stdout.len();
         let window = h.calls()[before..].to_vec();
         calls = labels(&window);
-        pf_us = window.iter().filter(|c| c.argv.iter().any(|a| a == "labels")).map(elapsed_us).sum::<u64>();
+        pf_us = window.iter().filter(|c| read(c)).map(elapsed_us).sum::<u64>();
 
         let t0 = Instant::now();
         let out = h.ctl(&["stats", "-j", &jail_name(jails - 1)]);
@@ -324,7 +327,7 @@ fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
     let publications = h.ls().len();
     println!("## 7. Traffic counters ({jails} jails, {publications} publications; five runs each, median)");
     println!(
-        "- `kleenectl stats --json`, every jail: {} (client included); {calls} pfctl call(s) (`-a '*' -s labels`), the fake \
+        "- `kleenectl stats --json`, every jail: {} (client included); {calls} pfctl call(s) (`-a '*' -s labels`, `-a '*' -v -s rules`), the fake \
          pfctl ran {} ms; agent CPU {:.0} ms (all threads, mean of {runs}); {out_bytes} bytes of JSON",
         ms(stats[2]),
         pf_us as f64 / 1000.0,
@@ -340,5 +343,5 @@ fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
     let before = h.calls().len();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(labels(&h.calls()[before..]), 0, "polls never read counters");
-    println!("- polls in the second after: no `-s labels`\n");
+    println!("- polls in the second after: no `-s labels`, no `-v -s rules`\n");
 }

@@ -441,7 +441,7 @@ fn table(rows: &[Vec<String>]) -> String {
 
 /// The `stats` table.
 pub fn stats_table(stats: &[StatsView]) -> String {
-    let head = ["JAIL", "SPEC", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "STATES", "SINCE"];
+    let head = ["JAIL", "SPEC", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "STATES", "CREATED", "SINCE"];
     let mut rows = vec![head.map(String::from).to_vec()];
     for s in stats {
         let mut row = vec![s.jail.to_string(), s.spec.to_string()];
@@ -451,11 +451,12 @@ pub fn stats_table(stats: &[StatsView]) -> String {
                 human_bytes(t.bytes_in),
                 t.packets_out.to_string(),
                 human_bytes(t.bytes_out),
+                t.states.map_or_else(|| "-".to_string(), |n| n.to_string()),
                 t.states_created.to_string(),
                 utc(t.since),
             ]),
             (None, note) => {
-                row.extend(["-", "-", "-", "-", "-"].map(String::from));
+                row.extend(["-", "-", "-", "-", "-", "-"].map(String::from));
                 row.push(match note {
                     Some(n) => format!("- ({n})"),
                     None => format!("- ({}: no rules loaded)", s.state),
@@ -631,6 +632,7 @@ mod tests {
             packets_out: 2,
             bytes_out: 100,
             states_created: 1,
+            states: Some(1),
             evaluations: 1,
             since: 0,
         });
@@ -666,6 +668,7 @@ mod tests {
             packets_out: 10,
             bytes_out: 900,
             states_created: 3,
+            states: Some(2),
             evaluations: 5,
             since: 0,
         };
@@ -679,15 +682,17 @@ mod tests {
         };
         let t = stats_table(&[
             row("8080:80", crate::proto::State::Active, Some(traffic), None),
+            row("8083", crate::proto::State::Active, Some(Traffic { states: None, ..traffic }), None),
             row("8081", crate::proto::State::Pending, None, None),
             row("8082", crate::proto::State::Active, None, Some("cannot read pf's counters of kleene/web: x")),
         ]);
         assert_eq!(
             t,
-            "JAIL  SPEC           PKTS IN  BYTES IN  PKTS OUT  BYTES OUT  STATES  SINCE\n\
-             web   8080:80/tcp    12       4.0 KiB   10        900 B      3       1970-01-01T00:00:00Z\n\
-             web   8081:8081/tcp  -        -         -         -          -       - (pending: no rules loaded)\n\
-             web   8082:8082/tcp  -        -         -         -          -       - (cannot read pf's counters of kleene/web: x)\n"
+            "JAIL  SPEC           PKTS IN  BYTES IN  PKTS OUT  BYTES OUT  STATES  CREATED  SINCE\n\
+             web   8080:80/tcp    12       4.0 KiB   10        900 B      2       3        1970-01-01T00:00:00Z\n\
+             web   8083:8083/tcp  12       4.0 KiB   10        900 B      -       3        1970-01-01T00:00:00Z\n\
+             web   8081:8081/tcp  -        -         -         -          -       -        - (pending: no rules loaded)\n\
+             web   8082:8082/tcp  -        -         -         -          -       -        - (cannot read pf's counters of kleene/web: x)\n"
         );
     }
 

@@ -602,6 +602,10 @@ pub struct Traffic {
     pub bytes_out: u64,
     /// States its rules created.
     pub states_created: u64,
+    /// States its rules hold now. `None` only from an agent older than this field, which does
+    /// not send it (and then it is not printed either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<u64>,
     /// Times its rules were evaluated.
     pub evaluations: u64,
     /// When the counters started (Unix time, seconds): when the agent last loaded the anchor.
@@ -633,6 +637,7 @@ impl From<api::PublicationStats> for StatsView {
                 packets_out: c.packets_out,
                 bytes_out: c.bytes_out,
                 states_created: c.states_created,
+                states: Some(c.states),
                 evaluations: c.evaluations,
                 since,
             }),
@@ -1071,6 +1076,15 @@ mod tests {
         for bad in ["", "-", "80-", "+80", "65536", "8080:80", "80 "] {
             assert!(serde_json::from_str::<PortRange>(&format!("\"{bad}\"")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn traffic_from_an_agent_without_current_states_reads_as_unknown() {
+        let old = r#"{"packets_in": 1, "bytes_in": 2, "packets_out": 3, "bytes_out": 4, "states_created": 5, "evaluations": 6, "since": 7}"#;
+        let t: Traffic = serde_json::from_str(old).unwrap();
+        assert_eq!((t.states_created, t.states, t.since), (5, None, 7));
+        assert!(!serde_json::to_string(&t).unwrap().contains("\"states\""), "printed as it came");
+        assert!(serde_json::to_string(&Traffic { states: Some(8), ..t }).unwrap().contains("\"states\":8"));
     }
 
     proptest::proptest! {

@@ -1,6 +1,7 @@
 //! Traffic counters (`kleenectl stats`, the `ls` traffic column) and the Prometheus metrics
 //! endpoint, against the real agent and the fake pfctl: the counters pf keeps per labelled rule
-//! (`pfctl -s labels`), read in one pfctl call for every anchor and never on a poll; a scrape
+//! (`pfctl -s labels`) and the states each rule holds now (`pfctl -v -s rules`), each read in
+//! one pfctl call for every anchor and never on a poll; a scrape
 //! with a real HTTP client, checked by Prometheus's own `promtool check metrics` when it is
 //! installed (CI installs it); and the endpoint's limits against hostile clients.
 
@@ -23,12 +24,23 @@ fn label_reads(h: &Host) -> Vec<String> {
         .collect()
 }
 
+/// `pfctl ... -v -s rules` calls so far (the read of the current states), as their `-a`
+/// argument.
+fn state_reads(h: &Host) -> Vec<String> {
+    h.calls()
+        .into_iter()
+        .filter(|c| c.tool == "pfctl" && c.argv.iter().any(|a| a == "rules") && c.argv.iter().any(|a| a == "-v"))
+        .map(|c| c.argv.iter().skip_while(|a| *a != "-a").nth(1).cloned().unwrap_or_default())
+        .collect()
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// web on 10.13.37.2 publishing 8080:80 and 8443:443, db publishing 5432 but not running; the
-/// counters of web's two pass rules set in the fake pf.
+/// counters of web's two pass rules set in the fake pf, 8080:80's holding 1 state now (of the 2
+/// it created).
 fn web_with_traffic(extra_config: &str) -> (Host, common::Agent, u64) {
     let h = Host::new();
     h.set_jails(serde_json::json!([Host::jail("web", 3, &["10.13.37.2"])]));
@@ -40,7 +52,7 @@ fn web_with_traffic(extra_config: &str) -> (Host, common::Agent, u64) {
     let anchor = h.anchor("web").unwrap();
     let first = anchor.lines().find(|l| l.starts_with("pass")).unwrap();
     assert!(first.contains("kleene:web:8080:80/tcp"), "{anchor}");
-    h.set_counters("kleene/web", Some("10 7 1700 4 1200 3 500 2\n5 1 100 1 100 0 0 1\n"));
+    h.set_counters("kleene/web", Some("10 7 1700 4 1200 3 500 2 1\n5 1 100 1 100 0 0 1\n"));
     (h, a, before)
 }
 
@@ -60,29 +72,34 @@ fn stats_reads_every_anchor_in_one_pfctl_call_and_never_on_a_poll() {
         (&web["packets_in"], &web["bytes_in"], &web["packets_out"], &web["bytes_out"], &web["states_created"]),
         (&4.into(), &1200.into(), &3.into(), &500.into(), &2.into())
     );
+    assert_eq!(web["states"], 1, "the states 8080:80's rule holds now");
+    assert_eq!(traffic_of(&rows, "8443:443/tcp")["states"], 0);
     let since = web["since"].as_u64().unwrap();
     assert!(before <= since && since <= now(), "since {since}: when web's anchor was loaded");
     assert_eq!(traffic_of(&rows, "8443:443/tcp")["bytes_in"], 100);
     let db = rows.iter().find(|r| r["jail"] == "db").unwrap();
     assert_eq!((&db["state"], &db["traffic"]), (&Value::from("pending"), &Value::Null));
     assert_eq!(label_reads(&h), ["*"], "one pfctl call for every anchor");
+    assert_eq!(state_reads(&h), ["*"], "and one for every anchor's current states");
 
     let table = h.ctl(&["stats", "-j", "web"]);
     assert_eq!(table.code, 0, "{table:?}");
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>().join(" "),
-        "JAIL SPEC PKTS IN BYTES IN PKTS OUT BYTES OUT STATES SINCE"
+        "JAIL SPEC PKTS IN BYTES IN PKTS OUT BYTES OUT STATES CREATED SINCE"
     );
-    assert!(lines[1].starts_with("web   8080:80/tcp") && lines[1].contains("1.2 KiB"), "{table:?}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[..10], ["web", "8080:80/tcp", "4", "1.2", "KiB", "3", "500", "B", "1", "2"], "{table:?}");
     assert_eq!(label_reads(&h), ["*", "kleene/web"], "one jail: its anchor alone");
+    assert_eq!(state_reads(&h), ["*", "kleene/web"]);
 
     // Polls go on (every 100 ms) without reading counters.
-    let reads = label_reads(&h).len();
+    let reads = (label_reads(&h).len(), state_reads(&h).len());
     let polls = |h: &Host| h.calls().iter().filter(|c| c.argv.iter().any(|a| a == "Anchors")).count();
     let seen = polls(&h);
     h.wait_for("five more polls", || polls(&h) >= seen + 5);
-    assert_eq!(label_reads(&h).len(), reads, "no poll read counters");
+    assert_eq!((label_reads(&h).len(), state_reads(&h).len()), reads, "no poll read counters");
 }
 
 #[test]
@@ -94,6 +111,34 @@ fn a_pfctl_whose_labels_do_not_follow_anchors_costs_a_call_per_anchor() {
     let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(traffic_of(&rows, "8080:80/tcp")["bytes_in"], 1200, "the same counters");
     assert_eq!(label_reads(&h), ["*", "kleene/web"], "every anchor the first call did not show, read alone");
+    assert_eq!(traffic_of(&rows, "8080:80/tcp")["states"], 1);
+    assert_eq!(state_reads(&h), ["*"], "`-s rules` follows the anchors");
+}
+
+/// What the agent parses, as the fake prints it: pfctl.c's pfctl_print_rule_counters format
+/// (FreeBSD 14), unindented under -v, a followed wildcard call's children in their own blocks.
+#[test]
+fn the_fake_pfctl_prints_rule_counters_as_pfctl_does() {
+    let h = Host::new();
+    let load = "pass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n";
+    assert_eq!(h.run_tool("pfctl", &["-a", "kleene/web", "-f", "-"], Some(load)).code, 0);
+    h.set_counters("kleene/web", Some("10 7 1700 4 1200 3 500 2 1\n"));
+    let out = h.run_tool("pfctl", &["-a", "*", "-v", "-s", "rules"], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "anchor \"kleene/*\" all {\n  \
+         [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]\n  \
+         [ Inserted: uid 0 pid 0 State Creations: 0     ]\n\
+         anchor \"web\" all {\n\
+         pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = http flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  \
+         [ Evaluations: 10        Packets: 7         Bytes: 1700        States: 1     ]\n  \
+         [ Inserted: uid 0 pid 0 State Creations: 2     ]\n\
+         }\n\
+         }\n"
+    );
+    let labels = h.run_tool("pfctl", &["-a", "kleene/web", "-s", "labels"], None);
+    assert_eq!(labels.stdout, "kleene:web:8080:80/tcp kleene/web 10 7 1700 4 1200 3 500 2\n", "eight numbers");
 }
 
 #[test]
@@ -205,6 +250,8 @@ fn a_scrape_shows_each_publications_counters_and_the_agents_health() {
         format!("kleene_rdr_publication_packets_total{{{l},direction=\"in\"}} 4"),
         format!("kleene_rdr_publication_packets_total{{{l},direction=\"out\"}} 3"),
         format!("kleene_rdr_publication_states_created_total{{{l}}} 2"),
+        format!("kleene_rdr_publication_states{{{l}}} 1"),
+        "# TYPE kleene_rdr_publication_states gauge".to_string(),
         "kleene_rdr_publications{state=\"active\"} 2".to_string(),
         "kleene_rdr_publications{state=\"pending\"} 1".to_string(),
         "kleene_rdr_jails_running 1".to_string(),
@@ -222,6 +269,7 @@ fn a_scrape_shows_each_publications_counters_and_the_agents_health() {
     assert_eq!(value("kleene_rdr_pfctl_calls_total{operation=\"load\"}"), 1.0, "web's anchor, once");
     assert!(value("kleene_rdr_pfctl_calls_total{operation=\"anchors\"}") >= 2.0, "start-up and polls");
     assert!(value("kleene_rdr_pfctl_calls_total{operation=\"labels\"}") >= 1.0);
+    assert!(value("kleene_rdr_pfctl_calls_total{operation=\"states\"}") >= 1.0);
     assert!(value("kleene_rdr_last_successful_poll_timestamp_seconds") >= (now() - 60) as f64);
     assert!(value("kleene_rdr_reconcile_duration_seconds_count") >= 1.0);
     promtool_check(&body);
@@ -232,9 +280,10 @@ fn a_scrape_shows_each_publications_counters_and_the_agents_health() {
         assert!(out.status.success(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("kleene_rdr_pf_counters_up 1"));
     }
-    let reads = label_reads(&h);
+    let (reads, states) = (label_reads(&h), state_reads(&h));
     scrape(addr);
-    assert_eq!(label_reads(&h)[reads.len()..], ["*"], "one pfctl call per scrape");
+    assert_eq!(label_reads(&h)[reads.len()..], ["*"], "one pfctl call per scrape for the counters");
+    assert_eq!(state_reads(&h)[states.len()..], ["*"], "and one for the current states");
 }
 
 #[test]

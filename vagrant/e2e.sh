@@ -108,6 +108,20 @@ udp_reaches() { # HOST PORT: a fresh token sent to HOST:PORT lands in web's udp 
 published_state() { # SPEC STATE: kleenectl ls --json shows web's SPEC in STATE
 	kleenectl ls -j web --json | tr -d ' \n' | grep -q "\"spec\":\"$1\",[^}]*\"state\":\"$2\""
 }
+current_states() { # SPEC: the states web's SPEC holds now, as kleenectl stats reports them
+	kleenectl stats -j web --json | tr -d ' \n' | grep -o "\"spec\":\"$1\",[^}]*}" |
+		sed -n 's/.*"states":\([0-9]*\).*/\1/p'
+}
+pf_states() { # SPEC: the States: pfctl -v -s rules prints for web's SPEC's pass rules, summed
+	pfctl -a kleene/web -v -s rules | awk -v l="label \"kleene:web:$1\"" '
+		index($0, l) && !index($0, "kleene:outbound") { want = 1; next }
+		want && /Evaluations:/ { for (i = 1; i < NF; i++) if ($i == "States:") s += $(i + 1) + 0 }
+		{ want = 0 }
+		END { print s + 0 }'
+}
+stats_agree() { # SPEC: kleenectl stats and pfctl -v -s rules agree on SPEC's current states, at least 1
+	n=$(current_states "$1") && [ -n "$n" ] && [ "$n" -ge 1 ] && [ "$n" = "$(pf_states "$1")" ]
+}
 hook_with_agent_down() { # what a jail.conf hook does while the agent is stopped
 	service kleene_rdr stop >/dev/null || return 1
 	kleenectl reconcile --quiet-if-down
@@ -391,6 +405,8 @@ check "ls --json: tcp active" published_state "$EP:8080:80/tcp" active
 check "ls --json: udp active" published_state "$EP:8080:80/udp" active
 check "pfctl -a kleene/web -s nat shows the rdr rules" \
 	sh -c "pfctl -a kleene/web -s nat | grep -q 'rdr on $EP inet proto tcp .* -> $WEB4 port 80'"
+check "stats: the udp publication's current states, as pfctl -v -s rules counts them" \
+	eventually 3 stats_agree "$EP:8080:80/udp"
 
 say "== 3. a port range and IPv6"
 check "kleenectl publish -j web $EP:9000-9001:81" kleenectl publish -j web "$EP:9000-9001:81"

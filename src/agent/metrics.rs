@@ -8,9 +8,10 @@
 //!   (pfctl runs and failures by operation), plus what a scrape asks the engine (publications by
 //!   state, jails running);
 //! - pf's counters of every publication, read at the scrape exactly as `kleenectl stats` reads
-//!   them (one `pfctl -a '*' -s labels`, without the engine's lock; `engine::stats`). pf starts
-//!   a reloaded anchor's counters at zero: they are exposed as counters, which Prometheus's
-//!   `rate()` and `increase()` take across such resets, with the time of the last reset.
+//!   them (one `pfctl -a '*' -s labels` and one `pfctl -a '*' -v -s rules`, without the
+//!   engine's lock; `engine::stats`). pf starts a reloaded anchor's counters at zero: they are
+//!   exposed as counters, which Prometheus's `rate()` and `increase()` take across such resets,
+//!   with the time of the last reset; the states the rules hold now are a gauge.
 //!
 //! Names follow Prometheus's conventions: the `kleene_rdr_` prefix, base units (seconds,
 //! bytes), `_total` on counters, labels for dimensions (`direction`, `operation`, `state`).
@@ -277,6 +278,15 @@ fn publications(out: &mut String, stats: &Result<Vec<PublicationStats>, Refusal>
             let _ = writeln!(out, "kleene_rdr_publication_states_created_total{{{l}}} {}", c.states_created);
         },
     );
+    family(
+        out,
+        "kleene_rdr_publication_states",
+        "gauge",
+        "States a publication's pass rules hold now.",
+        &|out, l, _, c| {
+            let _ = writeln!(out, "kleene_rdr_publication_states{{{l}}} {}", c.states);
+        },
+    );
     // One series per jail: its anchor's load resets all its publications' counters together.
     head(
         out,
@@ -334,8 +344,15 @@ mod tests {
         health.publish.observe(Duration::from_secs(60));
         let calls = PfCalls::new();
         calls.record(PfOp::Load, true);
-        let counters =
-            RuleCounters { packets_in: 3, bytes_in: 300, packets_out: 2, bytes_out: 20, ..Default::default() };
+        let counters = RuleCounters {
+            packets_in: 3,
+            bytes_in: 300,
+            packets_out: 2,
+            bytes_out: 20,
+            states_created: 9,
+            states: 4,
+            ..Default::default()
+        };
         let ok = Ok(vec![stats("web", "[2001:db8::1]:443:8443/tcp", Some(counters)), stats("db", "5432", None)]);
         let text = render(&Snapshot {
             standings: &[Standing::Active, Standing::Pending, Standing::Active],
@@ -360,6 +377,10 @@ mod tests {
             "kleene_rdr_publication_bytes_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"in\"} 300",
             "kleene_rdr_publication_packets_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"out\"} 2",
             "kleene_rdr_jail_counters_reset_timestamp_seconds{jail=\"web\"} 1700000000",
+            "kleene_rdr_publication_states_created_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\"} 9",
+            "# TYPE kleene_rdr_publication_states gauge",
+            "kleene_rdr_publication_states{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\"} 4",
+            "kleene_rdr_pfctl_calls_total{operation=\"states\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

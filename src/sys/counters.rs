@@ -8,6 +8,15 @@
 //! each child's lines inside `anchor "CHILD" all {` ... `}`. The parser keeps, for every line,
 //! the block it was printed in, so that a caller can tell one anchor's rules from another's and
 //! an anchor the main ruleset calls twice from two anchors.
+//!
+//! The labels output has no count of the states a rule holds now. `pfctl -v -s rules` has it:
+//! pfctl_print_rule_counters (pfctl.c) prints, on the line after each rule, `  [ Evaluations: N
+//! Packets: N  Bytes: N  States: N ]` (`States`: the rule's current states), then more `  [ ...
+//! ]` lines (`Inserted: uid U pid P State Creations: N`; FreeBSD 15 adds `Source Nodes: ...`).
+//! print_rule (pfctl_parser.c) prints each label as ` label "L"`. With -v, pfctl does not indent
+//! rules inside anchors; with recursion a followed anchor call prints ` {` after the rule, its
+//! counters, its rules, then `}`, and a wildcard call prints each child inside `anchor "CHILD" all
+//! {` ... `}`, as in the labels output. [`parse_rule_states`] reads it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +30,8 @@ pub struct RuleCounters {
     pub bytes_out: u64,
     /// States the rule created.
     pub states_created: u64,
+    /// States the rule holds now (`pfctl -v -s rules`, not the labels output).
+    pub states: u64,
 }
 
 impl RuleCounters {
@@ -32,6 +43,7 @@ impl RuleCounters {
         self.packets_out = self.packets_out.saturating_add(o.packets_out);
         self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
         self.states_created = self.states_created.saturating_add(o.states_created);
+        self.states = self.states.saturating_add(o.states);
     }
 }
 
@@ -82,8 +94,107 @@ pub fn parse_labels(text: &str) -> Vec<LabelLine> {
                 packets_out: n[5],
                 bytes_out: n[6],
                 states_created: n[7],
+                states: 0,
             },
         });
+    }
+    out
+}
+
+/// A line of either output with labels, in the block it was printed in.
+pub trait Labelled {
+    /// 0 outside any block, else the block's number in the output (1, 2, ...).
+    fn block(&self) -> usize;
+    fn labels(&self) -> &[String];
+}
+
+impl Labelled for LabelLine {
+    fn block(&self) -> usize {
+        self.block
+    }
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+}
+
+/// One labelled filter rule of `pfctl -v -s rules` and the states it holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStates {
+    /// The innermost block it was printed in, numbered as in [`LabelLine::block`]: every line
+    /// ending in `{` opens one (a followed anchor call, a wildcard call's child).
+    pub block: usize,
+    /// Its labels, in order.
+    pub labels: Vec<String>,
+    /// `States:` of its counters line.
+    pub states: u64,
+}
+
+impl Labelled for RuleStates {
+    fn block(&self) -> usize {
+        self.block
+    }
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+}
+
+/// Parses `pfctl -v -s rules` output: every rule with labels whose next line is its `[
+/// Evaluations: ... States: N ]` line. A rule without that line (no `-v`), or whose `States:`
+/// is not a number, is skipped.
+pub fn parse_rule_states(text: &str) -> Vec<RuleStates> {
+    let mut out = Vec::new();
+    let mut stack: Vec<usize> = Vec::new();
+    let mut blocks = 0;
+    // The last rule line, waiting for its counters line.
+    let mut pending: Option<RuleStates> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(counters) = t.strip_prefix('[') {
+            let rule = pending.take();
+            if let (Some(mut rule), Some(n)) = (rule, field(counters, "States:")) {
+                if counters.trim_start().starts_with("Evaluations:") {
+                    rule.states = n;
+                    out.push(rule);
+                }
+            }
+            continue;
+        }
+        pending = None;
+        if t == "}" {
+            stack.pop();
+            continue;
+        }
+        if t.is_empty() {
+            continue;
+        }
+        let labels = rule_labels(t);
+        if !labels.is_empty() {
+            pending = Some(RuleStates { block: stack.last().copied().unwrap_or(0), labels, states: 0 });
+        }
+        if t.ends_with('{') {
+            blocks += 1;
+            stack.push(blocks);
+        }
+    }
+    out
+}
+
+/// The number after `name` in a counters line (`States: 3     ]`).
+fn field(line: &str, name: &str) -> Option<u64> {
+    let mut words = line.split_ascii_whitespace();
+    words.find(|w| *w == name)?;
+    words.next()?.trim_end_matches(']').parse().ok()
+}
+
+/// The labels of a printed rule: each ` label "L"`, in order.
+fn rule_labels(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = rule;
+    while let Some(i) = rest.find(" label \"") {
+        rest = &rest[i + " label \"".len()..];
+        let Some(end) = rest.find('"') else { break };
+        out.push(rest[..end].to_string());
+        rest = &rest[end + 1..];
     }
     out
 }
@@ -98,11 +209,13 @@ pub enum PfOp {
     Show,
     Info,
     Labels,
+    /// `-v -s rules`, for the states each rule holds.
+    States,
 }
 
 impl PfOp {
-    pub const ALL: [PfOp; 7] =
-        [PfOp::Load, PfOp::Flush, PfOp::Kill, PfOp::Anchors, PfOp::Show, PfOp::Info, PfOp::Labels];
+    pub const ALL: [PfOp; 8] =
+        [PfOp::Load, PfOp::Flush, PfOp::Kill, PfOp::Anchors, PfOp::Show, PfOp::Info, PfOp::Labels, PfOp::States];
 
     /// The metric label value.
     pub fn name(self) -> &'static str {
@@ -114,14 +227,15 @@ impl PfOp {
             PfOp::Show => "show",
             PfOp::Info => "info",
             PfOp::Labels => "labels",
+            PfOp::States => "states",
         }
     }
 }
 
 /// pfctl runs and failures by operation, since the process started.
 pub struct PfCalls {
-    calls: [AtomicU64; 7],
-    failures: [AtomicU64; 7],
+    calls: [AtomicU64; 8],
+    failures: [AtomicU64; 8],
 }
 
 impl Default for PfCalls {
@@ -132,12 +246,12 @@ impl Default for PfCalls {
 
 /// The process's count of pfctl runs.
 pub static PF_CALLS: PfCalls =
-    PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] };
+    PfCalls { calls: [const { AtomicU64::new(0) }; 8], failures: [const { AtomicU64::new(0) }; 8] };
 
 impl PfCalls {
     /// No run counted yet.
     pub const fn new() -> PfCalls {
-        PfCalls { calls: [const { AtomicU64::new(0) }; 7], failures: [const { AtomicU64::new(0) }; 7] }
+        PfCalls { calls: [const { AtomicU64::new(0) }; 8], failures: [const { AtomicU64::new(0) }; 8] }
     }
 
     /// Counts one run of `op`, and its failure when `failed`.
@@ -185,7 +299,8 @@ mod tests {
                 bytes_in: 400,
                 packets_out: 3,
                 bytes_out: 300,
-                states_created: 2
+                states_created: 2,
+                states: 0
             }
         );
         assert_eq!(lines[2].labels, ["kleene:web:8080:80/tcp", "kleene/web"]);
@@ -199,6 +314,69 @@ mod tests {
         fn parsing_is_total(text in "(anchor \"[a-z]{0,3}\" all \\{\n|\\}\n|[a-z:/ ]{0,12}( [0-9]{1,3}){0,9}\n){0,12}") {
             for l in parse_labels(&text) {
                 proptest::prop_assert!(!l.labels.is_empty());
+            }
+        }
+    }
+
+    /// `pfctl -a '*' -v -s rules` as pfctl.c prints it: the main ruleset calling the anchors
+    /// twice, no indentation under -v, counters lines after every rule (after the ` {` of a
+    /// followed call).
+    #[test]
+    fn current_states_are_read_from_the_line_after_each_rule() {
+        let text = "pass in quick on em0 proto tcp from any to any port = 22 flags S/SA keep state label \"ssh\"\n  \
+            [ Evaluations: 9         Packets: 9         Bytes: 9           States: 1     ]\n  \
+            [ Inserted: uid 0 pid 1 State Creations: 9     ]\n\
+            anchor \"kleene/*\" all {\n  \
+            [ Evaluations: 40        Packets: 0         Bytes: 0           States: 0     ]\n  \
+            [ Inserted: uid 0 pid 1 State Creations: 0     ]\n\
+            anchor \"db\" all {\n\
+            pass in quick on em0 inet proto tcp from any to 10.13.37.3 port = 5432 flags S/SA keep state label \"kleene:db:5432:5432/tcp\" label \"kleene/db\"\n  \
+            [ Evaluations: 10        Packets: 7         Bytes: 700         States: 2     ]\n  \
+            [ Inserted: uid 0 pid 812 State Creations: 4     ]\n\
+            }\n\
+            anchor \"web\" all {\n\
+            pass in quick on em0 inet6 proto tcp from any to fd00::2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  \
+            [ Evaluations: 1         Packets: 2         Bytes: 3           States: 1234567890123]\n  \
+            [ Inserted: uid 0 pid 812 State Creations: 1234567890200]\n  \
+            [ Source Nodes: 0      Limit: 0      NAT/RDR: 0      Route: 0      ]\n\
+            pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = 80 flags S/SA keep state\n  \
+            [ Evaluations: 1         Packets: 2         Bytes: 3           States: 5     ]\n\
+            pass in quick on em0 inet proto tcp from any to 10.13.37.2 port = 81 label \"kleene:web:81:81/tcp\"\n\
+            }\n\
+            }\n\
+            anchor \"kleene/*\" all {\n  \
+            [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]\n\
+            anchor \"web\" all {\n\
+            pass in quick on em0 inet6 proto tcp from any to fd00::2 port = 80 flags S/SA keep state label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  \
+            [ Evaluations: 1         Packets: 2         Bytes: 3           States: x     ]\n\
+            }\n\
+            }\n";
+        let rules = parse_rule_states(text);
+        let got: Vec<(usize, Vec<&str>, u64)> =
+            rules.iter().map(|r| (r.block, r.labels.iter().map(String::as_str).collect(), r.states)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, vec!["ssh"], 1),
+                (2, vec!["kleene:db:5432:5432/tcp", "kleene/db"], 2),
+                (3, vec!["kleene:web:8080:80/tcp", "kleene/web"], 1_234_567_890_123),
+            ],
+            "the unlabelled rule, the rule without a counters line and the unreadable count are skipped"
+        );
+        assert!(parse_rule_states(&text.replace("[ Evaluations", "[ Inserted")).is_empty(), "no -v, no states");
+    }
+
+    proptest::proptest! {
+        /// Whatever pfctl prints, parsing returns, and a rule it keeps has the count printed
+        /// after it.
+        #[test]
+        fn parsing_rules_is_total(
+            text in "(anchor \"[a-z/*]{0,3}\" all \\{\n|\\}\n|pass( label \"[a-z:/]{0,6}\"){0,2}\n|  \\[ Evaluations: [0-9]{1,3}  States: (0|[1-9][0-9]{0,2}) ?\\]\n){0,12}"
+        ) {
+            for r in parse_rule_states(&text) {
+                proptest::prop_assert!(!r.labels.is_empty());
+                let printed = format!("States: {}", r.states);
+                proptest::prop_assert!(text.contains(&printed));
             }
         }
     }

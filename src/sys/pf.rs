@@ -49,6 +49,10 @@ pub trait Pf: Send + Sync {
     /// `anchor`, or with `*` of the main ruleset and of every anchor it calls, recursively
     /// (`counters::parse_labels` reads it).
     fn labels(&self, anchor: &str) -> Result<String, CmdError>;
+    /// What `pfctl -a ANCHOR -v -s rules` prints: the filter rules of `anchor` (with `*`, of
+    /// the main ruleset and every anchor it calls, recursively), each followed by its counters
+    /// lines, which hold its current states (`counters::parse_rule_states` reads it).
+    fn rule_states(&self, anchor: &str) -> Result<String, CmdError>;
 }
 
 /// The real pf, through the pfctl binary at `path`. Every run is counted by operation
@@ -141,5 +145,9 @@ impl Pf for Pfctl {
 
     fn labels(&self, anchor: &str) -> Result<String, CmdError> {
         self.shown(PfOp::Labels, &["-a", anchor, "-s", "labels"])
+    }
+
+    fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
+        self.shown(PfOp::States, &["-a", anchor, "-v", "-s", "rules"])
     }
 }

@@ -326,8 +326,9 @@ impl Host {
 
     /// Sets the counters `pfctl -a ANCHOR -s labels` prints: one line of eight numbers
     /// (evaluations packets bytes in-packets in-bytes out-packets out-bytes state-creations) per
-    /// filter rule of the anchor, in order (`None`: all zeros). A load or flush of the anchor
-    /// clears them, as pf does.
+    /// filter rule of the anchor, in order (`None`: all zeros), and optionally a ninth, the states
+    /// the rule holds now (`-v -s rules` prints it). A load or flush of the anchor clears them,
+    /// as pf does.
     pub fn set_counters(&self, anchor: &str, lines: Option<&str>) {
         let dir = self.root().join("state/pf/counters");
         fs::create_dir_all(&dir).unwrap();

@@ -32,8 +32,13 @@
 //!   `main.conf` (the main ruleset's text; the tests may
 //!   write it), `killed` (one `label L` line per `-k label -k L`), `counters/<anchor with '/' as
 //!   '%'>` (the counters `-s labels` prints: one line of eight numbers per filter rule, in the
-//!   order `-s rules` lists them; absent lines are zeros; a load or flush of the anchor and `-z`
-//!   remove the file, as pf starts reloaded rules at zero). `-s labels` follows anchor calls as
+//!   order `-s rules` lists them, optionally followed by a ninth, the states the rule holds now,
+//!   which only `-v -s rules` prints; absent lines and numbers are zeros; a load or flush of the
+//!   anchor and `-z` remove the file, as pf starts reloaded rules at zero). `-v -s rules` prints
+//!   after each rule pfctl_print_rule_counters's two lines (FreeBSD 14: `  [ Evaluations: N
+//!   Packets: N  Bytes: N  States: N ]`, `  [ Inserted: uid 0 pid 0 State Creations: N ]`), and
+//!   `-s rules` follows anchor calls as pfctl.c does (a call whose last component starts with `_`,
+//!   or any with `-a '*'`/`-a NAME/*`: the rule, ` {`, its counters, the called rules, `}`). `-s labels` follows anchor calls as
 //!   FreeBSD main's pfctl.c does: `-a '*' -s labels` prints the main ruleset's labels and,
 //!   through its `anchor "kleene/*"`, each child anchor's inside `anchor "web" all {` ... `}`.
 //!   With the switch `labels-flat` it does not, as older pfctl.c (whose PFCTL_SHOW_LABELS case
@@ -377,8 +382,8 @@ fn pfctl(state: &Path, args: &[String], stdin: &[u8]) -> i32 {
         }
         None => String::new(),
     };
-    if recursive && anchor.is_empty() && show.as_deref() != Some("labels") {
-        eprintln!("fake pfctl: -a '*' is simulated only with -s labels");
+    if recursive && anchor.is_empty() && !matches!(show.as_deref(), Some("labels" | "rules")) {
+        eprintln!("fake pfctl: -a '*' is simulated only with -s labels and -s rules");
         return 1;
     }
     let pf = state.join("pf");
@@ -649,7 +654,13 @@ fn pfctl_show(
                 let _ = fs::remove_file(counters_file(pf, anchor));
             }
         }
-        "nat" | "rules" => {
+        "rules" => {
+            show_rules(pf, "", anchor, recursive, false, 0, (numeric, verbose))?;
+            if zero {
+                let _ = fs::remove_file(counters_file(pf, anchor));
+            }
+        }
+        "nat" => {
             let rs = if anchor.is_empty() {
                 match main_ruleset(pf) {
                     Ok(rs) => rs,
@@ -671,17 +682,8 @@ fn pfctl_show(
                     }
                 }
             };
-            match m {
-                "nat" => {
-                    for r in rs.load_order().into_iter().filter(|r| r.ruleset() != Kind::Filter) {
-                        println!("{}", r.print(numeric));
-                    }
-                }
-                _ => {
-                    for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
-                        println!("{}", r.print(numeric));
-                    }
-                }
+            for r in rs.load_order().into_iter().filter(|r| r.ruleset() != Kind::Filter) {
+                println!("{}", r.print(numeric));
             }
         }
         "Interfaces" => {
@@ -768,15 +770,116 @@ fn show_labels(
     let counters = fs::read_to_string(counters_file(pf, &npath)).unwrap_or_default();
     let mut lines = counters.lines();
     for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
-        let numbers = lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        let n = rule_counters(lines.next());
         if !r.labels.is_empty() {
-            let numbers = numbers.filter(|n| !n.is_empty()).unwrap_or_else(|| "0 0 0 0 0 0 0 0".into());
-            println!("{} {numbers}", r.labels.join(" "));
+            let numbers: Vec<String> = n[..8].iter().map(u64::to_string).collect();
+            println!("{} {}", r.labels.join(" "), numbers.join(" "));
         }
         if let Some(call) = r.anchor.as_ref().filter(|_| !pf.join("labels-flat").exists()) {
             let last = call.trim_end_matches("/*").rsplit('/').next().unwrap_or("");
             if last.starts_with('_') || recursive {
                 show_labels(pf, &npath, call, recursive, call.ends_with('*'), depth, verbose)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of a counters file: its nine numbers, missing or unreadable ones as zeros.
+fn rule_counters(line: Option<&str>) -> [u64; 9] {
+    let mut n = [0; 9];
+    for (slot, w) in n.iter_mut().zip(line.unwrap_or("").split_whitespace()) {
+        *slot = w.parse().unwrap_or(0);
+    }
+    n
+}
+
+/// `-s rules` of the ruleset `name` below `path`, as pfctl_show_rules prints it in its
+/// PFCTL_SHOW_RULES format (pfctl.c): each filter rule (indented two spaces per level unless
+/// -v), then with -v its counters lines (pfctl_print_rule_counters). An anchor call is followed
+/// when its last component starts with `_`, or with recursion: the rule, ` {`, its counters,
+/// the called ruleset one level deeper, then `}`; a wildcard call followed with recursion prints
+/// each child inside `anchor "CHILD" all {` ... `}`, as `-s labels` does.
+fn show_rules(
+    pf: &Path,
+    path: &str,
+    name: &str,
+    recursive: bool,
+    wildcard: bool,
+    depth: usize,
+    (numeric, verbose): (bool, bool),
+) -> Result<(), i32> {
+    let name = name.strip_suffix("/*").unwrap_or(name);
+    let npath = match (name.strip_prefix('/'), path) {
+        (Some(abs), _) => abs.to_string(),
+        (None, "") => name.to_string(),
+        (None, p) => format!("{p}/{name}"),
+    };
+    let indent = if verbose { String::new() } else { "  ".repeat(depth) };
+    if wildcard && recursive {
+        let known = rulesets(pf);
+        if !known.contains(&npath) {
+            eprintln!("Anchor '{name}' not found.");
+            return Ok(());
+        }
+        let children: Vec<&String> = known
+            .iter()
+            .filter(|n| n.strip_prefix(&npath).and_then(|r| r.strip_prefix('/')).is_some_and(|r| !r.contains('/')))
+            .collect();
+        for c in children {
+            let child = c.rsplit('/').next().unwrap();
+            println!("{indent}anchor \"{child}\" all {{");
+            show_rules(pf, &npath, child, recursive, false, depth + 1, (numeric, verbose))?;
+            println!("{indent}}}");
+        }
+        return Ok(());
+    }
+    let rs = if npath.is_empty() {
+        match main_ruleset(pf) {
+            Ok(rs) => rs,
+            Err(errors) => {
+                eprintln!("fake pfctl: the main ruleset in state/pf/main.conf does not parse:");
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return Err(1);
+            }
+        }
+    } else {
+        match read_anchor(pf, &npath) {
+            Some(rs) => rs,
+            None if valid_path(&npath) && rulesets(pf).contains(&npath) => Ruleset::default(),
+            None => {
+                eprintln!("pfctl: DIOCGETRULES: Invalid argument");
+                return Ok(());
+            }
+        }
+    };
+    let counters = fs::read_to_string(counters_file(pf, &npath)).unwrap_or_default();
+    let mut lines = counters.lines();
+    let print_counters = |n: &[u64; 9]| {
+        if verbose {
+            println!("  [ Evaluations: {:<8}  Packets: {:<8}  Bytes: {:<10}  States: {:<6}]", n[0], n[1], n[2], n[8]);
+            println!("  [ Inserted: uid 0 pid 0 State Creations: {:<6}]", n[7]);
+        }
+    };
+    for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
+        let n = rule_counters(lines.next());
+        print!("{indent}{}", r.print(numeric));
+        let followed = r.anchor.as_ref().filter(|call| {
+            let last = call.rsplit('/').next().unwrap_or("");
+            last.starts_with('_') || recursive
+        });
+        match followed {
+            Some(call) => {
+                println!(" {{");
+                print_counters(&n);
+                show_rules(pf, &npath, call, recursive, call.ends_with('*'), depth + 1, (numeric, verbose))?;
+                println!("{indent}}}");
+            }
+            None => {
+                println!();
+                print_counters(&n);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `kleenectl stats`, and the per-publication counters of the metrics: pf's counters of each
-//! publication's pass rules (`pfctl -s labels`).
+//! publication's pass rules (`pfctl -s labels`) and the states they hold now (`pfctl -v -s
+//! rules`).
 //!
 //! Reading counters is never part of a poll: only a `stats` (or `ls`) request and a metrics
 //! scrape read them. The read runs without the engine's lock: under the lock the engine only
@@ -15,6 +16,11 @@
 //! ruleset's labels) are read one by one (`pfctl -a kleene/<jail> -s labels`). A request for one
 //! jail reads its anchor alone.
 //!
+//! The labels output counts the states rules created, not the states they hold. A second call
+//! reads those, the same way: `pfctl -a '*' -v -s rules` (each rule's `States:` on the counters
+//! line pfctl prints after it), with the same fallback to one anchor at a time, the rules
+//! matched to publications by their labels exactly as the counters are.
+//!
 //! pf starts a reloaded anchor's counters at zero. The agent reports them as pf keeps them,
 //! with `since`: when the agent last loaded the anchor. It does not add up counters across
 //! reloads: a total kept in the agent's memory would be lost with the agent anyway, and
@@ -25,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::core::model::{JailName, LabelKind, OUTBOUND_LABEL};
-use crate::sys::counters::{LabelLine, RuleCounters, parse_labels};
+use crate::sys::counters::{LabelLine, Labelled, RuleCounters, parse_labels, parse_rule_states};
+use crate::sys::runner::CmdError;
 
 use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind, Standing};
 use super::{Engine, System, lock};
@@ -84,47 +91,76 @@ impl StatsRead {
     }
 
     /// Reads pf's counters (one pfctl call when pf.conf calls the anchors, see the module
-    /// documentation) and pairs them with the publications. A failure of the call that reads
-    /// every anchor is an error; a failure to read one anchor leaves its publications without
-    /// counters and says why.
+    /// documentation), then the states each rule holds now (one more), and pairs them with the
+    /// publications. A failure of a call that reads every anchor is an error; a failure to read
+    /// one anchor leaves its publications without counters and says why.
     pub fn read(self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a, i)));
-        // By jail label: what the read of every anchor found.
-        let mut all: BTreeMap<String, Vec<LabelLine>> = BTreeMap::new();
-        if loaded().next().is_some() && !self.one_jail {
-            let text =
-                self.sys.pf.labels("*").map_err(|e| {
-                    Refusal::new(RefusalKind::Pf, format!("cannot read pf's counters: {}", e.message()))
-                })?;
-            all = by_jail_label(&parse_labels(&text));
-        }
-        // By anchor path: the anchors that read did not show, read one by one.
-        let mut alone: BTreeMap<&str, Result<Vec<LabelLine>, String>> = BTreeMap::new();
-        for (anchor, i) in loaded() {
-            if !all.contains_key(&i.jail_label) && !alone.contains_key(anchor.as_str()) {
-                let read = self.sys.pf.labels(anchor).map(|t| parse_labels(&t)).map_err(|e| e.message());
-                alone.insert(anchor, read);
-            }
-        }
-        let none: Result<Vec<LabelLine>, String> = Ok(Vec::new());
+        let labels = self.gather("counters", |a| self.sys.pf.labels(a), parse_labels)?;
+        let states = self.gather("current states", |a| self.sys.pf.rule_states(a), parse_rule_states)?;
         let stats = self.items.iter().map(|i| {
             let (since, counters, note) = match &i.loaded {
                 None => (None, None, None),
-                Some((anchor, since)) => {
-                    let lines = match all.get(&i.jail_label) {
-                        Some(lines) => Ok(lines),
-                        None => alone.get(anchor.as_str()).unwrap_or(&none).as_ref(),
-                    };
-                    match lines {
-                        Ok(lines) => (Some(*since), Some(sum(lines, &i.label, &i.jail_label)), None),
-                        Err(e) => (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}"))),
+                Some((anchor, since)) => match (labels.of(i, anchor), states.of(i, anchor)) {
+                    (Ok(lines), Ok(rules)) => {
+                        let mut counters = sum(lines, &i.label, &i.jail_label);
+                        counters.states =
+                            matching(rules, &i.label, &i.jail_label).fold(0u64, |n, r| n.saturating_add(r.states));
+                        (Some(*since), Some(counters), None)
                     }
-                }
+                    (Err(e), _) => (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}"))),
+                    (_, Err(e)) => {
+                        (Some(*since), None, Some(format!("cannot read pf's current states of {anchor}: {e}")))
+                    }
+                },
             };
             PublicationStats { state: i.state.clone(), since, counters, note }
         });
         Ok(stats.collect())
+    }
+
+    /// One kind of read (`what`, for messages) of every loaded anchor: one call for all of
+    /// them (unless one jail was asked for), then the anchors it did not show one by one.
+    fn gather<T: Labelled + Clone>(
+        &self,
+        what: &str,
+        read: impl Fn(&str) -> Result<String, CmdError>,
+        parse: fn(&str) -> Vec<T>,
+    ) -> Result<Found<T>, Refusal> {
+        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a, i)));
+        let mut found = Found { all: BTreeMap::new(), alone: BTreeMap::new() };
+        if loaded().next().is_some() && !self.one_jail {
+            let text = read("*")
+                .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
+            found.all = by_jail_label(&parse(&text));
+        }
+        for (anchor, i) in loaded() {
+            if !found.all.contains_key(&i.jail_label) && !found.alone.contains_key(anchor) {
+                found.alone.insert(anchor.clone(), read(anchor).map(|t| parse(&t)).map_err(|e| e.message()));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// What one kind of read found: by jail label, what the read of every anchor showed; by anchor
+/// path, what the anchors it did not show read alone gave.
+struct Found<T> {
+    all: BTreeMap<String, Vec<T>>,
+    alone: BTreeMap<String, Result<Vec<T>, String>>,
+}
+
+impl<T> Found<T> {
+    /// The lines of `i`'s anchor (`anchor`), or why they could not be read.
+    fn of(&self, i: &Item, anchor: &str) -> Result<&[T], &str> {
+        match self.all.get(&i.jail_label) {
+            Some(lines) => Ok(lines),
+            None => match self.alone.get(anchor) {
+                Some(Ok(lines)) => Ok(lines),
+                Some(Err(e)) => Err(e),
+                None => Ok(&[]),
+            },
+        }
     }
 }
 
@@ -134,28 +170,34 @@ pub fn stats(engine: &Mutex<Engine>, jail: Option<&JailName>) -> Result<Vec<Publ
     read.read()
 }
 
-/// The lines of `pfctl -a '*' -s labels` by the agent's jail label they carry, from the blocks
-/// pf prints for the children of a wildcard anchor call. When pf.conf calls the anchors twice,
-/// pf prints each child twice: only a jail label's first block counts.
-fn by_jail_label(lines: &[LabelLine]) -> BTreeMap<String, Vec<LabelLine>> {
+/// The lines of `pfctl -a '*' -s labels` (or `-v -s rules`) by the agent's jail label they
+/// carry, from the blocks pf prints for the children of a wildcard anchor call. When pf.conf
+/// calls the anchors twice, pf prints each child twice: only a jail label's first block counts.
+fn by_jail_label<T: Labelled + Clone>(lines: &[T]) -> BTreeMap<String, Vec<T>> {
     let mut block_of: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut out: BTreeMap<String, Vec<LabelLine>> = BTreeMap::new();
-    for l in lines.iter().filter(|l| l.block > 0) {
-        let Some(jail_label) = l.labels.iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else { continue };
-        if *block_of.entry(jail_label).or_insert(l.block) == l.block {
+    let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.block() > 0) {
+        let Some(jail_label) = l.labels().iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else {
+            continue;
+        };
+        if *block_of.entry(jail_label).or_insert(l.block()) == l.block() {
             out.entry(jail_label.clone()).or_default().push(l.clone());
         }
     }
     out
 }
 
-/// The counters of the rules carrying both `label` and `jail_label` (a publication has a pass
-/// rule per family), but not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass
-/// in` rule counted.
+/// The rules carrying both `label` and `jail_label` (a publication has a pass rule per family),
+/// but not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
+fn matching<'a, T: Labelled>(lines: &'a [T], label: &'a str, jail_label: &'a str) -> impl Iterator<Item = &'a T> {
+    let has = |l: &T, want: &str| l.labels().iter().any(|w| w == want);
+    lines.iter().filter(move |l| has(l, label) && has(l, jail_label) && !has(l, OUTBOUND_LABEL))
+}
+
+/// The counters of the [`matching`] rules, summed.
 fn sum(lines: &[LabelLine], label: &str, jail_label: &str) -> RuleCounters {
     let mut total = RuleCounters::default();
-    let has = |l: &LabelLine, want: &str| l.labels.iter().any(|w| w == want);
-    for l in lines.iter().filter(|l| has(l, label) && has(l, jail_label) && !has(l, OUTBOUND_LABEL)) {
+    for l in matching(lines, label, jail_label) {
         total.add(&l.counters);
     }
     total
@@ -167,7 +209,7 @@ mod tests {
     use crate::sys::counters::RuleCounters;
 
     fn counters(packets_in: u64, bytes_in: u64, states_created: u64) -> RuleCounters {
-        RuleCounters { evaluations: 1, packets_in, bytes_in, packets_out: 1, bytes_out: 10, states_created }
+        RuleCounters { evaluations: 1, packets_in, bytes_in, packets_out: 1, bytes_out: 10, states_created, states: 0 }
     }
 
     #[test]
@@ -219,8 +261,26 @@ mod tests {
              kleene:web:8080:80/tcp kleene/web 1 2 30 2 30 0 0 1\n\
              }\n",
         );
+        h.pf().set_rule_states(
+            "*",
+            "anchor \"kleene/*\" all {\n  [ Evaluations: 0  Packets: 0  Bytes: 0  States: 0     ]\n\
+             anchor \"web\" all {\n\
+             pass in quick label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  [ Evaluations: 1  Packets: 2  Bytes: 30  States: 1     ]\n\
+             pass in quick label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  [ Evaluations: 1  Packets: 3  Bytes: 40  States: 1     ]\n\
+             pass out quick label \"kleene:web:8080:80/tcp\" label \"kleene/web\" label \"kleene:outbound\"\n  [ Evaluations: 1  Packets: 3  Bytes: 40  States: 1     ]\n\
+             pass in quick label \"kleene:web:8443:443/tcp\" label \"kleene/web\"\n  [ Evaluations: 1  Packets: 2  Bytes: 30  States: 4     ]\n\
+             }\n}\n\
+             anchor \"kleene/*\" all {\n  [ Evaluations: 0  Packets: 0  Bytes: 0  States: 0     ]\n\
+             anchor \"web\" all {\n\
+             pass in quick label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  [ Evaluations: 1  Packets: 2  Bytes: 30  States: 1     ]\n\
+             }\n}\n",
+        );
         let stats = read(&h, None);
-        assert_eq!(h.pf().calls(), [PfCall::Labels("*".into())], "one pfctl call for every anchor");
+        assert_eq!(
+            h.pf().calls(),
+            [PfCall::Labels("*".into()), PfCall::RuleStates("*".into())],
+            "one pfctl call for every anchor's counters, one for their current states"
+        );
         assert_eq!(stats[0], ("5432:5432/tcp".into(), None, None), "db is not running: no counters");
         let web = stats[1].1.expect("web's counters");
         assert_eq!(
@@ -228,7 +288,8 @@ mod tests {
             (4, 60, 1, 10, 2),
             "both families, and the second block (pf.conf calling the anchors twice) not counted again"
         );
-        assert_eq!(stats[2].1.unwrap().states_created, 7);
+        assert_eq!(web.states, 2, "both families' current states, not the pass out rule's, nor the second block's");
+        assert_eq!((stats[2].1.unwrap().states_created, stats[2].1.unwrap().states), (7, 4));
     }
 
     #[test]
@@ -236,9 +297,28 @@ mod tests {
         let h = harness();
         h.pf().set_labels("*", "ssh 5 5 5 5 5 5 5 5\n");
         h.pf().set_labels("kleene/web", "kleene:web:8080:80/tcp kleene/web 9 9 900 5 500 4 400 3\n");
+        h.pf().set_rule_states(
+            "*",
+            "pass in quick label \"ssh\"\n  [ Evaluations: 5  Packets: 5  Bytes: 5  States: 5     ]\n",
+        );
+        h.pf().set_rule_states(
+            "kleene/web",
+            "pass in quick label \"kleene:web:8080:80/tcp\" label \"kleene/web\"\n  [ Evaluations: 9  Packets: 9  Bytes: 900  States: 2     ]\n",
+        );
         let stats = read(&h, None);
-        assert_eq!(h.pf().calls(), [PfCall::Labels("*".into()), PfCall::Labels("kleene/web".into())]);
-        assert_eq!(stats[1].1, Some(RuleCounters { evaluations: 9, ..counters(5, 500, 3) }.with_out(4, 400)));
+        assert_eq!(
+            h.pf().calls(),
+            [
+                PfCall::Labels("*".into()),
+                PfCall::Labels("kleene/web".into()),
+                PfCall::RuleStates("*".into()),
+                PfCall::RuleStates("kleene/web".into())
+            ]
+        );
+        assert_eq!(
+            stats[1].1,
+            Some(RuleCounters { evaluations: 9, states: 2, ..counters(5, 500, 3) }.with_out(4, 400))
+        );
         assert_eq!(stats[2].1, Some(RuleCounters::default()), "loaded, and nothing counted yet");
     }
 
@@ -247,13 +327,16 @@ mod tests {
         let h = harness();
         h.pf().set_labels("kleene/web", "kleene:web:8443:443/tcp kleene/web 1 1 1 1 1 1 1 1\n");
         let stats = read(&h, Some("web"));
-        assert_eq!(h.pf().calls(), [PfCall::Labels("kleene/web".into())]);
+        assert_eq!(h.pf().calls(), [PfCall::Labels("kleene/web".into()), PfCall::RuleStates("kleene/web".into())]);
         assert_eq!(stats.len(), 2);
         h.pf().clear_calls();
         assert_eq!(read(&h, Some("db")).len(), 1);
         assert!(h.pf().calls().is_empty(), "db has nothing loaded: pf is not asked");
         h.tick();
-        assert!(!h.pf().calls().iter().any(|c| matches!(c, PfCall::Labels(_))), "a poll never reads counters");
+        assert!(
+            !h.pf().calls().iter().any(|c| matches!(c, PfCall::Labels(_) | PfCall::RuleStates(_))),
+            "a poll never reads counters"
+        );
     }
 
     #[test]
@@ -265,6 +348,16 @@ mod tests {
         assert!(e.message.contains("cannot read pf's counters: pfctl: /dev/pf: Permission denied"), "{e:?}");
         let web = read_one_failing(&h);
         assert!(web.contains("cannot read pf's counters of kleene/web: pfctl: /dev/pf"), "{web}");
+    }
+
+    #[test]
+    fn a_failed_read_of_the_current_states_is_an_error_or_a_note() {
+        let h = harness();
+        h.pf().refuse(crate::agent::engine::testing::PfOp::RuleStates, "pfctl: DIOCGETRULES: Device busy");
+        let e = h.engine().begin_stats(None).read().unwrap_err();
+        assert!(e.message.contains("cannot read pf's current states: pfctl: DIOCGETRULES: Device busy"), "{e:?}");
+        let web = read_one_failing(&h);
+        assert!(web.contains("cannot read pf's current states of kleene/web: pfctl: DIOCGETRULES"), "{web}");
     }
 
     fn read_one_failing(h: &Harness) -> String {

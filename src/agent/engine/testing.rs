@@ -49,6 +49,8 @@ pub enum PfOp {
     Anchors,
     /// Every other `-s`: an anchor's or the main ruleset's rules, and `-s info`.
     Show,
+    /// `-a ANCHOR -v -s rules`, the read of the rules' current states.
+    RuleStates,
 }
 
 /// One call the engine made to pf.
@@ -62,6 +64,7 @@ pub enum PfCall {
     Enabled,
     Interfaces,
     Labels(String),
+    RuleStates(String),
 }
 
 #[derive(Default)]
@@ -74,6 +77,8 @@ struct PfModel {
     refusals: BTreeMap<PfOp, String>,
     /// What `-a ANCHOR -s labels` prints, by ANCHOR (`*` for every anchor); nothing when unset.
     labels: BTreeMap<String, String>,
+    /// What `-a ANCHOR -v -s rules` prints, by ANCHOR; nothing when unset.
+    rule_states: BTreeMap<String, String>,
     calls: Vec<PfCall>,
     /// Interfaces pf skips (`set skip on ...`).
     skipped: Vec<String>,
@@ -138,6 +143,11 @@ impl FakePf {
     /// Sets what `pfctl -a ANCHOR -s labels` prints.
     pub fn set_labels(&self, anchor: &str, text: &str) {
         lock(&self.0).labels.insert(anchor.to_string(), text.to_string());
+    }
+
+    /// Sets what `pfctl -a ANCHOR -v -s rules` prints.
+    pub fn set_rule_states(&self, anchor: &str, text: &str) {
+        lock(&self.0).rule_states.insert(anchor.to_string(), text.to_string());
     }
 
     /// Replaces the main ruleset.
@@ -209,6 +219,12 @@ impl Pf for FakePf {
     fn labels(&self, anchor: &str) -> Result<String, CmdError> {
         let m = self.call(PfCall::Labels(anchor.into()), PfOp::Show, &["pfctl", "-a", anchor, "-s", "labels"])?;
         Ok(m.labels.get(anchor).cloned().unwrap_or_default())
+    }
+
+    fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
+        let args = ["pfctl", "-a", anchor, "-v", "-s", "rules"];
+        let m = self.call(PfCall::RuleStates(anchor.into()), PfOp::RuleStates, &args)?;
+        Ok(m.rule_states.get(anchor).cloned().unwrap_or_default())
     }
 
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {
