@@ -49,9 +49,10 @@ pub trait Pf: Send + Sync {
     /// `anchor`, or with `*` of the main ruleset and of every anchor it calls, recursively
     /// (`counters::parse_labels` reads it).
     fn labels(&self, anchor: &str) -> Result<String, CmdError>;
-    /// What `pfctl -a ANCHOR -v -s rules` prints: the filter rules of `anchor` (with `*`, of
-    /// the main ruleset and every anchor it calls, recursively), each followed by its counters
-    /// lines, which hold its current states (`counters::parse_rule_states` reads it).
+    /// What `pfctl -P -a ANCHOR -v -s rules` prints (ports numeric: no service lookups): the
+    /// filter rules of `anchor` (with `*`, of the main ruleset and every anchor it calls,
+    /// recursively), each followed by its counters lines, which hold its current states
+    /// (`counters::parse_rule_states` reads it).
     fn rule_states(&self, anchor: &str) -> Result<String, CmdError>;
 }
 
@@ -148,6 +149,6 @@ impl Pf for Pfctl {
     }
 
     fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
-        self.shown(PfOp::States, &["-a", anchor, "-v", "-s", "rules"])
+        self.shown(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"])
     }
 }

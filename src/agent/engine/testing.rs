@@ -222,7 +222,7 @@ impl Pf for FakePf {
     }
 
     fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
-        let args = ["pfctl", "-a", anchor, "-v", "-s", "rules"];
+        let args = ["pfctl", "-P", "-a", anchor, "-v", "-s", "rules"];
         let m = self.call(PfCall::RuleStates(anchor.into()), PfOp::RuleStates, &args)?;
         Ok(m.rule_states.get(anchor).cloned().unwrap_or_default())
     }
