@@ -705,6 +705,31 @@ fn pfctl_show(
     Ok(0)
 }
 
+/// The ruleset `-s labels` and `-s rules` print for `npath` (the main ruleset for ""): `None`
+/// when pf has no such anchor (pfctl says so, exit 0), `Err` when the main ruleset does not parse.
+fn shown_ruleset(pf: &Path, npath: &str) -> Result<Option<Ruleset>, i32> {
+    if npath.is_empty() {
+        return match main_ruleset(pf) {
+            Ok(rs) => Ok(Some(rs)),
+            Err(errors) => {
+                eprintln!("fake pfctl: the main ruleset in state/pf/main.conf does not parse:");
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                Err(1)
+            }
+        };
+    }
+    match read_anchor(pf, npath) {
+        Some(rs) => Ok(Some(rs)),
+        None if valid_path(npath) && rulesets(pf).contains(npath) => Ok(Some(Ruleset::default())),
+        None => {
+            eprintln!("pfctl: DIOCGETRULES: Invalid argument");
+            Ok(None)
+        }
+    }
+}
+
 /// `-s labels` of the ruleset `name` below `path`, as pfctl_show_rules prints it in its
 /// PFCTL_SHOW_LABELS format (pfctl.c): for each labelled filter rule its labels, each followed
 /// by a space, then evaluations, packets, bytes, packets in, bytes in, packets out, bytes out and
@@ -746,27 +771,7 @@ fn show_labels(
         }
         return Ok(());
     }
-    let rs = if npath.is_empty() {
-        match main_ruleset(pf) {
-            Ok(rs) => rs,
-            Err(errors) => {
-                eprintln!("fake pfctl: the main ruleset in state/pf/main.conf does not parse:");
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                return Err(1);
-            }
-        }
-    } else {
-        match read_anchor(pf, &npath) {
-            Some(rs) => rs,
-            None if valid_path(&npath) && rulesets(pf).contains(&npath) => Ruleset::default(),
-            None => {
-                eprintln!("pfctl: DIOCGETRULES: Invalid argument");
-                return Ok(());
-            }
-        }
-    };
+    let Some(rs) = shown_ruleset(pf, &npath)? else { return Ok(()) };
     let counters = fs::read_to_string(counters_file(pf, &npath)).unwrap_or_default();
     let mut lines = counters.lines();
     for r in rs.rules.iter().filter(|r| r.ruleset() == Kind::Filter) {
@@ -834,27 +839,7 @@ fn show_rules(
         }
         return Ok(());
     }
-    let rs = if npath.is_empty() {
-        match main_ruleset(pf) {
-            Ok(rs) => rs,
-            Err(errors) => {
-                eprintln!("fake pfctl: the main ruleset in state/pf/main.conf does not parse:");
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                return Err(1);
-            }
-        }
-    } else {
-        match read_anchor(pf, &npath) {
-            Some(rs) => rs,
-            None if valid_path(&npath) && rulesets(pf).contains(&npath) => Ruleset::default(),
-            None => {
-                eprintln!("pfctl: DIOCGETRULES: Invalid argument");
-                return Ok(());
-            }
-        }
-    };
+    let Some(rs) = shown_ruleset(pf, &npath)? else { return Ok(()) };
     let counters = fs::read_to_string(counters_file(pf, &npath)).unwrap_or_default();
     let mut lines = counters.lines();
     let print_counters = |n: &[u64; 9]| {
