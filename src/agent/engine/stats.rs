@@ -121,7 +121,7 @@ impl StatsRead {
 
     /// One kind of read (`what`, for messages) of every loaded anchor: one call for all of
     /// them (unless one jail was asked for), then the anchors it did not show one by one.
-    fn gather<T: Labelled + Clone>(
+    fn gather<T: Labelled>(
         &self,
         what: &str,
         read: impl Fn(&str) -> Result<String, CmdError>,
@@ -132,7 +132,7 @@ impl StatsRead {
         if loaded().next().is_some() && !self.one_jail {
             let text = read("*")
                 .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
-            found.all = by_jail_label(&parse(&text));
+            found.all = by_jail_label(parse(&text));
         }
         for (anchor, i) in loaded() {
             if !found.all.contains_key(&i.jail_label) && !found.alone.contains_key(anchor) {
@@ -173,15 +173,15 @@ pub fn stats(engine: &Mutex<Engine>, jail: Option<&JailName>) -> Result<Vec<Publ
 /// The lines of `pfctl -a '*' -s labels` (or `-v -s rules`) by the agent's jail label they
 /// carry, from the blocks pf prints for the children of a wildcard anchor call. When pf.conf
 /// calls the anchors twice, pf prints each child twice: only a jail label's first block counts.
-fn by_jail_label<T: Labelled + Clone>(lines: &[T]) -> BTreeMap<String, Vec<T>> {
-    let mut block_of: BTreeMap<&str, usize> = BTreeMap::new();
+fn by_jail_label<T: Labelled>(lines: Vec<T>) -> BTreeMap<String, Vec<T>> {
+    let mut block_of: BTreeMap<String, usize> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
-    for l in lines.iter().filter(|l| l.block() > 0) {
-        let Some(jail_label) = l.labels().iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else {
-            continue;
-        };
-        if *block_of.entry(jail_label).or_insert(l.block()) == l.block() {
-            out.entry(jail_label.clone()).or_default().push(l.clone());
+    for l in lines.into_iter().filter(|l| l.block() > 0) {
+        let jail_label = l.labels().iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)).cloned();
+        let Some(jail_label) = jail_label else { continue };
+        let block = l.block();
+        if *block_of.entry(jail_label.clone()).or_insert(block) == block {
+            out.entry(jail_label).or_default().push(l);
         }
     }
     out
