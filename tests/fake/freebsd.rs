@@ -730,6 +730,30 @@ fn shown_ruleset(pf: &Path, npath: &str) -> Result<Option<Ruleset>, i32> {
     }
 }
 
+/// The path of the ruleset `name` names below `path` (a leading `/` makes it absolute), and
+/// `name` without a trailing `/*`, as pfctl_show_rules resolves them.
+fn anchor_path<'a>(path: &str, name: &'a str) -> (&'a str, String) {
+    let name = name.strip_suffix("/*").unwrap_or(name);
+    let npath = match (name.strip_prefix('/'), path) {
+        (Some(abs), _) => abs.to_string(),
+        (None, "") => name.to_string(),
+        (None, p) => format!("{p}/{name}"),
+    };
+    (name, npath)
+}
+
+/// The names of the rulesets directly below `npath`, which a wildcard call followed with
+/// recursion prints one block each; `None`, after pfctl's message, when `npath` is no ruleset.
+fn wildcard_children(pf: &Path, npath: &str, name: &str) -> Option<Vec<String>> {
+    let known = rulesets(pf);
+    if !known.contains(npath) {
+        eprintln!("Anchor '{name}' not found.");
+        return None;
+    }
+    let below = |n: &String| n.strip_prefix(npath).and_then(|r| r.strip_prefix('/')).is_some_and(|r| !r.contains('/'));
+    Some(known.iter().filter(|n| below(n)).map(|c| c.rsplit('/').next().unwrap().to_string()).collect())
+}
+
 /// `-s labels` of the ruleset `name` below `path`, as pfctl_show_rules prints it in its
 /// PFCTL_SHOW_LABELS format (pfctl.c): for each labelled filter rule its labels, each followed
 /// by a space, then evaluations, packets, bytes, packets in, bytes in, packets out, bytes out and
@@ -746,25 +770,11 @@ fn show_labels(
     depth: usize,
     verbose: bool,
 ) -> Result<(), i32> {
-    let name = name.strip_suffix("/*").unwrap_or(name);
-    let npath = match (name.strip_prefix('/'), path) {
-        (Some(abs), _) => abs.to_string(),
-        (None, "") => name.to_string(),
-        (None, p) => format!("{p}/{name}"),
-    };
+    let (name, npath) = anchor_path(path, name);
     let indent = if verbose { String::new() } else { "  ".repeat(depth) };
     if wildcard && recursive {
-        let known = rulesets(pf);
-        if !known.contains(&npath) {
-            eprintln!("Anchor '{name}' not found.");
-            return Ok(());
-        }
-        let children: Vec<&String> = known
-            .iter()
-            .filter(|n| n.strip_prefix(&npath).and_then(|r| r.strip_prefix('/')).is_some_and(|r| !r.contains('/')))
-            .collect();
-        for c in children {
-            let child = c.rsplit('/').next().unwrap();
+        let Some(children) = wildcard_children(pf, &npath, name) else { return Ok(()) };
+        for child in &children {
             println!("{indent}anchor \"{child}\" all {{");
             show_labels(pf, &npath, child, recursive, false, depth + 1, verbose)?;
             println!("{indent}}}");
@@ -814,25 +824,11 @@ fn show_rules(
     depth: usize,
     (numeric, verbose): (bool, bool),
 ) -> Result<(), i32> {
-    let name = name.strip_suffix("/*").unwrap_or(name);
-    let npath = match (name.strip_prefix('/'), path) {
-        (Some(abs), _) => abs.to_string(),
-        (None, "") => name.to_string(),
-        (None, p) => format!("{p}/{name}"),
-    };
+    let (name, npath) = anchor_path(path, name);
     let indent = if verbose { String::new() } else { "  ".repeat(depth) };
     if wildcard && recursive {
-        let known = rulesets(pf);
-        if !known.contains(&npath) {
-            eprintln!("Anchor '{name}' not found.");
-            return Ok(());
-        }
-        let children: Vec<&String> = known
-            .iter()
-            .filter(|n| n.strip_prefix(&npath).and_then(|r| r.strip_prefix('/')).is_some_and(|r| !r.contains('/')))
-            .collect();
-        for c in children {
-            let child = c.rsplit('/').next().unwrap();
+        let Some(children) = wildcard_children(pf, &npath, name) else { return Ok(()) };
+        for child in &children {
             println!("{indent}anchor \"{child}\" all {{");
             show_rules(pf, &npath, child, recursive, false, depth + 1, (numeric, verbose))?;
             println!("{indent}}}");
