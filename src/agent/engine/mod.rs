@@ -255,11 +255,14 @@ impl Engine {
         self.dirty |= self.observer.observe_jail(&self.sys, name);
     }
 
-    /// Whether the last complete observation saw `jail` running and is less than one poll
-    /// interval old: a publish then trusts it rather than reading the jail and the routes again
-    /// (the next poll finds what changed since, as it would a moment after the publish).
+    /// Whether the last complete observation saw `jail` running and started less than two poll
+    /// intervals ago: a publish then trusts it rather than reading the jail and the routes again
+    /// (the next poll finds what changed since, as it would a moment after the publish). Two,
+    /// because polls start one interval after the last one ended: the last poll's reading is
+    /// one interval plus the time a poll takes old when the next one starts, and older still
+    /// while that one reads.
     pub fn observed_recently(&self, jail: &JailName) -> bool {
-        self.observer.recent(jail, Duration::from_millis(self.cfg.poll_interval_ms))
+        self.observer.recent(jail, 2 * Duration::from_millis(self.cfg.poll_interval_ms))
     }
 
     /// Records, for a poll reading without the lock, what a request saw or changed.

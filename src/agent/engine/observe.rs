@@ -224,7 +224,9 @@ impl Observer {
         if !touched.gateways {
             changed |= self.apply_gateways(reading.gateways);
         }
-        if complete && touched.jails.is_empty() && !touched.gateways {
+        // What requests read meanwhile is newer than this reading, and their failures are
+        // problems of their own: the poll still saw every jail and both routes.
+        if complete {
             self.complete_at = Some(reading.started);
         }
         let prefix = format!("{parent}/");
@@ -543,6 +545,22 @@ mod tests {
         let touched = Touched { jails: ["app".parse().unwrap()].into(), ..Touched::default() };
         assert!(!o.take(reading, "kleene", &touched), "a poll that saw what the request saw changes nothing");
         assert_eq!(names(&o), ["app", "db", "web"]);
+    }
+
+    /// Requests that read their jail during every poll (a steady stream of publishes) must not
+    /// make every poll incomplete: each would then read its jail again, and so on.
+    #[test]
+    fn a_poll_a_request_read_into_is_still_complete() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"]), jail("db", 4, &["10.13.37.3"])]);
+        let (web, db): (JailName, JailName) = ("web".parse().unwrap(), "db".parse().unwrap());
+        let reading = Observer::read(&f.system(), "kleene", false);
+        assert!(o.observe_jail(&f.system(), &web));
+        let touched = Touched { jails: [web.clone()].into(), gateways: true, ..Touched::default() };
+        o.take(reading, "kleene", &touched);
+        let hour = Duration::from_secs(3600);
+        assert!(o.recent(&web, hour) && o.recent(&db, hour));
     }
 
     #[test]
