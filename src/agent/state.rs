@@ -112,7 +112,7 @@ fn bounded_seq<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 /// The state directory of one agent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
 }
@@ -200,29 +200,65 @@ impl Store {
     /// failure leaves no temporary file behind, and the old file as it was unless the failure
     /// came after the rename (the fsync of the directory).
     pub fn save_jail(&self, jail: &JailName, publications: &[&Stored]) -> anyhow::Result<()> {
+        self.stage(jail, publications).and_then(Staged::commit)
+    }
+
+    /// The first half of [`Store::save_jail`]: writes `jail`'s new publications to a temporary
+    /// file and fsyncs it, leaving the state as it was. The caller may do other work meanwhile
+    /// (the agent loads pf), then [`Staged::commit`]s it, or drops it, which removes the file.
+    pub fn stage(&self, jail: &JailName, publications: &[&Stored]) -> anyhow::Result<Staged> {
         let path = self.path_of(jail);
-        let written = if publications.is_empty() {
-            match fs::remove_file(&path) {
+        if publications.is_empty() {
+            return Ok(Staged { dir: self.dir.clone(), path, tmp: None });
+        }
+        let text = render(jail, publications);
+        if text.len() as u64 > MAX_FILE_BYTES {
+            bail!(
+                "cannot write state file {}: jail {jail}'s publications take {} bytes, more than the {} MiB the \
+                 agent reads back; unpublish some of them",
+                path.display(),
+                text.len(),
+                MAX_FILE_BYTES >> 20
+            );
+        }
+        let tmp = self.dir.join(format!(".{}.tmp", jail.component()));
+        write_temp(&tmp, text.as_bytes()).with_context(|| format!("cannot write state file {}", path.display()))?;
+        Ok(Staged { dir: self.dir.clone(), path, tmp: Some(tmp) })
+    }
+}
+
+/// A jail's new state file, written and fsynced under a temporary name but not in place yet
+/// ([`Store::stage`]). Dropping it without [`Staged::commit`] removes the temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    dir: PathBuf,
+    path: PathBuf,
+    /// The temporary file; `None` when the jail's file is to be removed.
+    tmp: Option<PathBuf>,
+}
+
+impl Staged {
+    /// Puts the staged file in place (or removes the jail's file) and fsyncs the directory.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let done = match self.tmp.take() {
+            Some(tmp) => fs::rename(&tmp, &self.path).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            }),
+            None => match fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
-            }
-        } else {
-            let text = render(jail, publications);
-            if text.len() as u64 > MAX_FILE_BYTES {
-                bail!(
-                    "cannot write state file {}: jail {jail}'s publications take {} bytes, more than the {} MiB \
-                     the agent reads back; unpublish some of them",
-                    path.display(),
-                    text.len(),
-                    MAX_FILE_BYTES >> 20
-                );
-            }
-            let tmp = self.dir.join(format!(".{}.tmp", jail.component()));
-            replace(&tmp, &path, text.as_bytes())
+            },
         };
-        written
-            .and_then(|()| open_dir(&self.dir)?.sync_all())
-            .with_context(|| format!("cannot write state file {}", path.display()))
+        done.and_then(|()| open_dir(&self.dir)?.sync_all())
+            .with_context(|| format!("cannot write state file {}", self.path.display()))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 
@@ -312,19 +348,17 @@ fn open_dir(dir: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir)
 }
 
-/// Writes `bytes` to `path` atomically through `tmp`, which is removed again on every failure
-/// after it was created.
-fn replace(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to the temporary file `tmp` and fsyncs it; removes it again on failure.
+fn write_temp(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
     // A leftover of a crash; removing a link removes the link, never its target.
     let _ = fs::remove_file(tmp);
     let mut f = create_temp(tmp)?;
     let written = f.write_all(bytes).and_then(|()| f.sync_all());
     drop(f);
-    let done = written.and_then(|()| fs::rename(tmp, path));
-    if done.is_err() {
+    if written.is_err() {
         let _ = fs::remove_file(tmp);
     }
-    done
+    written
 }
 
 /// Creates `tmp` afresh, mode 0600: `O_EXCL` and `O_NOFOLLOW`, so that nothing planted at the

@@ -9,7 +9,9 @@
 //!    take it (a refused load or flush, an anchor it cannot show), nothing is written, the state
 //!    in memory is undone and the request is refused as `Pf`: pf holds what it held, which is
 //!    what the disk says.
-//! 2. Then the disk: the jail's state file is replaced atomically. When that fails, the jail's
+//! 2. Then the disk: the jail's state file is replaced atomically. It is written and fsynced
+//!    under a temporary name while pf loads (a thread of its own), and renamed into place only
+//!    once pf took the change; a refusal by pf removes it. When that fails, the jail's
 //!    anchor is put back as the stored state says and the request is refused as `Internal`
 //!    (saying so if pf would not take it back either: the executor then retries).
 //! 3. Only then the rest of the plan (other jails' anchors that a new observation changed).
@@ -25,6 +27,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use crate::agent::state::Staged;
 use crate::core::address::Network;
 use crate::core::conflict;
 use crate::core::container::Owner;
@@ -295,14 +298,24 @@ impl Engine {
             Planned::Full(plan) => plan.actions.iter().cloned().partition(|a| a.component() == component),
             Planned::Jail(j) => (j.actions.clone(), vec![]),
         };
-        let mut outcome = self.apply(&mine, Bypass::Component(&component));
+        // The jail's new state file is written and fsynced while pf loads the anchor, and put in
+        // place only once pf took it: the order stays pf, then the disk.
+        let store = self.store.clone();
+        let stored: Vec<Stored> = self.stored_of(jail).cloned().collect();
+        let (mut outcome, staged) = std::thread::scope(|s| {
+            let staging = s.spawn(|| store.stage(jail, &stored.iter().collect::<Vec<_>>()));
+            let outcome = self.apply(&mine, Bypass::Component(&component));
+            (outcome, staging.join().expect("staging a state file does not panic"))
+        });
         if let Some(failure) = outcome.anchor_failure(&component) {
-            // pf holds what it held, which is what the state says once undone.
+            // pf holds what it held, which is what the state says once undone (dropping the
+            // staged file removes it).
+            drop(staged);
             self.executor.forget_anchor_failure(&component);
             self.abort(undo);
             return Err(Failed::Pf(failure));
         }
-        if let Err(error) = self.save_jail(jail) {
+        if let Err(error) = staged.and_then(Staged::commit) {
             // The states of rules about to be put back are wanted again.
             self.executor.forget_kills(outcome.refused_kills.keys());
             self.undo(undo);
@@ -382,12 +395,6 @@ impl Engine {
 
     fn publication(&self, seq: u64) -> &Publication {
         &self.state.publications.iter().find(|s| s.seq == seq).expect("stored").publication
-    }
-
-    /// Writes `jail`'s publications as the state has them.
-    fn save_jail(&self, jail: &JailName) -> anyhow::Result<()> {
-        let mine: Vec<&Stored> = self.stored_of(jail).collect();
-        self.store.save_jail(jail, &mine)
     }
 
     /// What became of the publication `seq`: where it is published, or why it is not.
@@ -606,6 +613,7 @@ mod tests {
              Check that pf is loaded and pfctl works (kleenectl check)."
         );
         assert!(h.list().is_empty() && h.stored("web").is_none());
+        assert!(h.state_files().is_empty(), "the file staged while pf loaded is removed: {:?}", h.state_files());
         assert!(h.problems().is_empty(), "nothing left to retry: {:?}", h.problems());
         h.pf().allow(PfOp::Load);
         assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
@@ -632,6 +640,7 @@ mod tests {
         assert_eq!(h.pf().anchor("kleene/web").unwrap(), before);
         let specs: Vec<String> = h.list().iter().map(|s| s.publication.spec.to_string()).collect();
         assert_eq!(specs, ["8080:80/tcp"]);
+        assert_eq!(h.state_files(), ["web.yml"], "no temporary file is left");
     }
 
     #[test]

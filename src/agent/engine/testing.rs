@@ -607,6 +607,16 @@ impl Harness {
         self.engine().check().into_iter().filter(|d| !d.ok).collect()
     }
 
+    /// The names of the files in the state's publications directory, sorted.
+    pub fn state_files(&self) -> Vec<String> {
+        let dir = self.dir.path().join("db/publications");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// What the state file of `jail` holds, if it exists.
     pub fn stored(&self, jail: &str) -> Option<String> {
         std::fs::read_to_string(self.state_file(jail)).ok()
