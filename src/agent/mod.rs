@@ -37,7 +37,7 @@ pub fn check(config: &ConfigFile) -> anyhow::Result<()> {
         config.path.display(),
         if config.path.exists() { "" } else { " (no such file: every default)" },
         state_dir.display(),
-        state.publications.len()
+        state.publications().len()
     );
     Ok(())
 }

@@ -22,7 +22,7 @@
 //! A file that does not parse stops the agent with an error naming it; the agent never
 //! overwrites it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
@@ -121,7 +121,10 @@ pub struct Store {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     /// Every publication, in `seq` order.
-    pub publications: Vec<Stored>,
+    publications: Vec<Stored>,
+    /// The seqs of every jail's publications, in `seq` order: a request looks at its jail's
+    /// publications alone, not at every publication of the host.
+    by_jail: HashMap<JailName, Vec<u64>>,
     /// The `seq` the next publication gets (one more than the highest stored); past
     /// [`MAX_SEQ`] when none is left. Take it with [`State::take_seq`].
     pub next_seq: u64,
@@ -129,11 +132,85 @@ pub struct State {
 
 impl Default for State {
     fn default() -> State {
-        State { publications: vec![], next_seq: 1 }
+        State::new(vec![], 1)
     }
 }
 
 impl State {
+    /// The state of `publications` (sorted here by `seq`).
+    pub fn new(mut publications: Vec<Stored>, next_seq: u64) -> State {
+        publications.sort_by_key(|s| s.seq);
+        let mut state = State { publications, by_jail: HashMap::new(), next_seq };
+        state.index();
+        state
+    }
+
+    fn index(&mut self) {
+        self.by_jail.clear();
+        for s in &self.publications {
+            self.by_jail.entry(s.publication.jail.clone()).or_default().push(s.seq);
+        }
+    }
+
+    /// Every publication, in `seq` order.
+    pub fn publications(&self) -> &[Stored] {
+        &self.publications
+    }
+
+    /// The publication `seq`, if stored.
+    pub fn get(&self, seq: u64) -> Option<&Stored> {
+        self.publications.binary_search_by_key(&seq, |s| s.seq).ok().map(|i| &self.publications[i])
+    }
+
+    /// `jail`'s publications, in `seq` order.
+    pub fn of_jail<'a>(&'a self, jail: &JailName) -> impl Iterator<Item = &'a Stored> + 'a {
+        self.by_jail.get(jail).into_iter().flatten().filter_map(|seq| self.get(*seq))
+    }
+
+    /// How many publications `jail` has.
+    pub fn count_of(&self, jail: &JailName) -> usize {
+        self.by_jail.get(jail).map_or(0, Vec::len)
+    }
+
+    /// The jails that have publications, in no particular order.
+    pub fn jails(&self) -> impl Iterator<Item = &JailName> {
+        self.by_jail.keys()
+    }
+
+    /// Appends a new publication, whose seq must be higher than every stored one's.
+    pub fn push(&mut self, stored: Stored) {
+        assert!(self.publications.last().is_none_or(|l| l.seq < stored.seq), "publications are appended in seq order");
+        self.by_jail.entry(stored.publication.jail.clone()).or_default().push(stored.seq);
+        self.publications.push(stored);
+    }
+
+    /// Drops the publications past the first `len` (the last ones appended).
+    pub fn truncate(&mut self, len: usize) {
+        for s in self.publications.drain(len.min(self.publications.len())..) {
+            if let Some(seqs) = self.by_jail.get_mut(&s.publication.jail) {
+                seqs.retain(|q| *q != s.seq);
+                if seqs.is_empty() {
+                    self.by_jail.remove(&s.publication.jail);
+                }
+            }
+        }
+    }
+
+    /// Takes out the publications whose seq is in `seqs`.
+    pub fn remove(&mut self, seqs: &BTreeSet<u64>) -> Vec<Stored> {
+        let (removed, kept) = std::mem::take(&mut self.publications).into_iter().partition(|s| seqs.contains(&s.seq));
+        self.publications = kept;
+        self.index();
+        removed
+    }
+
+    /// Puts back publications [`State::remove`] took out.
+    pub fn restore(&mut self, removed: Vec<Stored>) {
+        self.publications.extend(removed);
+        self.publications.sort_by_key(|s| s.seq);
+        self.index();
+    }
+
     /// Hands out `next_seq` and advances it. Fails, changing nothing, when no seq is left
     /// (every one up to [`MAX_SEQ`] is taken, which takes a hand-edited state file) or
     /// `next_seq` was set out of range.
@@ -435,7 +512,7 @@ fn read_dir(dir: &Path) -> anyhow::Result<State> {
         None => 1,
         Some(s) => s.seq.checked_add(1).context("the highest stored seq has no successor")?,
     };
-    Ok(State { publications, next_seq })
+    Ok(State::new(publications, next_seq))
 }
 
 /// The bytes of the state file at `path` (`kind` is its directory entry's type): a regular
@@ -609,7 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sd = dir.path().join("db");
         let (store, st) = Store::open(&sd).unwrap();
-        assert_eq!(st, State { publications: vec![], next_seq: 1 });
+        assert_eq!(st, State::new(vec![], 1));
         let mut a = stored(1, "web", "em1:8080:80/udp");
         a.publication = Publication::new(
             "web".parse().unwrap(),
@@ -625,7 +702,7 @@ mod tests {
         store.save_jail(&"db".parse().unwrap(), &[&b]).unwrap();
         store.save_jail(&"_odd/name".parse().unwrap(), &[&odd]).unwrap();
         let (_, back) = Store::open(&sd).unwrap();
-        assert_eq!(back, State { publications: vec![a.clone(), b, odd, c.clone()], next_seq: 8 });
+        assert_eq!(back, State::new(vec![a.clone(), b, odd, c.clone()], 8));
         let mut names: Vec<String> =
             fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
@@ -640,7 +717,7 @@ mod tests {
         store.save_jail(&"db".parse().unwrap(), &[]).unwrap();
         assert!(!store.path_of(&"db".parse().unwrap()).exists(), "an empty jail has no file");
         let (_, back) = Store::open(&sd).unwrap();
-        assert_eq!(back.publications.len(), 3);
+        assert_eq!(back.publications().len(), 3);
     }
 
     #[test]
@@ -701,7 +778,7 @@ publications:
             .unwrap();
         let (_, st) = Store::open(dir.path()).unwrap();
         let specs: Vec<(u64, String)> =
-            st.publications.iter().map(|s| (s.seq, s.publication.spec.to_string())).collect();
+            st.publications().iter().map(|s| (s.seq, s.publication.spec.to_string())).collect();
         assert_eq!(
             specs,
             [
@@ -712,15 +789,15 @@ publications:
             ]
         );
         assert_eq!(st.next_seq, 10);
-        let first = &st.publications[0].publication;
+        let first = &st.publications()[0].publication;
         assert_eq!(first.sources.len(), 2);
         assert!(first.log);
         assert_eq!(first.network.as_ref().map(|n| n.as_str()), Some("kleenet"));
-        let web: Vec<&Stored> = st.publications.iter().filter(|s| s.publication.jail.as_str() == "web").collect();
+        let web: Vec<&Stored> = st.publications().iter().filter(|s| s.publication.jail.as_str() == "web").collect();
         store.save_jail(&jail("web"), &web).unwrap();
         assert_eq!(fs::read_to_string(store.dir().join("web.yml")).unwrap(), written, "written back byte for byte");
-        assert!(st.publications.iter().all(|s| s.publication.container.is_none()), "no container in the old format");
-        assert!(st.publications.iter().all(|s| s.publication.reach_off.is_none()), "earlier files turn nothing off");
+        assert!(st.publications().iter().all(|s| s.publication.container.is_none()), "no container in the old format");
+        assert!(st.publications().iter().all(|s| s.publication.reach_off.is_none()), "earlier files turn nothing off");
     }
 
     #[test]
@@ -743,9 +820,9 @@ publications:
 ";
         fs::write(store.dir().join("cni-1.yml"), written).unwrap();
         let (_, st) = Store::open(dir.path()).unwrap();
-        let c = st.publications[0].publication.container.clone().expect("the container is read");
+        let c = st.publications()[0].publication.container.clone().expect("the container is read");
         assert_eq!((c.id.as_str(), c.network.as_str(), c.addresses.len()), ("3f6940ab5ab4", "podman", 2));
-        let all: Vec<&Stored> = st.publications.iter().collect();
+        let all: Vec<&Stored> = st.publications().iter().collect();
         store.save_jail(&jail("cni-1"), &all).unwrap();
         assert_eq!(fs::read_to_string(store.dir().join("cni-1.yml")).unwrap(), written, "written back byte for byte");
         let bad = written.replace("network: podman", "network: '-podman'");
@@ -767,7 +844,7 @@ publications:
             "{text}"
         );
         let (_, st) = Store::open(dir.path()).unwrap();
-        assert_eq!(st.publications[0].publication, p);
+        assert_eq!(st.publications()[0].publication, p);
     }
 
     #[test]
@@ -793,15 +870,54 @@ publications:
         assert_eq!(st.next_seq, MAX_SEQ + 1, "a refusal changes nothing");
     }
 
+    /// The per-jail index agrees with a scan of every publication through every change.
+    #[test]
+    fn a_jails_publications_are_found_without_a_scan_through_every_change() {
+        fn agrees(st: &State) {
+            for jail in ["web", "db", "mail"].map(jail) {
+                let scanned: Vec<u64> =
+                    st.publications().iter().filter(|s| s.publication.jail == jail).map(|s| s.seq).collect();
+                let indexed: Vec<u64> = st.of_jail(&jail).map(|s| s.seq).collect();
+                assert_eq!(indexed, scanned, "{jail}");
+                assert_eq!(st.count_of(&jail), scanned.len());
+            }
+            let mut jails: Vec<String> = st.jails().map(|j| j.to_string()).collect();
+            jails.sort();
+            let mut scanned: Vec<String> = st.publications().iter().map(|s| s.publication.jail.to_string()).collect();
+            scanned.sort();
+            scanned.dedup();
+            assert_eq!(jails, scanned, "a jail without publications is not listed");
+            for s in st.publications() {
+                assert_eq!(st.get(s.seq), Some(s));
+            }
+        }
+        let mut st = State::new(vec![stored(3, "db", "5432"), stored(1, "web", "8080:80"), stored(2, "web", "443")], 4);
+        assert_eq!(st.publications().iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3], "sorted by seq");
+        agrees(&st);
+        st.push(stored(4, "mail", "25"));
+        st.push(stored(5, "web", "8443:443"));
+        agrees(&st);
+        st.truncate(3);
+        agrees(&st);
+        assert_eq!(st.count_of(&jail("mail")), 0);
+        let removed = st.remove(&[1, 3].into());
+        assert_eq!(removed.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 3]);
+        agrees(&st);
+        assert_eq!(st.get(1), None);
+        st.restore(removed);
+        agrees(&st);
+        assert_eq!(st.publications().iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
     #[test]
     fn take_seq_counts_up_and_stops_at_max_seq() {
         let mut st = State::default();
         assert_eq!((st.take_seq().unwrap(), st.take_seq().unwrap(), st.next_seq), (1, 2, 3));
-        let mut st = State { publications: vec![], next_seq: MAX_SEQ };
+        let mut st = State::new(vec![], MAX_SEQ);
         assert_eq!(st.take_seq().unwrap(), MAX_SEQ);
         assert!(st.take_seq().is_err());
         for next_seq in [0, MAX_SEQ + 1, u64::MAX] {
-            let mut st = State { publications: vec![], next_seq };
+            let mut st = State::new(vec![], next_seq);
             assert!(st.take_seq().is_err(), "{next_seq}");
             assert_eq!(st.next_seq, next_seq);
         }

@@ -235,7 +235,7 @@ impl Engine {
     pub fn start(&mut self) {
         self.host_reach = reach::HostReach::read(&self.sys, &self.cfg.anchor);
         self.observe();
-        self.force = self.state.publications.iter().map(|s| self.component(&s.publication.jail)).collect();
+        self.force = self.state.publications().iter().map(|s| self.component(&s.publication.jail)).collect();
         self.reconcile_with(Bypass::All);
     }
 
@@ -288,7 +288,7 @@ impl Engine {
 
     fn plan_current(&mut self) -> Plan {
         let desired = Desired {
-            publications: &self.state.publications,
+            publications: self.state.publications(),
             networks: &self.cfg.networks,
             anchor: &self.cfg.anchor,
             reach: self.cfg.reach,
@@ -453,7 +453,7 @@ impl Engine {
 
     /// The publications of `jail` as stored.
     fn stored_of<'a>(&'a self, jail: &'a JailName) -> impl Iterator<Item = &'a Stored> + 'a {
-        self.state.publications.iter().filter(move |s| &s.publication.jail == jail)
+        self.state.of_jail(jail)
     }
 }
 

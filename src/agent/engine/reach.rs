@@ -213,7 +213,7 @@ impl Engine {
             }
         };
         let mut out = Vec::new();
-        for s in &self.state.publications {
+        for s in self.state.publications() {
             let Some(st) = self.last.statuses.get(&s.seq) else { continue };
             if st.status != Status::Active || !st.reached.contains(&crate::core::reach::From::Host) {
                 continue;
@@ -247,7 +247,7 @@ impl Engine {
     /// from what its rules could not cover).
     pub(super) fn reach_warnings(&self, seq: u64) -> Vec<String> {
         let Some(st) = self.last.statuses.get(&seq) else { return vec![] };
-        let Some(s) = self.state.publications.iter().find(|s| s.seq == seq) else { return vec![] };
+        let Some(s) = self.state.get(seq) else { return vec![] };
         let p = &s.publication;
         let mut out: Vec<String> = st.notes.clone();
         if st.status != Status::Active {

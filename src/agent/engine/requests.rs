@@ -27,7 +27,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::agent::state::Staged;
+use crate::agent::state::{Staged, State};
 use crate::core::address::Network;
 use crate::core::conflict;
 use crate::core::container::Owner;
@@ -163,25 +163,19 @@ impl Engine {
     /// active once planned.
     fn publish_new(&mut self, jail: &JailName, new: Vec<Publication>, active: bool) -> Answer {
         apart(&new, &self.observer.observed().gateways, &self.cfg.reach)?;
-        own_anchor(&self.state.publications, jail, &self.cfg.anchor)?;
-        let (fresh, already) = split_known(&self.state.publications, new)?;
+        own_anchor(&self.state, jail, &self.cfg.anchor)?;
+        let (fresh, already) = split_known(&self.state, new)?;
         let mut lines: Vec<String> =
             already.iter().map(|p| format!("{} {}: already published, nothing changed", p.jail, p.spec)).collect();
         if fresh.is_empty() {
             return Ok(lines.join("\n"));
         }
-        within_limits(
-            &self.state.publications,
-            jail,
-            fresh.len(),
-            self.cfg.max_publications_per_jail,
-            self.cfg.max_publications,
-        )?;
+        within_limits(&self.state, jail, fresh.len(), self.cfg.max_publications_per_jail, self.cfg.max_publications)?;
 
         // The candidate state is the current one plus the new publications, appended in place
         // (cloning the whole state would cost work proportional to the host); every refusal
         // below takes them out again.
-        let undo = Undo::Appended { len: self.state.publications.len(), next_seq: self.state.next_seq };
+        let undo = Undo::Appended { len: self.state.publications().len(), next_seq: self.state.next_seq };
         let mut seqs = Vec::new();
         for p in fresh {
             let seq = match self.state.take_seq() {
@@ -192,7 +186,7 @@ impl Engine {
                 }
             };
             seqs.push(seq);
-            self.state.publications.push(Stored { seq, publication: p });
+            self.state.push(Stored { seq, publication: p });
         }
         let planned = self.plan_publish();
         for seq in &seqs {
@@ -224,7 +218,7 @@ impl Engine {
     pub fn unpublish_owned(&mut self, owner: &Owner) -> Answer {
         let jails: BTreeSet<JailName> = self
             .state
-            .publications
+            .publications()
             .iter()
             .filter(|s| s.publication.container.as_ref().is_some_and(|c| c.owned_by(owner)))
             .map(|s| s.publication.jail.clone())
@@ -260,11 +254,9 @@ impl Engine {
     /// which states remain, `ls` shows them as `removing`, and the executor retries the kill.
     pub fn unpublish(&mut self, request: &UnpublishRequest) -> Answer {
         let jail = &request.jail;
-        let remove = chosen(&self.state.publications, jail, &request.removal)?;
+        let remove = chosen(&self.state, jail, &request.removal)?;
         self.observe_jail(jail);
-        let (removed, kept): (Vec<Stored>, Vec<Stored>) =
-            std::mem::take(&mut self.state.publications).into_iter().partition(|s| remove.contains(&s.seq));
-        self.state.publications = kept;
+        let removed = self.state.remove(&remove);
         let plan = Planned::Full(self.plan_current());
         let outcome =
             self.commit(jail, plan, Undo::Removed(removed.clone())).map_err(|f| f.refusal(jail, "unpublished"))?;
@@ -337,7 +329,7 @@ impl Engine {
     fn plan_publish(&mut self) -> Planned {
         if !self.dirty {
             let desired = Desired {
-                publications: &self.state.publications,
+                publications: self.state.publications(),
                 networks: &self.cfg.networks,
                 anchor: &self.cfg.anchor,
                 reach: self.cfg.reach,
@@ -368,12 +360,11 @@ impl Engine {
     fn undo(&mut self, undo: Undo) {
         match undo {
             Undo::Appended { len, next_seq } => {
-                self.state.publications.truncate(len);
+                self.state.truncate(len);
                 self.state.next_seq = next_seq;
             }
             Undo::Removed(removed) => {
-                self.state.publications.extend(removed);
-                self.state.publications.sort_by_key(|s| s.seq);
+                self.state.restore(removed);
             }
         }
         self.dirty = true;
@@ -394,7 +385,7 @@ impl Engine {
     }
 
     fn publication(&self, seq: u64) -> &Publication {
-        &self.state.publications.iter().find(|s| s.seq == seq).expect("stored").publication
+        &self.state.get(seq).expect("stored").publication
     }
 
     /// What became of the publication `seq`: where it is published, or why it is not.
@@ -466,11 +457,11 @@ fn apart(new: &[Publication], gateways: &Gateways, reach: &Reach) -> Result<(), 
 /// Refuses `jail` when another stored jail maps to the same anchor below `parent`. A jail
 /// already stored was checked when its first publication was (and the planner refuses a clash
 /// that a state file brings), so only a new jail's name is compared with every other.
-fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<(), Refusal> {
-    if publications.iter().any(|s| &s.publication.jail == jail) {
+fn own_anchor(state: &State, jail: &JailName, parent: &str) -> Result<(), Refusal> {
+    if state.count_of(jail) > 0 {
         return Ok(());
     }
-    match publications.iter().find_map(|s| conflict::name_clash(jail, &s.publication.jail, parent)) {
+    match state.jails().find_map(|other| conflict::name_clash(jail, other, parent)) {
         None => Ok(()),
         Some(clash) => Err(Refusal::new(RefusalKind::Conflict, clash.to_string())),
     }
@@ -478,14 +469,11 @@ fn own_anchor(publications: &[Stored], jail: &JailName, parent: &str) -> Result<
 
 /// Splits `new` into the publications not stored yet and those stored as they are; refuses a
 /// spec stored with other options.
-fn split_known(
-    publications: &[Stored],
-    new: Vec<Publication>,
-) -> Result<(Vec<Publication>, Vec<Publication>), Refusal> {
+fn split_known(state: &State, new: Vec<Publication>) -> Result<(Vec<Publication>, Vec<Publication>), Refusal> {
     let mut fresh = Vec::new();
     let mut already = Vec::new();
     for p in new {
-        match publications.iter().find(|s| s.publication.jail == p.jail && s.publication.spec == p.spec) {
+        match state.of_jail(&p.jail).find(|s| s.publication.spec == p.spec) {
             Some(s) if s.publication == p => already.push(p),
             Some(s) if s.publication.container.is_some() || p.container.is_some() => {
                 let held = &s.publication;
@@ -517,20 +505,20 @@ fn split_known(
 
 /// Refuses `more` publications for `jail` past either limit.
 fn within_limits(
-    publications: &[Stored],
+    state: &State,
     jail: &JailName,
     more: usize,
     per_jail_max: usize,
     total_max: usize,
 ) -> Result<(), Refusal> {
-    let per_jail = publications.iter().filter(|s| &s.publication.jail == jail).count() + more;
+    let per_jail = state.count_of(jail) + more;
     if per_jail > per_jail_max {
         return Err(Refusal::new(
             RefusalKind::Limit,
             format!("jail {jail} would have {per_jail} publications; max_publications_per_jail is {per_jail_max}"),
         ));
     }
-    let total = publications.len() + more;
+    let total = state.publications().len() + more;
     if total > total_max {
         return Err(Refusal::new(
             RefusalKind::Limit,
@@ -542,13 +530,11 @@ fn within_limits(
 
 /// The seqs of `jail`'s publications that `removal` names; refuses a spec the jail does not
 /// publish, and a jail that publishes nothing.
-fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result<BTreeSet<u64>, Refusal> {
-    let mine = |s: &&Stored| &s.publication.jail == jail;
+fn chosen(state: &State, jail: &JailName, removal: &Removal) -> Result<BTreeSet<u64>, Refusal> {
     let seqs: BTreeSet<u64> = match removal {
-        Removal::All => publications.iter().filter(mine).map(|s| s.seq).collect(),
-        Removal::Owned(owner) => publications
-            .iter()
-            .filter(mine)
+        Removal::All => state.of_jail(jail).map(|s| s.seq).collect(),
+        Removal::Owned(owner) => state
+            .of_jail(jail)
             .filter(|s| s.publication.container.as_ref().is_some_and(|c| c.owned_by(owner)))
             .map(|s| s.seq)
             .collect(),
@@ -557,7 +543,7 @@ fn chosen(publications: &[Stored], jail: &JailName, removal: &Removal) -> Result
             let mut seqs = BTreeSet::new();
             let mut missing = Vec::new();
             for spec in specs {
-                match publications.iter().filter(mine).find(|s| &s.publication.spec == spec) {
+                match state.of_jail(jail).find(|s| &s.publication.spec == spec) {
                     Some(s) => {
                         seqs.insert(s.seq);
                     }
@@ -950,7 +936,7 @@ mod tests {
 
     #[test]
     fn stored_publications_decide_what_is_new_what_is_known_and_what_is_refused() {
-        let state = [stored(1, "web", "8080:80"), stored(2, "db", "5432")];
+        let state = State::new(vec![stored(2, "db", "5432"), stored(1, "web", "8080:80")], 3);
         let (fresh, already) =
             split_known(&state, vec![publication("web", "8080:80"), publication("web", "8081:81")]).unwrap();
         assert_eq!((fresh.len(), already.len()), (1, 1));

@@ -16,7 +16,10 @@ impl Engine {
     /// unpublished whose states pf has not killed yet.
     pub fn list(&self, jail: Option<&JailName>) -> Vec<PublicationState> {
         let wanted = |j: &JailName| jail.is_none_or(|w| w == j);
-        let mut pubs: Vec<&Stored> = self.state.publications.iter().filter(|s| wanted(&s.publication.jail)).collect();
+        let mut pubs: Vec<&Stored> = match jail {
+            Some(j) => self.state.of_jail(j).collect(),
+            None => self.state.publications().iter().collect(),
+        };
         pubs.sort_by(|a, b| {
             (&a.publication.jail, &a.publication.spec).cmp(&(&b.publication.jail, &b.publication.spec))
         });
