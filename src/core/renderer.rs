@@ -164,8 +164,7 @@ fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], host: &HostView
             }
         })
         .collect();
-    let loaded =
-        (!anchor.is_empty()).then(|| Arc::new(Loaded { jail: jail.name.clone(), jid: jail.jid, text: anchor.text() }));
+    let loaded = (!anchor.is_empty()).then(|| Arc::new(Loaded::new(jail.name.clone(), jail.jid, &anchor.text())));
     Rendered { loaded, publications }
 }
 
@@ -231,7 +230,7 @@ mod tests {
             r.render("web", &web(3), &one, &gateways("em0"));
         }
         let with_b = r.render("web", &web(3), &two, &gateways("em0"));
-        assert!(anchor(with_b).text.contains("8443"));
+        assert!(anchor(with_b).text().contains("8443"));
         assert_eq!(with_b.publications.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
     }
 

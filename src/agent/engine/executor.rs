@@ -273,7 +273,7 @@ impl Executor {
     /// Loads `loaded` into the anchor `component`; returns whether pf took it.
     fn load(&mut self, pf: &dyn Pf, component: &str, loaded: &Arc<Loaded>, out: &mut Outcome) -> bool {
         let path = self.path(component);
-        match pf.load(&path, &loaded.text) {
+        match pf.load(&path, &loaded.text()) {
             Ok(()) => {
                 log::info(&format!("loaded anchor {path} (jail {}, jid {})", loaded.jail, loaded.jid));
                 self.loaded.insert(component.to_string(), Arc::clone(loaded));
@@ -522,7 +522,7 @@ mod tests {
             .iter()
             .map(|s| format!("pass in quick on em0 all label \"kleene:{jail}:{s}\" label \"kleene/{jail}\"\n"))
             .collect();
-        Arc::new(Loaded { jail: jail.parse().unwrap(), jid, text })
+        Arc::new(Loaded::new(jail.parse().unwrap(), jid, &text))
     }
 
     fn load(l: &Arc<Loaded>, kill_before: &[&str], kill_after: &[&str]) -> Action {
@@ -614,7 +614,7 @@ mod tests {
     #[test]
     fn an_anchor_it_did_not_load_is_flushed_only_when_its_rules_carry_its_labels() {
         let (pf, mut x) = (FakePf::default(), Executor::new("kleene", POLL));
-        pf.set_anchor("kleene/old", &loaded("old", 9, &["8080:80/tcp"]).text);
+        pf.set_anchor("kleene/old", &loaded("old", 9, &["8080:80/tcp"]).text());
         pf.set_anchor("kleene/theirs", "rdr on em0 proto tcp to port 22 -> 10.0.0.1\npass in all label \"ssh\"\n");
         let out = x.apply(&pf, &[flush("old", None), flush("theirs", None)], Bypass::None);
         assert_eq!(pf.changes(), ["flush kleene/old", "kill kleene/old"], "one kill: the jail's label");

@@ -63,7 +63,7 @@ pub(super) fn compare(pf: &dyn Pf, parent: &str, picked: &[(String, Arc<Loaded>)
         let read =
             pf.show(Some(&path), Show::Nat).and_then(|nat| pf.show(Some(&path), Show::Rules).map(|rules| nat + &rules));
         match read {
-            Ok(text) if readback::readback_keys(&text) == readback::readback_keys(&loaded.text) => {}
+            Ok(text) if readback::readback_keys(&text) == readback::readback_keys(&loaded.text()) => {}
             Ok(_) => {
                 log::warn(&format!("anchor {path} was changed behind the agent's back; reloading it"));
                 stale.insert(component.clone());
@@ -91,7 +91,7 @@ mod tests {
                      pass in quick on em0 inet proto tcp from any to 10.13.37.2 port 80 label \"kleene/{c}\"\n"
                 );
                 pf.set_anchor(&format!("kleene/{c}"), &text);
-                (c.to_string(), Arc::new(Loaded { jail: c.parse().unwrap(), jid: 1, text }))
+                (c.to_string(), Arc::new(Loaded::new(c.parse().unwrap(), 1, &text)))
             })
             .collect()
     }

@@ -88,7 +88,7 @@ impl Engine {
             .loaded()
             .iter()
             .filter(|(_, l)| jail.is_none_or(|j| &l.jail == j))
-            .map(|(c, l)| LoadedAnchor { anchor: self.anchor_path(c), jail: l.jail.clone(), text: l.text.clone() })
+            .map(|(c, l)| LoadedAnchor { anchor: self.anchor_path(c), jail: l.jail.clone(), text: l.text() })
             .collect()
     }
 }
