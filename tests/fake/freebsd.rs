@@ -278,8 +278,18 @@ fn rulesets(pf: &Path) -> BTreeSet<String> {
             add(a);
         }
     }
+    // One listing: only the anchors that call others have a `.calls` file to read.
+    let calling: BTreeSet<String> = fs::read_dir(pf.join("anchors"))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().into_string().ok()?.strip_suffix(".calls")?.replace('%', "/")))
+                .collect()
+        })
+        .unwrap_or_default();
     for name in loaded_anchors(pf) {
         add(&name);
+        if !calling.contains(&name) {
+            continue;
+        }
         let calls = fs::read_to_string(anchor_file(pf, &name).with_extension("calls")).unwrap_or_default();
         for a in calls.lines() {
             // An anchor call is relative to the calling anchor unless it starts with '/'.
@@ -2199,7 +2209,8 @@ fn jls(state: &Path, args: &[String]) -> i32 {
             .map(|j| serde_json::Value::Object(params.iter().map(|p| (p.clone(), value(j, p))).collect()))
             .collect();
         let doc = serde_json::json!({"__version": "2", "jail-information": {"jail": arr}});
-        println!("{doc}");
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all((doc.to_string() + "\n").as_bytes());
     } else {
         for j in &list {
             let words: Vec<String> = params
