@@ -45,15 +45,17 @@ pub trait Pf: Send + Sync {
     fn enabled(&self) -> Result<Option<bool>, CmdError>;
     /// The interfaces and interface groups pf knows, each with whether pf skips it (`set skip`).
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError>;
-    /// What `pfctl -a ANCHOR -s labels` prints: the counters of the labelled filter rules of
-    /// `anchor`, or with `*` of the main ruleset and of every anchor it calls, recursively
-    /// (`counters::parse_labels` reads it).
-    fn labels(&self, anchor: &str) -> Result<String, CmdError>;
-    /// What `pfctl -P -a ANCHOR -v -s rules` prints (ports numeric: no service lookups): the
-    /// filter rules of `anchor` (with `*`, of the main ruleset and every anchor it calls,
-    /// recursively), each followed by its counters lines, which hold its current states
-    /// (`counters::parse_rule_states` reads it).
-    fn rule_states(&self, anchor: &str) -> Result<String, CmdError>;
+    /// Hands `each` line of what `pfctl -a ANCHOR -s labels` prints, as it prints it: the
+    /// counters of the labelled filter rules of `anchor`, or with `*` of the main ruleset and of
+    /// every anchor it calls, recursively (`counters::LabelsReader` reads it). The lines handed
+    /// on before an error mean nothing.
+    fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError>;
+    /// Hands `each` line of what `pfctl -P -a ANCHOR -v -s rules` prints (ports numeric: no
+    /// service lookups), as it prints it: the filter rules of `anchor` (with `*`, of the main
+    /// ruleset and every anchor it calls, recursively), each followed by its counters lines,
+    /// which hold its current states (`counters::StatesReader` reads it). The lines handed on
+    /// before an error mean nothing.
+    fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError>;
 }
 
 /// The real pf, through the pfctl binary at `path`. Every run is counted by operation
@@ -77,13 +79,21 @@ impl Pfctl {
     /// What `-s ...` printed. pfctl warns about a missing anchor on stderr and may still exit 0:
     /// that is a failure too.
     fn shown(&self, op: PfOp, args: &[&str]) -> Result<String, CmdError> {
-        let shown = self.run_judged(args).and_then(|out| {
-            if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
-                return Err(runner::failure(&self.path, args, out));
-            }
-            Ok(out.stdout)
-        });
-        counted(op, shown)
+        counted(op, self.run_judged(args).and_then(|out| self.judged(args, out)))
+    }
+
+    /// [`Pfctl::shown`], its output handed to `each` line by line as pfctl prints it.
+    fn shown_lines(&self, op: PfOp, args: &[&str], each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        let out = runner::run_lines(&self.path, args, None, true, self.limits, each);
+        counted(op, out.and_then(|out| self.judged(args, out)).map(drop))
+    }
+
+    /// The stdout of a `-s ...` run, or its failure.
+    fn judged(&self, args: &[&str], out: runner::Output) -> Result<String, CmdError> {
+        if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
+            return Err(runner::failure(&self.path, args, out));
+        }
+        Ok(out.stdout)
     }
 
     /// The anchors `-s Anchors` listed. A parent that does not exist at all: `pfctl:
@@ -144,11 +154,11 @@ impl Pf for Pfctl {
         Ok(parse::parse_pf_interfaces(&out.stdout))
     }
 
-    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
-        self.shown(PfOp::Labels, &["-a", anchor, "-s", "labels"])
+    fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        self.shown_lines(PfOp::Labels, &["-a", anchor, "-s", "labels"], each)
     }
 
-    fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
-        self.shown(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"])
+    fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        self.shown_lines(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"], each)
     }
 }

@@ -26,12 +26,12 @@
 //! reloads: a total kept in the agent's memory would be lost with the agent anyway, and
 //! Prometheus's `rate()` and `increase()` already handle a counter that restarts at zero.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::core::model::{JailName, LabelKind, OUTBOUND_LABEL};
-use crate::sys::counters::{LabelLine, Labelled, RuleCounters, parse_labels, parse_rule_states};
+use crate::sys::counters::{LabelsReader, Rule, RuleCounters, RuleReader, StatesReader};
 use crate::sys::runner::CmdError;
 
 use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind, Standing};
@@ -94,72 +94,186 @@ impl StatsRead {
     /// documentation), then the states each rule holds now (one more), and pairs them with the
     /// publications. A failure of a call that reads every anchor is an error; a failure to read
     /// one anchor leaves its publications without counters and says why.
+    ///
+    /// pfctl's output is added up as it is read, line by line: what a read holds grows with the
+    /// publications reported, not with the rules on the host.
     pub fn read(self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
-        let labels = self.gather("counters", |a| self.sys.pf.labels(a), parse_labels)?;
-        let states = self.gather("current states", |a| self.sys.pf.rule_states(a), parse_rule_states)?;
-        let stats = self.items.iter().map(|i| {
-            let (since, counters, note) = match &i.loaded {
-                None => (None, None, None),
-                Some((anchor, since)) => match (labels.of(i, anchor), states.of(i, anchor)) {
-                    (Ok(lines), Ok(rules)) => {
-                        let mut counters = sum(lines, &i.label, &i.jail_label);
-                        counters.states =
-                            matching(rules, &i.label, &i.jail_label).fold(0u64, |n, r| n.saturating_add(r.states));
-                        (Some(*since), Some(counters), None)
-                    }
-                    (Err(e), _) => (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}"))),
-                    (_, Err(e)) => {
-                        (Some(*since), None, Some(format!("cannot read pf's current states of {anchor}: {e}")))
-                    }
-                },
-            };
-            PublicationStats { state: i.state.clone(), since, counters, note }
-        });
-        Ok(stats.collect())
+        let found: Vec<(Option<SystemTime>, Option<RuleCounters>, Option<String>)> = {
+            let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each))?;
+            let states = self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each))?;
+            self.items
+                .iter()
+                .map(|i| match &i.loaded {
+                    None => (None, None, None),
+                    Some((anchor, since)) => match (labels.of(i, anchor), states.of(i, anchor)) {
+                        (Ok(mut counters), Ok(states)) => {
+                            counters.states = states.states;
+                            (Some(*since), Some(counters), None)
+                        }
+                        (Err(e), _) => {
+                            (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}")))
+                        }
+                        (_, Err(e)) => {
+                            (Some(*since), None, Some(format!("cannot read pf's current states of {anchor}: {e}")))
+                        }
+                    },
+                })
+                .collect()
+        };
+        let stats = self.items.into_iter().zip(found);
+        Ok(stats
+            .map(|(i, (since, counters, note))| PublicationStats { state: i.state, since, counters, note })
+            .collect())
     }
 
     /// One kind of read (`what`, for messages) of every loaded anchor: one call for all of
-    /// them (unless one jail was asked for), then the anchors it did not show one by one.
-    fn gather<T: Labelled>(
+    /// them (unless one jail was asked for), then the anchors it did not show one by one; each
+    /// output read by an `R` and added up as it comes.
+    fn gather<R: RuleReader>(
         &self,
         what: &str,
-        read: impl Fn(&str) -> Result<String, CmdError>,
-        parse: fn(&str) -> Vec<T>,
-    ) -> Result<Found<T>, Refusal> {
-        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a, i)));
-        let mut found = Found { all: BTreeMap::new(), alone: BTreeMap::new() };
+        read: impl Fn(&str, &mut dyn FnMut(&str)) -> Result<(), CmdError>,
+    ) -> Result<Found<'_>, Refusal> {
+        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a.as_str(), i)));
+        let mut found = Found { all: Tally::new(true, std::iter::empty()), alone: BTreeMap::new() };
         if loaded().next().is_some() && !self.one_jail {
-            let text = read("*")
-                .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
-            found.all = by_jail_label(parse(&text));
+            let mut all = Tally::new(true, loaded().map(|(_, i)| i));
+            let mut reader = R::default();
+            read("*", &mut |line: &str| {
+                if let Some(rule) = reader.line(line) {
+                    all.add(&rule);
+                }
+            })
+            .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
+            found.all = all;
         }
-        for (anchor, i) in loaded() {
-            if !found.all.contains_key(&i.jail_label) && !found.alone.contains_key(anchor) {
-                found.alone.insert(anchor.clone(), read(anchor).map(|t| parse(&t)).map_err(|e| e.message()));
-            }
+        // The anchors that read did not show, in the order of their first publication.
+        let mut unseen: Vec<(&str, Vec<&Item>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (anchor, i) in loaded().filter(|(_, i)| !found.all.saw(&i.jail_label)) {
+            let k = *index.entry(anchor).or_insert_with(|| {
+                unseen.push((anchor, Vec::new()));
+                unseen.len() - 1
+            });
+            unseen[k].1.push(i);
+        }
+        for (anchor, items) in unseen {
+            let mut tally = Tally::new(false, items.into_iter());
+            let mut reader = R::default();
+            let read = read(anchor, &mut |line: &str| {
+                if let Some(rule) = reader.line(line) {
+                    tally.add(&rule);
+                }
+            });
+            found.alone.insert(anchor, read.map(|()| tally).map_err(|e| e.message()));
         }
         Ok(found)
     }
 }
 
-/// What one kind of read found: by jail label, what the read of every anchor showed; by anchor
-/// path, what the anchors it did not show read alone gave.
-struct Found<T> {
-    all: BTreeMap<String, Vec<T>>,
-    alone: BTreeMap<String, Result<Vec<T>, String>>,
+/// What one kind of read found: what the read of every anchor showed; by anchor path, what the
+/// anchors it did not show read alone gave.
+struct Found<'a> {
+    all: Tally<'a>,
+    alone: BTreeMap<&'a str, Result<Tally<'a>, String>>,
 }
 
-impl<T> Found<T> {
-    /// The lines of `i`'s anchor (`anchor`), or why they could not be read.
-    fn of(&self, i: &Item, anchor: &str) -> Result<&[T], &str> {
-        match self.all.get(&i.jail_label) {
-            Some(lines) => Ok(lines),
-            None => match self.alone.get(anchor) {
-                Some(Ok(lines)) => Ok(lines),
-                Some(Err(e)) => Err(e),
-                None => Ok(&[]),
-            },
+impl Found<'_> {
+    /// The counters of `i`, whose anchor is `anchor`, or why they could not be read.
+    fn of(&self, i: &Item, anchor: &str) -> Result<RuleCounters, &str> {
+        if self.all.saw(&i.jail_label) {
+            return Ok(self.all.sum(i));
+        }
+        match self.alone.get(anchor) {
+            Some(Ok(tally)) => Ok(tally.sum(i)),
+            Some(Err(e)) => Err(e),
+            None => Ok(RuleCounters::default()),
+        }
+    }
+}
+
+/// The counters of the publications asked about, by jail label and publication label, added
+/// up rule by rule as a reader hands the rules on. A rule counts for a publication when it
+/// carries both its label and its jail's label (a publication has a pass rule per family), but
+/// not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
+struct Tally<'a> {
+    /// Whether this is the read of every anchor (`-a '*'`): a rule counts only inside the blocks
+    /// pf prints for the children of a wildcard anchor call, for the first agent's jail label it
+    /// carries, and only in the first block that showed that label (pf.conf calling the anchors
+    /// twice makes pf print each child twice). Otherwise (one anchor read alone) every rule
+    /// counts.
+    every: bool,
+    jails: HashMap<&'a str, JailSums<'a>>,
+}
+
+/// One jail label's publications, in a [`Tally`].
+struct JailSums<'a> {
+    /// The block its rules count in (the read of every anchor), once one showed its label.
+    block: Option<usize>,
+    sums: HashMap<&'a str, RuleCounters>,
+}
+
+impl<'a> Tally<'a> {
+    /// Nothing counted yet for `items`.
+    fn new(every: bool, items: impl Iterator<Item = &'a Item>) -> Tally<'a> {
+        let mut jails: HashMap<&str, JailSums<'_>> = HashMap::new();
+        for i in items {
+            let jail = jails.entry(&i.jail_label).or_insert_with(|| JailSums { block: None, sums: HashMap::new() });
+            jail.sums.insert(&i.label, RuleCounters::default());
+        }
+        Tally { every, jails }
+    }
+
+    /// Counts one rule.
+    fn add(&mut self, rule: &Rule<'_>) {
+        let labels = &rule.labels;
+        if self.every {
+            if rule.block == 0 {
+                return;
+            }
+            let Some(jail_label) = labels.iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else { return };
+            let Some(jail) = self.jails.get_mut(*jail_label) else { return };
+            if *jail.block.get_or_insert(rule.block) == rule.block {
+                jail.count(rule);
+            }
+            return;
+        }
+        for (k, w) in labels.iter().enumerate() {
+            if !labels[..k].contains(w) {
+                if let Some(jail) = self.jails.get_mut(*w) {
+                    jail.count(rule);
+                }
+            }
+        }
+    }
+
+    /// Whether the read showed `jail_label` (the read of every anchor; a read of one anchor
+    /// shows none).
+    fn saw(&self, jail_label: &str) -> bool {
+        self.jails.get(jail_label).is_some_and(|j| j.block.is_some())
+    }
+
+    /// What was counted for `i`.
+    fn sum(&self, i: &Item) -> RuleCounters {
+        let jail = self.jails.get(i.jail_label.as_str());
+        jail.and_then(|j| j.sums.get(i.label.as_str())).copied().unwrap_or_default()
+    }
+}
+
+impl JailSums<'_> {
+    /// Adds a rule that carries this jail's label to each publication whose label it carries.
+    fn count(&mut self, rule: &Rule<'_>) {
+        let labels = &rule.labels;
+        if labels.contains(&OUTBOUND_LABEL) {
+            return;
+        }
+        for (k, w) in labels.iter().enumerate() {
+            if !labels[..k].contains(w) {
+                if let Some(sum) = self.sums.get_mut(*w) {
+                    sum.add(&rule.counters);
+                }
+            }
         }
     }
 }
@@ -168,39 +282,6 @@ impl<T> Found<T> {
 pub fn stats(engine: &Mutex<Engine>, jail: Option<&JailName>) -> Result<Vec<PublicationStats>, Refusal> {
     let read = lock(engine).begin_stats(jail);
     read.read()
-}
-
-/// The lines of `pfctl -a '*' -s labels` (or `-v -s rules`) by the agent's jail label they
-/// carry, from the blocks pf prints for the children of a wildcard anchor call. When pf.conf
-/// calls the anchors twice, pf prints each child twice: only a jail label's first block counts.
-fn by_jail_label<T: Labelled>(lines: Vec<T>) -> BTreeMap<String, Vec<T>> {
-    let mut block_of: BTreeMap<String, usize> = BTreeMap::new();
-    let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
-    for l in lines.into_iter().filter(|l| l.block() > 0) {
-        let jail_label = l.labels().iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)).cloned();
-        let Some(jail_label) = jail_label else { continue };
-        let block = l.block();
-        if *block_of.entry(jail_label.clone()).or_insert(block) == block {
-            out.entry(jail_label).or_default().push(l);
-        }
-    }
-    out
-}
-
-/// The rules carrying both `label` and `jail_label` (a publication has a pass rule per family),
-/// but not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
-fn matching<'a, T: Labelled>(lines: &'a [T], label: &'a str, jail_label: &'a str) -> impl Iterator<Item = &'a T> {
-    let has = |l: &T, want: &str| l.labels().iter().any(|w| w == want);
-    lines.iter().filter(move |l| has(l, label) && has(l, jail_label) && !has(l, OUTBOUND_LABEL))
-}
-
-/// The counters of the [`matching`] rules, summed.
-fn sum(lines: &[LabelLine], label: &str, jail_label: &str) -> RuleCounters {
-    let mut total = RuleCounters::default();
-    for l in matching(lines, label, jail_label) {
-        total.add(&l.counters);
-    }
-    total
 }
 
 #[cfg(test)]
@@ -214,21 +295,41 @@ mod tests {
 
     #[test]
     fn a_pass_out_rule_is_not_counted_twice() {
-        use crate::sys::counters::LabelLine;
-        let line = |labels: &[&str], bytes_in: u64| LabelLine {
-            block: 1,
-            labels: labels.iter().map(|l| l.to_string()).collect(),
+        use crate::sys::counters::Rule;
+        let h = harness();
+        let read = h.engine().begin_stats(None);
+        let web: Vec<&super::Item> = read.items.iter().filter(|i| i.label == "kleene:web:8080:80/tcp").collect();
+        let rule = |block: usize, labels: &[&'static str], bytes_in: u64| Rule {
+            block,
+            labels: labels.to_vec(),
             counters: counters(1, bytes_in, 1),
         };
-        let (p, j) = ("kleene:vweb:8080:80/tcp", "kleene/vweb");
-        let lines = [
-            line(&[p, j], 100),
-            line(&[p, j, crate::core::model::OUTBOUND_LABEL], 100),
-            line(&[p, j], 5),
-            line(&["kleene:vweb:9090:90/tcp", j], 1000),
+        let (p, j) = ("kleene:web:8080:80/tcp", "kleene/web");
+        let rules = [
+            rule(1, &[p, j], 100),
+            rule(1, &[p, j, crate::core::model::OUTBOUND_LABEL], 100),
+            rule(1, &[p, j, p], 5),
+            rule(1, &["kleene:web:8443:443/tcp", j], 1000),
+            rule(0, &[p, j], 7),
+            rule(2, &[p, j], 7),
+            rule(1, &["kleene/db", p, j], 7),
         ];
-        let total = super::sum(&lines, p, j);
-        assert_eq!((total.bytes_in, total.states_created), (105, 2), "the pass out rule's repeat is skipped");
+        let mut every = super::Tally::new(true, web.iter().copied());
+        let mut alone = super::Tally::new(false, web.iter().copied());
+        for r in &rules {
+            every.add(r);
+            alone.add(r);
+        }
+        let total = every.sum(web[0]);
+        assert_eq!(
+            (total.bytes_in, total.states_created),
+            (105, 2),
+            "the pass out rule's repeat is skipped, a label twice counts once; only the first block of the jail's \
+             first label counts"
+        );
+        let total = alone.sum(web[0]);
+        assert_eq!((total.bytes_in, total.states_created), (126, 5), "an anchor read alone: every block counts");
+        assert!(every.saw(j) && !alone.saw(j));
     }
 
     /// web (dual-stack) publishing two ports, db not running.
