@@ -28,13 +28,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use crate::core::model::{JailName, LabelKind, OUTBOUND_LABEL};
 use crate::sys::counters::{LabelsReader, Rule, RuleCounters, RuleReader, StatesReader};
 use crate::sys::runner::CmdError;
 
-use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind, Standing};
+use super::super::api::{PublicationStats, Refusal, RefusalKind, Standing};
 use super::{Engine, System, lock};
 
 /// One counter read at a time, in the whole agent.
@@ -46,14 +45,25 @@ pub struct StatsRead {
     sys: Arc<System>,
     /// One jail's anchor alone, rather than every anchor.
     one_jail: bool,
-    items: Vec<Item>,
+    /// The answer, every publication's counters still to read.
+    stats: Vec<PublicationStats>,
+    /// By the index in `stats`: what its counters are read by, when its rules are loaded.
+    keys: Vec<Option<Key>>,
+    /// The jails with loaded rules among the publications reported.
+    jails: Vec<LoadedJail>,
 }
 
-struct Item {
-    state: PublicationState,
-    /// The anchor's path, when its rules are loaded, and since when.
-    loaded: Option<(String, SystemTime)>,
-    jail_label: String,
+/// What a publication's counters are read by.
+struct Key {
+    /// Its jail, in `StatsRead::jails`.
+    jail: usize,
+    /// The label on its pass rules.
+    label: String,
+}
+
+/// A jail whose rules are loaded: its anchor's path and the label on all its pass rules.
+struct LoadedJail {
+    anchor: String,
     label: String,
 }
 
@@ -61,21 +71,28 @@ impl Engine {
     /// The publications `stats` reports (of `jail` when given) and when each one's anchor was
     /// loaded. Runs no process.
     pub fn begin_stats(&self, jail: Option<&JailName>) -> StatsRead {
-        let items = self
-            .list(jail)
-            .into_iter()
-            .map(|state| {
-                let p = &state.publication;
-                let component = self.component(&p.jail);
-                // Only an active publication has rules in pf.
-                let loaded = match state.standing {
-                    Standing::Active => self.executor.loaded_at(&component).map(|t| (self.anchor_path(&component), t)),
-                    _ => None,
-                };
-                Item { jail_label: p.jail.label(), label: p.label(), loaded, state }
-            })
-            .collect();
-        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), items }
+        let list = self.list(jail);
+        let (mut stats, mut keys, mut jails) = (Vec::with_capacity(list.len()), Vec::with_capacity(list.len()), vec![]);
+        let mut index: HashMap<JailName, usize> = HashMap::new();
+        for state in list {
+            let p = &state.publication;
+            let component = || self.component(&p.jail);
+            // Only an active publication has rules in pf.
+            let since = match state.standing {
+                Standing::Active => self.executor.loaded_at(&component()),
+                _ => None,
+            };
+            let key = since.map(|_| {
+                let jail = *index.entry(p.jail.clone()).or_insert_with(|| {
+                    jails.push(LoadedJail { anchor: self.anchor_path(&component()), label: p.jail.label() });
+                    jails.len() - 1
+                });
+                Key { jail, label: p.label() }
+            });
+            keys.push(key);
+            stats.push(PublicationStats { state, since, counters: None, note: None });
+        }
+        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), stats, keys, jails }
     }
 
     /// How many jails the last observation saw running.
@@ -87,7 +104,7 @@ impl Engine {
 impl StatsRead {
     /// The standing of every publication reported.
     pub fn standings(&self) -> impl Iterator<Item = Standing> + '_ {
-        self.items.iter().map(|i| i.state.standing)
+        self.stats.iter().map(|s| s.state.standing)
     }
 
     /// Reads pf's counters (one pfctl call when pf.conf calls the anchors, see the module
@@ -95,106 +112,80 @@ impl StatsRead {
     /// publications. A failure of a call that reads every anchor is an error; a failure to read
     /// one anchor leaves its publications without counters and says why.
     ///
-    /// pfctl's output is added up as it is read, line by line: what a read holds grows with the
-    /// publications reported, not with the rules on the host.
-    pub fn read(self) -> Result<Vec<PublicationStats>, Refusal> {
+    /// pfctl's output is added up as it is read, line by line, into the publications' counters:
+    /// what a read holds grows with the publications reported, not with the rules on the host.
+    pub fn read(mut self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
-        let found: Vec<(Option<SystemTime>, Option<RuleCounters>, Option<String>)> = {
-            let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each))?;
-            let states = self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each))?;
-            self.items
-                .iter()
-                .map(|i| match &i.loaded {
-                    None => (None, None, None),
-                    Some((anchor, since)) => match (labels.of(i, anchor), states.of(i, anchor)) {
-                        (Ok(mut counters), Ok(states)) => {
-                            counters.states = states.states;
-                            (Some(*since), Some(counters), None)
-                        }
-                        (Err(e), _) => {
-                            (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}")))
-                        }
-                        (_, Err(e)) => {
-                            (Some(*since), None, Some(format!("cannot read pf's current states of {anchor}: {e}")))
-                        }
-                    },
-                })
-                .collect()
-        };
-        let stats = self.items.into_iter().zip(found);
-        Ok(stats
-            .map(|(i, (since, counters, note))| PublicationStats { state: i.state, since, counters, note })
-            .collect())
+        // A labels line carries every counter but the states, a rules line only the states: both
+        // reads add into the same sums.
+        let mut sums = vec![RuleCounters::default(); self.stats.len()];
+        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut sums)?;
+        let states =
+            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut sums)?;
+        for ((s, key), sum) in self.stats.iter_mut().zip(&self.keys).zip(sums) {
+            let Some(key) = key else { continue };
+            let anchor = &self.jails[key.jail].anchor;
+            match (labels.get(anchor), states.get(anchor)) {
+                (None, None) => s.counters = Some(sum),
+                (Some(e), _) => s.note = Some(format!("cannot read pf's counters of {anchor}: {e}")),
+                (_, Some(e)) => s.note = Some(format!("cannot read pf's current states of {anchor}: {e}")),
+            }
+        }
+        Ok(self.stats)
     }
 
-    /// One kind of read (`what`, for messages) of every loaded anchor: one call for all of
-    /// them (unless one jail was asked for), then the anchors it did not show one by one; each
-    /// output read by an `R` and added up as it comes.
+    /// One kind of read (`what`, for messages) of every loaded anchor, added into `sums`: one
+    /// call for all of them (unless one jail was asked for), then the anchors it did not show one
+    /// by one; each output read by an `R` as it comes. Says which anchors read alone failed, and
+    /// why.
     fn gather<R: RuleReader>(
         &self,
         what: &str,
         read: impl Fn(&str, &mut dyn FnMut(&str)) -> Result<(), CmdError>,
-    ) -> Result<Found<'_>, Refusal> {
-        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a.as_str(), i)));
-        let mut found = Found { all: Tally::new(true, std::iter::empty()), alone: BTreeMap::new() };
+        sums: &mut [RuleCounters],
+    ) -> Result<BTreeMap<String, String>, Refusal> {
+        let loaded = || {
+            self.keys.iter().enumerate().filter_map(|(k, key)| key.as_ref().map(|key| (&self.jails[key.jail], key, k)))
+        };
+        let mut all = Tally::new(true, std::iter::empty());
         if loaded().next().is_some() && !self.one_jail {
-            let mut all = Tally::new(true, loaded().map(|(_, i)| i));
+            all = Tally::new(true, loaded().map(|(jail, key, k)| (jail.label.as_str(), key.label.as_str(), k)));
             let mut reader = R::default();
             read("*", &mut |line: &str| {
                 if let Some(rule) = reader.line(line) {
-                    all.add(&rule);
+                    all.add(&rule, sums);
                 }
             })
             .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
-            found.all = all;
         }
         // The anchors that read did not show, in the order of their first publication.
-        let mut unseen: Vec<(&str, Vec<&Item>)> = Vec::new();
+        let mut unseen: Vec<(&str, Vec<(&str, &str, usize)>)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for (anchor, i) in loaded().filter(|(_, i)| !found.all.saw(&i.jail_label)) {
-            let k = *index.entry(anchor).or_insert_with(|| {
-                unseen.push((anchor, Vec::new()));
+        for (jail, key, k) in loaded().filter(|(jail, ..)| !all.saw(&jail.label)) {
+            let i = *index.entry(&jail.anchor).or_insert_with(|| {
+                unseen.push((&jail.anchor, Vec::new()));
                 unseen.len() - 1
             });
-            unseen[k].1.push(i);
+            unseen[i].1.push((&jail.label, &key.label, k));
         }
+        let mut failed = BTreeMap::new();
         for (anchor, items) in unseen {
             let mut tally = Tally::new(false, items.into_iter());
             let mut reader = R::default();
             let read = read(anchor, &mut |line: &str| {
                 if let Some(rule) = reader.line(line) {
-                    tally.add(&rule);
+                    tally.add(&rule, sums);
                 }
             });
-            found.alone.insert(anchor, read.map(|()| tally).map_err(|e| e.message()));
+            if let Err(e) = read {
+                failed.insert(anchor.to_string(), e.message());
+            }
         }
-        Ok(found)
+        Ok(failed)
     }
 }
 
-/// What one kind of read found: what the read of every anchor showed; by anchor path, what the
-/// anchors it did not show read alone gave.
-struct Found<'a> {
-    all: Tally<'a>,
-    alone: BTreeMap<&'a str, Result<Tally<'a>, String>>,
-}
-
-impl Found<'_> {
-    /// The counters of `i`, whose anchor is `anchor`, or why they could not be read.
-    fn of(&self, i: &Item, anchor: &str) -> Result<RuleCounters, &str> {
-        if self.all.saw(&i.jail_label) {
-            return Ok(self.all.sum(i));
-        }
-        match self.alone.get(anchor) {
-            Some(Ok(tally)) => Ok(tally.sum(i)),
-            Some(Err(e)) => Err(e),
-            None => Ok(RuleCounters::default()),
-        }
-    }
-}
-
-/// The counters of the publications asked about, by jail label and publication label, added
-/// up rule by rule as a reader hands the rules on. A rule counts for a publication when it
+/// Which publications a rule counts for, by jail label: it counts for a publication when it
 /// carries both its label and its jail's label (a publication has a pass rule per family), but
 /// not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
 struct Tally<'a> {
@@ -204,29 +195,29 @@ struct Tally<'a> {
     /// twice makes pf print each child twice). Otherwise (one anchor read alone) every rule
     /// counts.
     every: bool,
-    jails: HashMap<&'a str, JailSums<'a>>,
+    jails: HashMap<&'a str, TallyJail<'a>>,
 }
 
 /// One jail label's publications, in a [`Tally`].
-struct JailSums<'a> {
+struct TallyJail<'a> {
     /// The block its rules count in (the read of every anchor), once one showed its label.
     block: Option<usize>,
-    sums: HashMap<&'a str, RuleCounters>,
+    /// Its publications: label, and index of their sums.
+    items: Vec<(&'a str, usize)>,
 }
 
 impl<'a> Tally<'a> {
-    /// Nothing counted yet for `items`.
-    fn new(every: bool, items: impl Iterator<Item = &'a Item>) -> Tally<'a> {
-        let mut jails: HashMap<&str, JailSums<'_>> = HashMap::new();
-        for i in items {
-            let jail = jails.entry(&i.jail_label).or_insert_with(|| JailSums { block: None, sums: HashMap::new() });
-            jail.sums.insert(&i.label, RuleCounters::default());
+    /// For `items`: jail label, publication label, index of the sums.
+    fn new(every: bool, items: impl Iterator<Item = (&'a str, &'a str, usize)>) -> Tally<'a> {
+        let mut jails: HashMap<&str, TallyJail<'_>> = HashMap::new();
+        for (jail, label, k) in items {
+            jails.entry(jail).or_insert_with(|| TallyJail { block: None, items: Vec::new() }).items.push((label, k));
         }
         Tally { every, jails }
     }
 
-    /// Counts one rule.
-    fn add(&mut self, rule: &Rule<'_>) {
+    /// Adds one rule's counters to the sums of the publications it counts for.
+    fn add(&mut self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
         let labels = &rule.labels;
         if self.every {
             if rule.block == 0 {
@@ -235,14 +226,14 @@ impl<'a> Tally<'a> {
             let Some(jail_label) = labels.iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else { return };
             let Some(jail) = self.jails.get_mut(*jail_label) else { return };
             if *jail.block.get_or_insert(rule.block) == rule.block {
-                jail.count(rule);
+                jail.count(rule, sums);
             }
             return;
         }
         for (k, w) in labels.iter().enumerate() {
             if !labels[..k].contains(w) {
                 if let Some(jail) = self.jails.get_mut(*w) {
-                    jail.count(rule);
+                    jail.count(rule, sums);
                 }
             }
         }
@@ -253,26 +244,18 @@ impl<'a> Tally<'a> {
     fn saw(&self, jail_label: &str) -> bool {
         self.jails.get(jail_label).is_some_and(|j| j.block.is_some())
     }
-
-    /// What was counted for `i`.
-    fn sum(&self, i: &Item) -> RuleCounters {
-        let jail = self.jails.get(i.jail_label.as_str());
-        jail.and_then(|j| j.sums.get(i.label.as_str())).copied().unwrap_or_default()
-    }
 }
 
-impl JailSums<'_> {
-    /// Adds a rule that carries this jail's label to each publication whose label it carries.
-    fn count(&mut self, rule: &Rule<'_>) {
-        let labels = &rule.labels;
-        if labels.contains(&OUTBOUND_LABEL) {
+impl TallyJail<'_> {
+    /// Adds a rule that carries this jail's label to each of its publications whose label it
+    /// carries.
+    fn count(&self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+        if rule.labels.contains(&OUTBOUND_LABEL) {
             return;
         }
-        for (k, w) in labels.iter().enumerate() {
-            if !labels[..k].contains(w) {
-                if let Some(sum) = self.sums.get_mut(*w) {
-                    sum.add(&rule.counters);
-                }
+        for (label, k) in &self.items {
+            if rule.labels.contains(label) {
+                sums[*k].add(&rule.counters);
             }
         }
     }
@@ -296,9 +279,6 @@ mod tests {
     #[test]
     fn a_pass_out_rule_is_not_counted_twice() {
         use crate::sys::counters::Rule;
-        let h = harness();
-        let read = h.engine().begin_stats(None);
-        let web: Vec<&super::Item> = read.items.iter().filter(|i| i.label == "kleene:web:8080:80/tcp").collect();
         let rule = |block: usize, labels: &[&'static str], bytes_in: u64| Rule {
             block,
             labels: labels.to_vec(),
@@ -313,22 +293,22 @@ mod tests {
             rule(0, &[p, j], 7),
             rule(2, &[p, j], 7),
             rule(1, &["kleene/db", p, j], 7),
+            rule(1, &[j, j, p], 11),
         ];
-        let mut every = super::Tally::new(true, web.iter().copied());
-        let mut alone = super::Tally::new(false, web.iter().copied());
+        let mut sums = [RuleCounters::default(); 2];
+        let mut every = super::Tally::new(true, [(j, p, 0)].into_iter());
+        let mut alone = super::Tally::new(false, [(j, p, 1)].into_iter());
         for r in &rules {
-            every.add(r);
-            alone.add(r);
+            every.add(r, &mut sums);
+            alone.add(r, &mut sums);
         }
-        let total = every.sum(web[0]);
         assert_eq!(
-            (total.bytes_in, total.states_created),
-            (105, 2),
+            (sums[0].bytes_in, sums[0].states_created),
+            (116, 3),
             "the pass out rule's repeat is skipped, a label twice counts once; only the first block of the jail's \
              first label counts"
         );
-        let total = alone.sum(web[0]);
-        assert_eq!((total.bytes_in, total.states_created), (126, 5), "an anchor read alone: every block counts");
+        assert_eq!((sums[1].bytes_in, sums[1].states_created), (137, 6), "an anchor read alone: every block counts");
         assert!(every.saw(j) && !alone.saw(j));
     }
 
