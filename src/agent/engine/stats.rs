@@ -159,7 +159,7 @@ impl StatsRead {
             .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
         }
         // The anchors that read did not show, in the order of their first publication.
-        let mut unseen: Vec<(&str, Vec<(&str, &str, usize)>)> = Vec::new();
+        let mut unseen: Vec<(&str, Vec<Counted<'_>>)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (jail, key, k) in loaded().filter(|(jail, ..)| !all.saw(&jail.label)) {
             let i = *index.entry(&jail.anchor).or_insert_with(|| {
@@ -185,6 +185,10 @@ impl StatsRead {
     }
 }
 
+/// A publication a [`Tally`] counts for: its jail's label, its own label, and the index of its
+/// sums.
+type Counted<'a> = (&'a str, &'a str, usize);
+
 /// Which publications a rule counts for, by jail label: it counts for a publication when it
 /// carries both its label and its jail's label (a publication has a pass rule per family), but
 /// not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
@@ -207,8 +211,8 @@ struct TallyJail<'a> {
 }
 
 impl<'a> Tally<'a> {
-    /// For `items`: jail label, publication label, index of the sums.
-    fn new(every: bool, items: impl Iterator<Item = (&'a str, &'a str, usize)>) -> Tally<'a> {
+    /// Nothing counted yet for `items`.
+    fn new(every: bool, items: impl Iterator<Item = Counted<'a>>) -> Tally<'a> {
         let mut jails: HashMap<&str, TallyJail<'_>> = HashMap::new();
         for (jail, label, k) in items {
             jails.entry(jail).or_insert_with(|| TallyJail { block: None, items: Vec::new() }).items.push((label, k));
