@@ -643,7 +643,7 @@ pub struct StatsView {
 impl From<api::PublicationStats> for StatsView {
     fn from(s: api::PublicationStats) -> StatsView {
         let since = s.since.map_or(0, |t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
-        let p = s.state.publication;
+        let p = s.publication;
         StatsView {
             traffic: s.counters.map(|c| Traffic {
                 packets_in: c.packets_in,
@@ -658,7 +658,7 @@ impl From<api::PublicationStats> for StatsView {
             protocol: p.spec.proto,
             jail: p.jail,
             spec: p.spec,
-            state: s.state.standing.into(),
+            state: s.standing.into(),
             note: s.note,
         }
     }

@@ -276,7 +276,7 @@ fn publications(out: &mut dyn Write, stats: &Result<Vec<PublicationStats>, Refus
     let rows: Vec<(String, &PublicationStats, crate::sys::counters::RuleCounters)> = stats
         .iter()
         .filter_map(|st| {
-            let p = &st.state.publication;
+            let p = &st.publication;
             let labels = format!(
                 "jail=\"{}\",spec=\"{}\",protocol=\"{}\"",
                 esc(p.jail.as_str()),
@@ -338,7 +338,7 @@ fn publications(out: &mut dyn Write, stats: &Result<Vec<PublicationStats>, Refus
     let mut since: BTreeMap<&str, f64> = BTreeMap::new();
     for (_, st, _) in &rows {
         let t = st.since.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
-        since.insert(st.state.publication.jail.as_str(), t);
+        since.insert(st.publication.jail.as_str(), t);
     }
     for (jail, t) in since {
         writeln!(out, "kleene_rdr_jail_counters_reset_timestamp_seconds{{jail=\"{}\"}} {t}", esc(jail))?;
@@ -357,21 +357,14 @@ pub fn timed<T>(h: &Histogram, f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::api::{PublicationState, RefusalKind};
+    use crate::agent::api::RefusalKind;
     use crate::core::publication::Publication;
-    use crate::core::render::Targets;
     use crate::sys::counters::RuleCounters;
 
     fn stats(jail: &str, spec: &str, counters: Option<RuleCounters>) -> PublicationStats {
         PublicationStats {
-            state: PublicationState {
-                publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
-                standing: Standing::Active,
-                reason: None,
-                interfaces: vec![],
-                targets: Targets::default(),
-                reached: vec![],
-            },
+            publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
+            standing: Standing::Active,
             since: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             counters,
             note: None,

@@ -126,16 +126,15 @@ mod tests {
         let counters = RuleCounters { packets_in: 3, bytes_in: 300, states: 2, ..RuleCounters::default() };
         let since = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let stats = || {
-            let mut s = states().into_iter();
+            let mut s = states().into_iter().map(|s| (s.publication, s.standing));
+            let mut next = |since, counters, note| {
+                let (publication, standing) = s.next().unwrap();
+                PublicationStats { publication, standing, since, counters, note }
+            };
             vec![
-                PublicationStats { state: s.next().unwrap(), since, counters: Some(counters), note: None },
-                PublicationStats {
-                    state: s.next().unwrap(),
-                    since,
-                    counters: None,
-                    note: Some("cannot read pf's counters of kleene/web: pfctl: busy".into()),
-                },
-                PublicationStats { state: s.next().unwrap(), since: None, counters: None, note: None },
+                next(since, Some(counters), None),
+                next(since, None, Some("cannot read pf's counters of kleene/web: pfctl: busy".to_string())),
+                next(None, None, None),
             ]
         };
         let views: Vec<StatsView> = stats().into_iter().map(StatsView::from).collect();

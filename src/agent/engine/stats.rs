@@ -71,10 +71,11 @@ impl Engine {
     /// The publications `stats` reports (of `jail` when given) and when each one's anchor was
     /// loaded. Runs no process.
     pub fn begin_stats(&self, jail: Option<&JailName>) -> StatsRead {
-        let list = self.list(jail);
-        let (mut stats, mut keys, mut jails) = (Vec::with_capacity(list.len()), Vec::with_capacity(list.len()), vec![]);
+        let states = self.states(jail);
+        let n = states.size_hint().0;
+        let (mut stats, mut keys, mut jails) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
         let mut index: HashMap<JailName, usize> = HashMap::new();
-        for state in list {
+        for state in states {
             let p = &state.publication;
             let component = || self.component(&p.jail);
             // Only an active publication has rules in pf.
@@ -90,8 +91,14 @@ impl Engine {
                 Key { jail, label: p.label() }
             });
             keys.push(key);
-            stats.push(PublicationStats { state, since, counters: None, note: None });
+            // What `stats` does not show of the state (its interfaces, targets, reaches) is
+            // dropped here, not held for the whole read.
+            let (publication, standing) = (state.publication, state.standing);
+            stats.push(PublicationStats { publication, standing, since, counters: None, note: None });
         }
+        // Publications being removed come after those counted in `n`.
+        stats.shrink_to_fit();
+        keys.shrink_to_fit();
         StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), stats, keys, jails }
     }
 
@@ -104,7 +111,7 @@ impl Engine {
 impl StatsRead {
     /// The standing of every publication reported.
     pub fn standings(&self) -> impl Iterator<Item = Standing> + '_ {
-        self.stats.iter().map(|s| s.state.standing)
+        self.stats.iter().map(|s| s.standing)
     }
 
     /// Reads pf's counters (one pfctl call when pf.conf calls the anchors, see the module
@@ -328,7 +335,7 @@ mod tests {
     fn read(h: &Harness, jail: Option<&str>) -> Vec<(String, Option<RuleCounters>, Option<String>)> {
         let jail = jail.map(|j| j.parse().unwrap());
         let read = h.engine().begin_stats(jail.as_ref());
-        read.read().unwrap().into_iter().map(|s| (s.state.publication.spec.to_string(), s.counters, s.note)).collect()
+        read.read().unwrap().into_iter().map(|s| (s.publication.spec.to_string(), s.counters, s.note)).collect()
     }
 
     #[test]
