@@ -13,6 +13,9 @@
 //!   only the tool itself is then reaped (its orphans go to init).
 //! - Each of stdout and stderr is capped at [`Limits::max_output`]: a tool that prints without end
 //!   is killed instead of filling the agent's memory.
+//! - [`run_lines`] hands stdout on line by line as it arrives, for outputs that grow with the
+//!   host (pf's counters of every rule): what it keeps is the line not finished yet (the longest
+//!   line, at most `max_output`) and one read's buffer, while the cap still counts every byte.
 //! - No thread is started: the caller's thread drives the non-blocking pipes with poll(2). A
 //!   helper thread blocked on a pipe that a stray process holds open can be neither joined nor
 //!   stopped; here every pipe end is closed and the tool reaped before [`run`] returns, whatever
