@@ -162,3 +162,52 @@ impl Pf for Pfctl {
         self.shown_lines(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"], each)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A pfctl that runs `script` (sh), in `dir`.
+    fn pfctl(dir: &tempfile::TempDir, script: &str) -> Pfctl {
+        let path = dir.path().join("pfctl");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Pfctl { path, limits: runner::Limits::default() }
+    }
+
+    /// What `read` handed on, and how it ended. A script just written can be busy for a moment
+    /// (another test's fork holding it open for writing, ETXTBSY): then it is run again.
+    fn lines(read: impl Fn(&mut dyn FnMut(&str)) -> Result<(), CmdError>) -> (Vec<String>, Result<(), CmdError>) {
+        loop {
+            let mut lines = Vec::new();
+            let r = read(&mut |l| lines.push(l.to_string()));
+            if !r.as_ref().is_err_and(|e| e.is_missing() && e.message().contains("Text file busy")) {
+                return (lines, r);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The counters' reads hand on pfctl's lines with the arguments pfctl(8) takes, and judge
+    /// the run as `-s` does: a missing anchor warned about on stderr is a failure even with exit 0.
+    #[test]
+    fn counters_reads_hand_on_the_lines_and_judge_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = pfctl(&dir, r#"echo "$*"; echo 'kleene/web 1 2 3 4 5 6 7 8'"#);
+        let (got, r) = lines(|each| pf.labels("*", each));
+        r.unwrap();
+        assert_eq!(got, ["-a * -s labels", "kleene/web 1 2 3 4 5 6 7 8"]);
+        let (got, r) = lines(|each| pf.rule_states("kleene/web", each));
+        r.unwrap();
+        assert_eq!(got[0], "-P -a kleene/web -v -s rules");
+
+        let pf = pfctl(&dir, "echo x; echo 'pfctl: DIOCGETRULES: No such file or directory' >&2");
+        let e = lines(|each| pf.labels("kleene/gone", each)).1.unwrap_err();
+        assert_eq!(e.message(), "pfctl: DIOCGETRULES: No such file or directory");
+        let pf = pfctl(&dir, "echo x; echo 'pfctl: /dev/pf: Permission denied' >&2; exit 1");
+        let e = lines(|each| pf.rule_states("*", each)).1.unwrap_err();
+        assert_eq!(e.message(), "pfctl: /dev/pf: Permission denied");
+    }
+}
