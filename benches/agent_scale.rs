@@ -340,6 +340,12 @@ fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
         ms(scrapes[2]),
         cpu_scrape as f64 / 1e6 / runs as f64
     );
+    println!(
+        "- agent peak RSS (VmHWM) after these reads: {} KiB; now {} KiB ({} KiB anonymous)",
+        status_kib(pid, "VmHWM:"),
+        status_kib(pid, "VmRSS:"),
+        status_kib(pid, "RssAnon:")
+    );
     let before = h.calls().len();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(labels(&h.calls()[before..]), 0, "polls never read counters");

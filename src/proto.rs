@@ -483,6 +483,20 @@ impl Response {
     }
 }
 
+/// Writes the success carrying `data` exactly as `Response::with_data(data)` is written (the same
+/// fields, in the same order), `data` serialised straight into `w`: a large answer is never held
+/// as one JSON text.
+pub fn write_with_data<W: std::io::Write, T: Serialize + ?Sized>(w: W, data: &T) -> serde_json::Result<()> {
+    #[derive(Serialize)]
+    struct Success<'a, T: ?Sized> {
+        version: u32,
+        ok: bool,
+        message: &'a str,
+        data: &'a T,
+    }
+    serde_json::to_writer(w, &Success { version: VERSION, ok: true, message: "", data })
+}
+
 impl From<api::RefusalKind> for ErrorKind {
     fn from(kind: api::RefusalKind) -> ErrorKind {
         match kind {
@@ -629,7 +643,7 @@ pub struct StatsView {
 impl From<api::PublicationStats> for StatsView {
     fn from(s: api::PublicationStats) -> StatsView {
         let since = s.since.map_or(0, |t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
-        let p = s.state.publication;
+        let p = s.publication;
         StatsView {
             traffic: s.counters.map(|c| Traffic {
                 packets_in: c.packets_in,
@@ -644,7 +658,7 @@ impl From<api::PublicationStats> for StatsView {
             protocol: p.spec.proto,
             jail: p.jail,
             spec: p.spec,
-            state: s.state.standing.into(),
+            state: s.standing.into(),
             note: s.note,
         }
     }
@@ -1021,6 +1035,36 @@ mod tests {
         let text = serde_json::to_string(&v).unwrap();
         assert!(text.contains(r#""address":"2001:db8::10""#) && text.contains(r#""state":"active","reason":null"#));
         assert!(serde_json::from_str::<PublicationView>(&text.replace("8443", "84x3")).is_err());
+    }
+
+    /// The answer written straight into the socket is, byte for byte, the whole response.
+    #[test]
+    fn data_written_as_it_is_serialised_is_the_responses_text() {
+        let streamed = |data: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            data(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let views = vec![
+            view("8000-8010:9000/udp", api::Standing::Pending),
+            view("[2001:db8::10]:443:8443", api::Standing::Active),
+        ];
+        let whole = serde_json::to_string(&Response::with_data(&views)).unwrap();
+        assert_eq!(streamed(&|w| write_with_data(w, &views).unwrap()), whole);
+        let empty: Vec<PublicationView> = vec![];
+        let whole = serde_json::to_string(&Response::with_data(&empty)).unwrap();
+        assert_eq!(whole, r#"{"version":2,"ok":true,"message":"","data":[]}"#);
+        assert_eq!(streamed(&|w| write_with_data(w, &empty).unwrap()), whole);
+        let stats = vec![StatsView {
+            jail: "web".parse().unwrap(),
+            spec: "8080:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            state: State::Active,
+            traffic: None,
+            note: Some("cannot read pf's counters of kleene/web: \"x\"\n".into()),
+        }];
+        let whole = serde_json::to_string(&Response::with_data(&stats)).unwrap();
+        assert_eq!(streamed(&|w| write_with_data(w, &stats[..]).unwrap()), whole);
     }
 
     #[test]

@@ -162,7 +162,9 @@ pub struct Diagnostic {
 /// reloaded anchor's counters at zero; the agent does not carry them across reloads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicationStats {
-    pub state: PublicationState,
+    pub publication: Publication,
+    /// Where it stands, as `ls` says.
+    pub standing: Standing,
     /// When the counters started: `None` when its rules are not loaded.
     pub since: Option<std::time::SystemTime>,
     /// `None` when its rules are not loaded, or pf's counters could not be read (`note` says).

@@ -88,7 +88,9 @@ fn handle(stream: &TcpStream, engine: &Mutex<Engine>) {
     match read_head(stream, READ_DEADLINE).and_then(|head| route(&head)) {
         Ok(head_only) => {
             let body = metrics::scrape(engine);
-            respond(stream, 200, "OK", &body, head_only);
+            respond_with(stream, 200, "OK", body.body_len(), head_only, &mut |w| body.write_to(w));
+            drop(body);
+            crate::sys::release_memory();
         }
         Err(Refused::Status(code, reason, body)) => respond(stream, code, reason, body, false),
         Err(Refused::Gone) => {}
@@ -160,16 +162,29 @@ fn route(head: &str) -> Result<bool, Refused> {
 
 /// Writes a complete answer and lets the connection close.
 fn respond(stream: &TcpStream, code: u16, reason: &str, body: &str, head_only: bool) {
+    respond_with(stream, code, reason, body.len(), head_only, &mut |w| w.write_all(body.as_bytes()));
+}
+
+/// Writes a complete answer whose body of `len` bytes `body` writes, straight into the
+/// connection's buffer (a scrape's is megabytes at thousands of publications), and lets the
+/// connection close.
+fn respond_with(
+    stream: &TcpStream,
+    code: u16,
+    reason: &str,
+    len: usize,
+    head_only: bool,
+    body: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) {
     let kind = if code == 200 { "text/plain; version=0.0.4; charset=utf-8" } else { "text/plain; charset=utf-8" };
     let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len}\r\n{allow}Connection: close\r\n\r\n"
     );
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stream);
     let _ = w.write_all(head.as_bytes());
     if !head_only {
-        let _ = w.write_all(body.as_bytes());
+        let _ = body(&mut w);
     }
     let _ = w.flush();
     let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -17,7 +17,7 @@
 //! bytes), `_total` on counters, labels for dimensions (`direction`, `operation`, `state`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::io::{self, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,7 +109,7 @@ static SCRAPING: Mutex<()> = Mutex::new(());
 
 /// What `GET /metrics` answers: the engine is locked only to list the publications (as `ls`);
 /// pf's counters are read without the lock.
-pub fn scrape(engine: &std::sync::Mutex<Engine>) -> String {
+pub fn scrape(engine: &std::sync::Mutex<Engine>) -> Exposition {
     let _one = SCRAPING.lock().unwrap_or_else(|p| p.into_inner());
     let (read, jails) = {
         let e = engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,7 +117,47 @@ pub fn scrape(engine: &std::sync::Mutex<Engine>) -> String {
     };
     let standings: Vec<Standing> = read.standings().collect();
     let stats = read.read();
-    render(&Snapshot { standings: &standings, jails, stats: &stats, health: &HEALTH, calls: &PF_CALLS })
+    let head =
+        render_head(&Snapshot { standings: &standings, jails, stats: &stats, health: &HEALTH, calls: &PF_CALLS });
+    Exposition { head, stats }
+}
+
+/// One scrape's answer: the agent's own numbers, rendered at once (a few kilobytes, and they
+/// change as the agent works), and pf's counters of every publication, rendered as they are
+/// written into the connection (megabytes at thousands of publications; they do not change, so
+/// rendering them twice, to count and to write, gives the same bytes).
+pub struct Exposition {
+    head: Vec<u8>,
+    stats: Result<Vec<PublicationStats>, Refusal>,
+}
+
+impl Exposition {
+    /// The length of the whole text, in bytes (for `Content-Length`).
+    pub fn body_len(&self) -> usize {
+        let mut count = Count(0);
+        let _ = publications(&mut count, &self.stats);
+        self.head.len() + count.0
+    }
+
+    /// Writes the whole text.
+    pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        w.write_all(&self.head)?;
+        publications(w, &self.stats)
+    }
+}
+
+/// A writer that only counts what it is given.
+struct Count(usize);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Everything one exposition shows.
@@ -134,12 +174,12 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+fn head(out: &mut dyn Write, name: &str, kind: &str, help: &str) -> io::Result<()> {
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    head(out, name, "histogram", help);
+fn histogram(out: &mut Vec<u8>, name: &str, help: &str, h: &Histogram) {
+    let _ = head(out, name, "histogram", help);
     let mut cumulative = 0;
     for (i, bound) in BUCKETS.iter().enumerate() {
         cumulative += h.buckets[i].load(Ordering::Relaxed);
@@ -153,26 +193,33 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 
 /// The exposition text.
 pub fn render(s: &Snapshot<'_>) -> String {
-    let mut out = String::with_capacity(4096);
-    head(&mut out, "kleene_rdr_build_info", "gauge", "The agent's version and protocol version; always 1.");
+    let mut out = render_head(s);
+    let _ = publications(&mut out, s.stats);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The exposition text but pf's counters of the publications: the agent's own numbers.
+fn render_head(s: &Snapshot<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8192);
+    let _ = head(&mut out, "kleene_rdr_build_info", "gauge", "The agent's version and protocol version; always 1.");
     let _ = writeln!(
         out,
         "kleene_rdr_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION"),
         proto::VERSION
     );
-    head(&mut out, "kleene_rdr_publications", "gauge", "Publications by state, as kleenectl ls shows them.");
+    let _ = head(&mut out, "kleene_rdr_publications", "gauge", "Publications by state, as kleenectl ls shows them.");
     for standing in [Standing::Active, Standing::Pending, Standing::Conflict, Standing::Error, Standing::Removing] {
         let n = s.standings.iter().filter(|x| **x == standing).count();
         let _ = writeln!(out, "kleene_rdr_publications{{state=\"{}\"}} {n}", standing.word());
     }
-    head(&mut out, "kleene_rdr_jails_running", "gauge", "Jails the last observation saw running.");
+    let _ = head(&mut out, "kleene_rdr_jails_running", "gauge", "Jails the last observation saw running.");
     let _ = writeln!(out, "kleene_rdr_jails_running {}", s.jails);
-    head(&mut out, "kleene_rdr_pfctl_calls_total", "counter", "pfctl runs by operation.");
+    let _ = head(&mut out, "kleene_rdr_pfctl_calls_total", "counter", "pfctl runs by operation.");
     for op in PfOp::ALL {
         let _ = writeln!(out, "kleene_rdr_pfctl_calls_total{{operation=\"{}\"}} {}", op.name(), s.calls.get(op).0);
     }
-    head(
+    let _ = head(
         &mut out,
         "kleene_rdr_pfctl_failures_total",
         "counter",
@@ -193,9 +240,14 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "How long each publish request took.",
         &s.health.publish,
     );
-    head(&mut out, "kleene_rdr_drift_repairs_total", "counter", "Anchors found changed or missing in pf and reloaded.");
+    let _ = head(
+        &mut out,
+        "kleene_rdr_drift_repairs_total",
+        "counter",
+        "Anchors found changed or missing in pf and reloaded.",
+    );
     let _ = writeln!(out, "kleene_rdr_drift_repairs_total {}", s.health.drift_repairs.load(Ordering::Relaxed));
-    head(
+    let _ = head(
         &mut out,
         "kleene_rdr_last_successful_poll_timestamp_seconds",
         "gauge",
@@ -203,32 +255,28 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     let ms = s.health.last_good_poll_ms.load(Ordering::Relaxed);
     let _ = writeln!(out, "kleene_rdr_last_successful_poll_timestamp_seconds {}", ms as f64 / 1000.0);
-    publications(&mut out, s.stats);
     out
 }
 
 /// pf's counters of every publication whose rules are loaded.
-fn publications(out: &mut String, stats: &Result<Vec<PublicationStats>, Refusal>) {
+fn publications(out: &mut dyn Write, stats: &Result<Vec<PublicationStats>, Refusal>) -> io::Result<()> {
     head(
         out,
         "kleene_rdr_pf_counters_up",
         "gauge",
         "Whether pf's counters could be read at this scrape (1) or not (0).",
-    );
+    )?;
     let stats = match stats {
         Ok(s) => {
-            let _ = writeln!(out, "kleene_rdr_pf_counters_up 1");
+            writeln!(out, "kleene_rdr_pf_counters_up 1")?;
             s
         }
-        Err(_) => {
-            let _ = writeln!(out, "kleene_rdr_pf_counters_up 0");
-            return;
-        }
+        Err(_) => return writeln!(out, "kleene_rdr_pf_counters_up 0"),
     };
     let rows: Vec<(String, &PublicationStats, crate::sys::counters::RuleCounters)> = stats
         .iter()
         .filter_map(|st| {
-            let p = &st.state.publication;
+            let p = &st.publication;
             let labels = format!(
                 "jail=\"{}\",spec=\"{}\",protocol=\"{}\"",
                 esc(p.jail.as_str()),
@@ -238,70 +286,64 @@ fn publications(out: &mut String, stats: &Result<Vec<PublicationStats>, Refusal>
             st.counters.map(|c| (labels, st, c))
         })
         .collect();
-    let family =
-        |out: &mut String,
-         name: &str,
-         kind: &str,
-         help: &str,
-         f: &dyn Fn(&mut String, &str, &PublicationStats, &crate::sys::counters::RuleCounters)| {
-            head(out, name, kind, help);
-            for (labels, st, c) in &rows {
-                f(out, labels, st, c);
-            }
-        };
+    type Sample<'f> = &'f dyn Fn(&mut dyn Write, &str, &crate::sys::counters::RuleCounters) -> io::Result<()>;
+    let family = |out: &mut dyn Write, name: &str, kind: &str, help: &str, f: Sample<'_>| -> io::Result<()> {
+        head(out, name, kind, help)?;
+        for (labels, _, c) in &rows {
+            f(out, labels, c)?;
+        }
+        Ok(())
+    };
     family(
         out,
         "kleene_rdr_publication_packets_total",
         "counter",
         "Packets through a publication's pass rules, by direction, since its anchor was last loaded.",
-        &|out, l, _, c| {
-            let _ = writeln!(out, "kleene_rdr_publication_packets_total{{{l},direction=\"in\"}} {}", c.packets_in);
-            let _ = writeln!(out, "kleene_rdr_publication_packets_total{{{l},direction=\"out\"}} {}", c.packets_out);
+        &|out, l, c| {
+            writeln!(out, "kleene_rdr_publication_packets_total{{{l},direction=\"in\"}} {}", c.packets_in)?;
+            writeln!(out, "kleene_rdr_publication_packets_total{{{l},direction=\"out\"}} {}", c.packets_out)
         },
-    );
+    )?;
     family(
         out,
         "kleene_rdr_publication_bytes_total",
         "counter",
         "Bytes through a publication's pass rules, by direction, since its anchor was last loaded.",
-        &|out, l, _, c| {
-            let _ = writeln!(out, "kleene_rdr_publication_bytes_total{{{l},direction=\"in\"}} {}", c.bytes_in);
-            let _ = writeln!(out, "kleene_rdr_publication_bytes_total{{{l},direction=\"out\"}} {}", c.bytes_out);
+        &|out, l, c| {
+            writeln!(out, "kleene_rdr_publication_bytes_total{{{l},direction=\"in\"}} {}", c.bytes_in)?;
+            writeln!(out, "kleene_rdr_publication_bytes_total{{{l},direction=\"out\"}} {}", c.bytes_out)
         },
-    );
+    )?;
     family(
         out,
         "kleene_rdr_publication_states_created_total",
         "counter",
         "States a publication's pass rules created since its anchor was last loaded.",
-        &|out, l, _, c| {
-            let _ = writeln!(out, "kleene_rdr_publication_states_created_total{{{l}}} {}", c.states_created);
-        },
-    );
+        &|out, l, c| writeln!(out, "kleene_rdr_publication_states_created_total{{{l}}} {}", c.states_created),
+    )?;
     family(
         out,
         "kleene_rdr_publication_states",
         "gauge",
         "States a publication's pass rules hold now.",
-        &|out, l, _, c| {
-            let _ = writeln!(out, "kleene_rdr_publication_states{{{l}}} {}", c.states);
-        },
-    );
+        &|out, l, c| writeln!(out, "kleene_rdr_publication_states{{{l}}} {}", c.states),
+    )?;
     // One series per jail: its anchor's load resets all its publications' counters together.
     head(
         out,
         "kleene_rdr_jail_counters_reset_timestamp_seconds",
         "gauge",
         "When pf last started the counters of a jail's publications at zero: the last load of its anchor (Unix time).",
-    );
+    )?;
     let mut since: BTreeMap<&str, f64> = BTreeMap::new();
     for (_, st, _) in &rows {
         let t = st.since.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
-        since.insert(st.state.publication.jail.as_str(), t);
+        since.insert(st.publication.jail.as_str(), t);
     }
     for (jail, t) in since {
-        let _ = writeln!(out, "kleene_rdr_jail_counters_reset_timestamp_seconds{{jail=\"{}\"}} {t}", esc(jail));
+        writeln!(out, "kleene_rdr_jail_counters_reset_timestamp_seconds{{jail=\"{}\"}} {t}", esc(jail))?;
     }
+    Ok(())
 }
 
 /// Times one publish or reconcile.
@@ -315,21 +357,14 @@ pub fn timed<T>(h: &Histogram, f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::api::{PublicationState, RefusalKind};
+    use crate::agent::api::RefusalKind;
     use crate::core::publication::Publication;
-    use crate::core::render::Targets;
     use crate::sys::counters::RuleCounters;
 
     fn stats(jail: &str, spec: &str, counters: Option<RuleCounters>) -> PublicationStats {
         PublicationStats {
-            state: PublicationState {
-                publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
-                standing: Standing::Active,
-                reason: None,
-                interfaces: vec![],
-                targets: Targets::default(),
-                reached: vec![],
-            },
+            publication: Publication::new(jail.parse().unwrap(), spec.parse().unwrap(), vec![], false, None),
+            standing: Standing::Active,
             since: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             counters,
             note: None,
@@ -389,5 +424,31 @@ mod tests {
         let text = render(&Snapshot { standings: &[], jails: 0, stats: &failed, health: &health, calls: &calls });
         assert!(text.contains("kleene_rdr_pf_counters_up 0\n") && !text.contains("kleene_rdr_publication_bytes_total"));
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// A scrape's answer, written into the connection, is the rendered text, and its length is
+    /// the length written.
+    #[test]
+    fn a_written_exposition_is_the_rendered_text_and_its_length() {
+        let health = Health::new();
+        health.reconcile.observe(Duration::from_millis(3));
+        let calls = PfCalls::new();
+        let counters = RuleCounters { packets_in: 3, bytes_in: 300, states: 4, ..Default::default() };
+        let ok = Ok(vec![
+            stats("web", "8080:80", Some(counters)),
+            stats("db", "5432", None),
+            stats("db", "[2001:db8::1]:443:8443/udp", Some(RuleCounters::default())),
+        ]);
+        let failed = Err(Refusal::new(RefusalKind::Pf, "no"));
+        for stats in [ok, failed] {
+            let snapshot =
+                Snapshot { standings: &[Standing::Active], jails: 2, stats: &stats, health: &health, calls: &calls };
+            let text = render(&snapshot);
+            let exposition = Exposition { head: render_head(&snapshot), stats: stats.clone() };
+            let mut written = Vec::new();
+            exposition.write_to(&mut written).unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), text);
+            assert_eq!(exposition.body_len(), text.len());
+        }
     }
 }

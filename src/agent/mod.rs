@@ -8,6 +8,7 @@ pub mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod reply;
 pub mod server;
 pub mod state;
 pub mod vnet;

@@ -24,15 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::core::container::{Container, Owner};
-use crate::proto::{
-    AnchorView, DecodeError, ErrorKind, Finding, MAX_REQUEST, PublicationView, Request, Response, StatsView,
-    decode_request,
-};
+use crate::proto::{DecodeError, ErrorKind, MAX_REQUEST, Request, Response, decode_request};
 
 use super::access::{self, Peer, Policy, RefusalLog};
 use super::api::{ContainerPublishRequest, PublishRequest, Removal, UnpublishRequest};
 use super::engine::{self, Engine};
 use super::log;
+use super::reply::Reply;
 
 /// Limits of the server, fixed at start.
 #[derive(Debug, Clone)]
@@ -103,14 +101,14 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
             if let Some(unlogged) = refusals.refused(rejection.peer.map(|p| p.uid), Instant::now()) {
                 log::warn(&rejection.log_line(unlogged));
             }
-            turn_away(&stream, &rejection.reply);
+            turn_away(&stream, rejection.reply);
             continue;
         }
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             turn_away(
                 &stream,
-                &Response::err(
+                Response::err(
                     ErrorKind::Limit,
                     format!(
                         "the agent is serving {} connections already (max_connections); try again",
@@ -177,19 +175,25 @@ fn admit(stream: &UnixStream, policy: &Policy) -> Result<(), Rejection> {
 }
 
 /// Answers a peer that is not served, from the accept loop, and closes the connection.
-fn turn_away(stream: &UnixStream, response: &Response) {
+fn turn_away(stream: &UnixStream, response: Response) {
     let _ = stream.set_write_timeout(Some(TURN_AWAY_WRITE));
-    reply(stream, response);
+    reply(stream, response.into());
 }
 
-/// Writes `response` and its newline, streamed through a small buffer: an `ls` of 10,000
-/// publications is megabytes of JSON, which a whole-line string would hold twice over at the
-/// agent's peak memory (measured with massif).
-fn reply(stream: &UnixStream, response: &Response) {
+/// Writes `reply` and its newline, serialised straight into a small buffer: an `ls` of 10,000
+/// publications is megabytes of JSON, which a whole-line string would hold next to the data it
+/// was made from at the agent's peak memory (measured with massif). An answer carrying data
+/// gives the memory it used back afterwards (`sys::release_memory`).
+fn reply(stream: &UnixStream, reply: Reply) {
+    let large = reply.is_data();
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stream);
-    if serde_json::to_writer(&mut w, response).is_ok() {
+    if reply.write_to(&mut w).is_ok() {
         let _ = w.write_all(b"\n");
         let _ = w.flush();
+    }
+    drop(w);
+    if large {
+        crate::sys::release_memory();
     }
 }
 
@@ -229,19 +233,20 @@ fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, Strin
 
 fn handle(stream: &UnixStream, engine: &Mutex<Engine>, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let response = match read_request(stream, timeout).map_err(DecodeError::invalid).and_then(|b| decode_request(&b)) {
-        Err(e) => e.into(),
+    let answer = match read_request(stream, timeout).map_err(DecodeError::invalid).and_then(|b| decode_request(&b)) {
+        Err(e) => Response::from(e).into(),
         Ok(req) => dispatch(req, engine),
     };
-    reply(stream, &response);
+    reply(stream, answer);
 }
 
-/// Runs one request against the engine.
-pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
+/// Runs one request against the engine. The engine's lock is let go of before the answer is
+/// written.
+pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Reply {
     // publish and reconcile may wait for background reads of VNET jails' addresses: they take
     // the engine's lock themselves and let go of it while they wait.
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
-    match req {
+    let reply = match req {
         Request::Publish { jail, specs, sources, log, network, reach_off } => {
             Response::answer(engine::publish(engine, &PublishRequest { jail, specs, sources, log, network, reach_off }))
         }
@@ -257,18 +262,15 @@ pub fn dispatch(req: Request, engine: &Mutex<Engine>) -> Response {
             let removal = if all { Removal::All } else { Removal::Specs(specs) };
             Response::answer(lock().unpublish(&UnpublishRequest { jail, removal }))
         }
-        Request::List { jail } => {
-            Response::with_data(&lock().list(jail.as_ref()).into_iter().map(PublicationView::from).collect::<Vec<_>>())
-        }
-        Request::Rules { jail } => {
-            Response::with_data(&lock().rules(jail.as_ref()).into_iter().map(AnchorView::from).collect::<Vec<_>>())
-        }
-        Request::Check => Response::with_data(&lock().check().into_iter().map(Finding::from).collect::<Vec<_>>()),
+        Request::List { jail } => return Reply::List(lock().list(jail.as_ref())),
+        Request::Rules { jail } => return Reply::Rules(lock().rules(jail.as_ref())),
+        Request::Check => return Reply::Check(lock().check()),
         Request::Reconcile { verify } => Response::answer(engine::reconcile(engine, verify)),
         // pf's counters are read without the engine's lock (engine::stats).
         Request::Stats { jail } => match engine::stats(engine, jail.as_ref()) {
-            Ok(stats) => Response::with_data(&stats.into_iter().map(StatsView::from).collect::<Vec<_>>()),
+            Ok(stats) => return Reply::Stats(stats),
             Err(refusal) => refusal.into(),
         },
-    }
+    };
+    reply.into()
 }

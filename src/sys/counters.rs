@@ -5,9 +5,9 @@
 //! of the rule's labels followed by a space, then eight numbers: evaluations, packets, bytes,
 //! packets in, bytes in, packets out, bytes out, state creations. With recursion (`-a '*'`) it
 //! follows the main ruleset's anchor calls, and a wildcard call (`anchor "kleene/*"`) prints
-//! each child's lines inside `anchor "CHILD" all {` ... `}`. The parser keeps, for every line,
-//! the block it was printed in, so that a caller can tell one anchor's rules from another's and
-//! an anchor the main ruleset calls twice from two anchors.
+//! each child's lines inside `anchor "CHILD" all {` ... `}`. [`LabelsReader`] hands on every
+//! line with the block it was printed in, so that a caller can tell one anchor's rules from
+//! another's and an anchor the main ruleset calls twice from two anchors.
 //!
 //! The labels output has no count of the states a rule holds now. `pfctl -v -s rules` has it:
 //! pfctl_print_rule_counters (pfctl.c) prints, on the line after each rule, `  [ Evaluations: N
@@ -16,7 +16,11 @@
 //! print_rule (pfctl_parser.c) prints each label as ` label "L"`. With -v, pfctl does not indent
 //! rules inside anchors; with recursion a followed anchor call prints ` {` after the rule, its
 //! counters, its rules, then `}`, and a wildcard call prints each child inside `anchor "CHILD" all
-//! {` ... `}`, as in the labels output. [`parse_rule_states`] reads it.
+//! {` ... `}`, as in the labels output. [`StatesReader`] reads it.
+//!
+//! Both outputs grow with every rule on the host (megabytes at thousands of anchors), so they are
+//! read as pfctl prints them, line by line (`runner::run_lines`): a reader keeps only the blocks
+//! open and the rule it is reading, and hands each rule on for its caller to add up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,46 +51,80 @@ impl RuleCounters {
     }
 }
 
-/// One line of `-s labels`.
+/// A labelled rule as a reader hands it on, its labels borrowed from the line read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelLine {
-    /// The block it was printed in: 0 outside any `anchor "..." all {` block, else the block's
-    /// number in the output (1, 2, ...; every block has its own).
+pub struct Rule<'a> {
+    /// The block it was printed in: 0 outside any block, else the block's number in the output
+    /// (1, 2, ...; every block has its own).
     pub block: usize,
-    /// The rule's labels, split at spaces (a label holding a space is split too; the agent's
-    /// labels hold none).
-    pub labels: Vec<String>,
+    /// The rule's labels, in order.
+    pub labels: Vec<&'a str>,
+    /// Its counters: those of `-s labels` (`states` 0), or only `states` (`-v -s rules`).
     pub counters: RuleCounters,
 }
 
-/// Parses `pfctl -s labels` output. Lines that are neither a block's start or end nor labels
-/// followed by eight numbers are skipped.
-pub fn parse_labels(text: &str) -> Vec<LabelLine> {
-    let mut out = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
-    let mut blocks = 0;
-    for line in text.lines() {
+/// Reads an output line by line, as pfctl prints it, and hands on each labelled rule once its
+/// line (or lines) are read: nothing of the output is kept but the blocks open and, for `-v -s
+/// rules`, the one rule waiting for its counters line.
+pub trait RuleReader: Default {
+    /// Reads the next line; the rule it completes, if any.
+    fn line<'s>(&'s mut self, line: &'s str) -> Option<Rule<'s>>;
+}
+
+/// The blocks open and how many were opened, while reading.
+#[derive(Debug, Default)]
+struct Blocks {
+    stack: Vec<usize>,
+    opened: usize,
+}
+
+impl Blocks {
+    fn open(&mut self) {
+        self.opened += 1;
+        self.stack.push(self.opened);
+    }
+
+    fn close(&mut self) {
+        self.stack.pop();
+    }
+
+    /// The innermost block open, 0 outside any.
+    fn current(&self) -> usize {
+        self.stack.last().copied().unwrap_or(0)
+    }
+}
+
+/// Reads `pfctl -s labels` output. A line is a block's start (`anchor "..." ... {`), a block's end
+/// (`}`), or labels followed by eight numbers, read from the right (a label holding a space is
+/// split at it; the agent's labels hold none); any other line is skipped.
+#[derive(Debug, Default)]
+pub struct LabelsReader {
+    blocks: Blocks,
+}
+
+impl RuleReader for LabelsReader {
+    fn line<'s>(&'s mut self, line: &'s str) -> Option<Rule<'s>> {
         let t = line.trim();
         if t.starts_with("anchor \"") && t.ends_with('{') {
-            blocks += 1;
-            stack.push(blocks);
-            continue;
+            self.blocks.open();
+            return None;
         }
         if t == "}" {
-            stack.pop();
-            continue;
+            self.blocks.close();
+            return None;
         }
-        let words: Vec<&str> = t.split_ascii_whitespace().collect();
-        if words.len() < 9 {
-            continue;
+        let mut labels: Vec<&str> = t.split_ascii_whitespace().collect();
+        if labels.len() < 9 {
+            return None;
         }
-        let (labels, numbers) = words.split_at(words.len() - 8);
-        let Ok(n) = numbers.iter().map(|w| w.parse::<u64>()).collect::<Result<Vec<u64>, _>>() else {
-            continue;
-        };
-        out.push(LabelLine {
-            block: stack.last().copied().unwrap_or(0),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
+        let mut n = [0u64; 8];
+        for (slot, word) in n.iter_mut().zip(&labels[labels.len() - 8..]) {
+            *slot = word.parse().ok()?;
+        }
+        labels.truncate(labels.len() - 8);
+        Some(Rule {
+            block: self.blocks.current(),
+            labels,
             counters: RuleCounters {
                 evaluations: n[0],
                 packets_in: n[3],
@@ -96,87 +134,51 @@ pub fn parse_labels(text: &str) -> Vec<LabelLine> {
                 states_created: n[7],
                 states: 0,
             },
-        });
-    }
-    out
-}
-
-/// A line of either output with labels, in the block it was printed in.
-pub trait Labelled {
-    /// 0 outside any block, else the block's number in the output (1, 2, ...).
-    fn block(&self) -> usize;
-    fn labels(&self) -> &[String];
-}
-
-impl Labelled for LabelLine {
-    fn block(&self) -> usize {
-        self.block
-    }
-    fn labels(&self) -> &[String] {
-        &self.labels
+        })
     }
 }
 
-/// One labelled filter rule of `pfctl -v -s rules` and the states it holds now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleStates {
-    /// The innermost block it was printed in, numbered as in [`LabelLine::block`]: every line
-    /// ending in `{` opens one (a followed anchor call, a wildcard call's child).
-    pub block: usize,
-    /// Its labels, in order.
-    pub labels: Vec<String>,
-    /// `States:` of its counters line.
-    pub states: u64,
+/// Reads `pfctl -v -s rules` output: every rule with labels whose next line is its `[
+/// Evaluations: ... States: N ]` line, in the innermost block it was printed in (every line
+/// ending in `{` opens one: a followed anchor call, a wildcard call's child). A rule without
+/// that line (no `-v`), or whose `States:` is not a number, is skipped.
+#[derive(Debug, Default)]
+pub struct StatesReader {
+    blocks: Blocks,
+    /// The last rule line's block and labels, waiting for its counters line.
+    pending: Option<(usize, Vec<String>)>,
+    /// The rule handed on last, kept for its labels to be borrowed.
+    done: Option<(usize, Vec<String>)>,
 }
 
-impl Labelled for RuleStates {
-    fn block(&self) -> usize {
-        self.block
-    }
-    fn labels(&self) -> &[String] {
-        &self.labels
-    }
-}
-
-/// Parses `pfctl -v -s rules` output: every rule with labels whose next line is its `[
-/// Evaluations: ... States: N ]` line. A rule without that line (no `-v`), or whose `States:`
-/// is not a number, is skipped.
-pub fn parse_rule_states(text: &str) -> Vec<RuleStates> {
-    let mut out = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
-    let mut blocks = 0;
-    // The last rule line, waiting for its counters line.
-    let mut pending: Option<RuleStates> = None;
-    for line in text.lines() {
+impl RuleReader for StatesReader {
+    fn line<'s>(&'s mut self, line: &'s str) -> Option<Rule<'s>> {
         let t = line.trim();
         if let Some(counters) = t.strip_prefix('[') {
-            let rule = pending.take();
-            if let (Some(mut rule), Some(n)) = (rule, field(counters, "States:")) {
-                if counters.trim_start().starts_with("Evaluations:") {
-                    rule.states = n;
-                    out.push(rule);
-                }
-            }
-            continue;
+            let rule = self.pending.take();
+            let states = field(counters, "States:").filter(|_| counters.trim_start().starts_with("Evaluations:"));
+            let (Some(rule), Some(states)) = (rule, states) else { return None };
+            let (block, labels) = self.done.insert(rule);
+            let counters = RuleCounters { states, ..RuleCounters::default() };
+            return Some(Rule { block: *block, labels: labels.iter().map(String::as_str).collect(), counters });
         }
-        pending = None;
+        self.pending = None;
         if t == "}" {
-            stack.pop();
-            continue;
+            self.blocks.close();
+            return None;
         }
         if t.is_empty() {
-            continue;
+            return None;
         }
         let labels = rule_labels(t);
         if !labels.is_empty() {
-            pending = Some(RuleStates { block: stack.last().copied().unwrap_or(0), labels, states: 0 });
+            self.pending = Some((self.blocks.current(), labels));
         }
         if t.ends_with('{') {
-            blocks += 1;
-            stack.push(blocks);
+            self.blocks.open();
         }
+        None
     }
-    out
 }
 
 /// The number after `name` in a counters line (`States: 3     ]`).
@@ -271,6 +273,49 @@ impl PfCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One rule read, owned: its block, labels and counters.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct LabelLine {
+        block: usize,
+        labels: Vec<String>,
+        counters: RuleCounters,
+    }
+
+    /// Every rule `R` reads in `text`, line by line as pfctl prints them.
+    fn read<R: RuleReader>(text: &str) -> Vec<LabelLine> {
+        let mut reader = R::default();
+        text.lines()
+            .filter_map(|l| {
+                reader.line(l).map(|r| LabelLine {
+                    block: r.block,
+                    labels: r.labels.iter().map(|l| l.to_string()).collect(),
+                    counters: r.counters,
+                })
+            })
+            .collect()
+    }
+
+    fn parse_labels(text: &str) -> Vec<LabelLine> {
+        read::<LabelsReader>(text)
+    }
+
+    /// What the states reader reads, with `states` for each rule's current states.
+    struct RuleStates {
+        block: usize,
+        labels: Vec<String>,
+        states: u64,
+    }
+
+    fn parse_rule_states(text: &str) -> Vec<RuleStates> {
+        read::<StatesReader>(text)
+            .into_iter()
+            .map(|l| {
+                assert_eq!(l.counters, RuleCounters { states: l.counters.states, ..RuleCounters::default() });
+                RuleStates { block: l.block, labels: l.labels, states: l.counters.states }
+            })
+            .collect()
+    }
 
     #[test]
     fn lines_are_read_from_the_right_and_keep_their_block() {

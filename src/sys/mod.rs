@@ -20,3 +20,16 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Gives the memory the allocator holds free back to the system, after an answer that needed a
+/// lot of it for a moment (an `ls` or a `stats` of thousands of publications, a scrape): glibc
+/// keeps freed memory for reuse, and the agent's resident size would stay at its peak. FreeBSD's
+/// jemalloc returns unused pages by itself and needs nothing.
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it may be called at any time,
+    // from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -28,6 +28,11 @@ impl Show {
     }
 }
 
+/// The most a streamed read may print: `pfctl -P -a '*' -v -s rules` prints about 280 bytes per
+/// publication (three lines per rule), so 128 MiB holds the default `max_publications` (65,536)
+/// dual-stack several times over; the tool's deadline bounds it too.
+pub const MAX_STREAMED_OUTPUT: usize = 128 * 1024 * 1024;
+
 /// The operations the agent needs from pf. Anchor paths are built by the caller from validated
 /// components only.
 pub trait Pf: Send + Sync {
@@ -45,15 +50,17 @@ pub trait Pf: Send + Sync {
     fn enabled(&self) -> Result<Option<bool>, CmdError>;
     /// The interfaces and interface groups pf knows, each with whether pf skips it (`set skip`).
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError>;
-    /// What `pfctl -a ANCHOR -s labels` prints: the counters of the labelled filter rules of
-    /// `anchor`, or with `*` of the main ruleset and of every anchor it calls, recursively
-    /// (`counters::parse_labels` reads it).
-    fn labels(&self, anchor: &str) -> Result<String, CmdError>;
-    /// What `pfctl -P -a ANCHOR -v -s rules` prints (ports numeric: no service lookups): the
-    /// filter rules of `anchor` (with `*`, of the main ruleset and every anchor it calls,
-    /// recursively), each followed by its counters lines, which hold its current states
-    /// (`counters::parse_rule_states` reads it).
-    fn rule_states(&self, anchor: &str) -> Result<String, CmdError>;
+    /// Hands `each` line of what `pfctl -a ANCHOR -s labels` prints, as it prints it: the
+    /// counters of the labelled filter rules of `anchor`, or with `*` of the main ruleset and of
+    /// every anchor it calls, recursively (`counters::LabelsReader` reads it). The lines handed
+    /// on before an error mean nothing.
+    fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError>;
+    /// Hands `each` line of what `pfctl -P -a ANCHOR -v -s rules` prints (ports numeric: no
+    /// service lookups), as it prints it: the filter rules of `anchor` (with `*`, of the main
+    /// ruleset and every anchor it calls, recursively), each followed by its counters lines,
+    /// which hold its current states (`counters::StatesReader` reads it). The lines handed on
+    /// before an error mean nothing.
+    fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError>;
 }
 
 /// The real pf, through the pfctl binary at `path`. Every run is counted by operation
@@ -77,13 +84,24 @@ impl Pfctl {
     /// What `-s ...` printed. pfctl warns about a missing anchor on stderr and may still exit 0:
     /// that is a failure too.
     fn shown(&self, op: PfOp, args: &[&str]) -> Result<String, CmdError> {
-        let shown = self.run_judged(args).and_then(|out| {
-            if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
-                return Err(runner::failure(&self.path, args, out));
-            }
-            Ok(out.stdout)
-        });
-        counted(op, shown)
+        counted(op, self.run_judged(args).and_then(|out| self.judged(args, out)))
+    }
+
+    /// [`Pfctl::shown`], its output handed to `each` line by line as pfctl prints it. The output
+    /// cap is [`MAX_STREAMED_OUTPUT`], not the one of the reads kept whole: a streamed read holds
+    /// one line at a time, and the counters of every publication run to several MB.
+    fn shown_lines(&self, op: PfOp, args: &[&str], each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        let limits = runner::Limits { max_output: MAX_STREAMED_OUTPUT.max(self.limits.max_output), ..self.limits };
+        let out = runner::run_lines(&self.path, args, None, true, limits, each);
+        counted(op, out.and_then(|out| self.judged(args, out)).map(drop))
+    }
+
+    /// The stdout of a `-s ...` run, or its failure.
+    fn judged(&self, args: &[&str], out: runner::Output) -> Result<String, CmdError> {
+        if !out.status.success() || out.stderr.contains("DIOCGETRULES") || out.stderr.contains("No such file") {
+            return Err(runner::failure(&self.path, args, out));
+        }
+        Ok(out.stdout)
     }
 
     /// The anchors `-s Anchors` listed. A parent that does not exist at all: `pfctl:
@@ -144,11 +162,60 @@ impl Pf for Pfctl {
         Ok(parse::parse_pf_interfaces(&out.stdout))
     }
 
-    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
-        self.shown(PfOp::Labels, &["-a", anchor, "-s", "labels"])
+    fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        self.shown_lines(PfOp::Labels, &["-a", anchor, "-s", "labels"], each)
     }
 
-    fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
-        self.shown(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"])
+    fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
+        self.shown_lines(PfOp::States, &["-P", "-a", anchor, "-v", "-s", "rules"], each)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A pfctl that runs `script` (sh), in `dir`.
+    fn pfctl(dir: &tempfile::TempDir, script: &str) -> Pfctl {
+        let path = dir.path().join("pfctl");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Pfctl { path, limits: runner::Limits::default() }
+    }
+
+    /// What `read` handed on, and how it ended. A script just written can be busy for a moment
+    /// (another test's fork holding it open for writing, ETXTBSY): then it is run again.
+    fn lines(read: impl Fn(&mut dyn FnMut(&str)) -> Result<(), CmdError>) -> (Vec<String>, Result<(), CmdError>) {
+        loop {
+            let mut lines = Vec::new();
+            let r = read(&mut |l| lines.push(l.to_string()));
+            if !r.as_ref().is_err_and(|e| e.is_missing() && e.message().contains("Text file busy")) {
+                return (lines, r);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The counters' reads hand on pfctl's lines with the arguments pfctl(8) takes, and judge
+    /// the run as `-s` does: a missing anchor warned about on stderr is a failure even with exit 0.
+    #[test]
+    fn counters_reads_hand_on_the_lines_and_judge_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = pfctl(&dir, r#"echo "$*"; echo 'kleene/web 1 2 3 4 5 6 7 8'"#);
+        let (got, r) = lines(|each| pf.labels("*", each));
+        r.unwrap();
+        assert_eq!(got, ["-a * -s labels", "kleene/web 1 2 3 4 5 6 7 8"]);
+        let (got, r) = lines(|each| pf.rule_states("kleene/web", each));
+        r.unwrap();
+        assert_eq!(got[0], "-P -a kleene/web -v -s rules");
+
+        let pf = pfctl(&dir, "echo x; echo 'pfctl: DIOCGETRULES: No such file or directory' >&2");
+        let e = lines(|each| pf.labels("kleene/gone", each)).1.unwrap_err();
+        assert_eq!(e.message(), "pfctl: DIOCGETRULES: No such file or directory");
+        let pf = pfctl(&dir, "echo x; echo 'pfctl: /dev/pf: Permission denied' >&2; exit 1");
+        let e = lines(|each| pf.rule_states("*", each)).1.unwrap_err();
+        assert_eq!(e.message(), "pfctl: /dev/pf: Permission denied");
     }
 }

@@ -13,6 +13,9 @@
 //!   only the tool itself is then reaped (its orphans go to init).
 //! - Each of stdout and stderr is capped at [`Limits::max_output`]: a tool that prints without end
 //!   is killed instead of filling the agent's memory.
+//! - [`run_lines`] hands stdout on line by line as it arrives, for outputs that grow with the
+//!   host (pf's counters of every rule): what it keeps is the line not finished yet (the longest
+//!   line, at most `max_output`) and one read's buffer, while the cap still counts every byte.
 //! - No thread is started: the caller's thread drives the non-blocking pipes with poll(2). A
 //!   helper thread blocked on a pipe that a stray process holds open can be neither joined nor
 //!   stopped; here every pipe end is closed and the tool reaped before [`run`] returns, whatever
@@ -161,6 +164,35 @@ pub fn run(
     allow_failure: bool,
     limits: Limits,
 ) -> Result<Output, CmdError> {
+    exec(prog, args, stdin, allow_failure, limits, None)
+}
+
+/// Runs `prog args...` as [`run`] does, with the same bounds, but hands each line of its stdout
+/// to `each` as it arrives (without its newline, or the `\r` before it; the last line also when
+/// it has no newline), so that a tool printing megabytes costs its reader only the line being
+/// read. `max_output` still counts the whole of stdout. The [`Output`] it returns has an empty
+/// `stdout`: every line of it went to `each`, also when the tool then failed or was killed, so
+/// the caller must not act on what it read before knowing the outcome.
+pub fn run_lines(
+    prog: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    allow_failure: bool,
+    limits: Limits,
+    each: &mut dyn FnMut(&str),
+) -> Result<Output, CmdError> {
+    exec(prog, args, stdin, allow_failure, limits, Some(each))
+}
+
+/// [`run`], or [`run_lines`] when `each` is given.
+fn exec(
+    prog: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    allow_failure: bool,
+    limits: Limits,
+    each: Option<&mut dyn FnMut(&str)>,
+) -> Result<Output, CmdError> {
     let argv: Vec<String> =
         std::iter::once(prog.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     let err = |kind| CmdError { argv: argv.clone(), stdin_len: stdin.map_or(0, <[u8]>::len), kind };
@@ -174,7 +206,7 @@ pub fn run(
         .env("LC_ALL", "C")
         .process_group(0);
     let child = cmd.spawn().map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
-    let mut job = Job::new(child, stdin.unwrap_or_default());
+    let mut job = Job::new(child, stdin.unwrap_or_default(), each);
     let status = match job.drive(deadline, limits.max_output) {
         Ok(status) => status,
         Err(stop) => {
@@ -186,8 +218,8 @@ pub fn run(
             }));
         }
     };
-    let stdout = String::from_utf8_lossy(&job.out).into_owned();
-    let stderr = String::from_utf8_lossy(&job.err).into_owned();
+    let stdout = String::from_utf8_lossy(&job.out.kept).into_owned();
+    let stderr = String::from_utf8_lossy(&job.err.kept).into_owned();
     if !status.success() && !allow_failure {
         return Err(err(CmdErrorKind::Failed { status: status.code(), stderr, stdout }));
     }
@@ -212,10 +244,50 @@ enum Stop {
     Io(&'static str, io::Error),
 }
 
+/// Where one output pipe's bytes go: kept whole, or (stdout of [`run_lines`]) handed on line by
+/// line, only the line not finished yet kept.
+struct Sink<'f> {
+    kept: Vec<u8>,
+    /// Bytes read so far, those handed on included.
+    total: usize,
+    each: Option<&'f mut dyn FnMut(&str)>,
+}
+
+impl<'f> Sink<'f> {
+    fn new(each: Option<&'f mut dyn FnMut(&str)>) -> Self {
+        Sink { kept: Vec::new(), total: 0, each }
+    }
+
+    /// Takes what was just read; hands on the lines it completes.
+    fn take(&mut self, bytes: &[u8]) {
+        self.total = self.total.saturating_add(bytes.len());
+        let start = self.kept.len();
+        self.kept.extend_from_slice(bytes);
+        let Some(each) = &mut self.each else { return };
+        // Only the bytes just read can hold the newline that ends a line kept.
+        let Some(last) = self.kept[start..].iter().rposition(|b| *b == b'\n').map(|i| start + i) else { return };
+        for line in self.kept[..last].split(|b| *b == b'\n') {
+            each(&String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)));
+        }
+        self.kept.drain(..=last);
+    }
+
+    /// At end of file: hands on the last line, when it had no newline.
+    fn finish(&mut self) {
+        if let Some(each) = &mut self.each {
+            if !self.kept.is_empty() {
+                let line = &self.kept[..];
+                each(&String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)));
+                self.kept.clear();
+            }
+        }
+    }
+}
+
 /// A started tool: the child (leader of its own process group), our ends of its pipes and what
 /// it printed so far. Dropping it without reaping the child kills the group, so no path (a panic
 /// included) leaves a process, a zombie or a descriptor behind.
-struct Job<'a> {
+struct Job<'a, 'f> {
     child: Child,
     /// Whether `child` was waited for: from then on its pid and group id are not ours to signal.
     reaped: bool,
@@ -225,14 +297,15 @@ struct Job<'a> {
     written: usize,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
-    out: Vec<u8>,
-    err: Vec<u8>,
+    out: Sink<'f>,
+    err: Sink<'f>,
 }
 
-impl<'a> Job<'a> {
-    fn new(mut child: Child, data: &'a [u8]) -> Self {
+impl<'a, 'f> Job<'a, 'f> {
+    fn new(mut child: Child, data: &'a [u8], each: Option<&'f mut dyn FnMut(&str)>) -> Self {
         let (input, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        Job { child, reaped: false, input, data, written: 0, stdout, stderr, out: Vec::new(), err: Vec::new() }
+        let (out, err) = (Sink::new(each), Sink::new(None));
+        Job { child, reaped: false, input, data, written: 0, stdout, stderr, out, err }
     }
 
     /// Feeds stdin, reads stdout and stderr to end of file, then reaps the tool, all before
@@ -346,7 +419,7 @@ impl<'a> Job<'a> {
     }
 }
 
-impl Drop for Job<'_> {
+impl Drop for Job<'_, '_> {
     fn drop(&mut self) {
         self.abort();
     }
@@ -357,19 +430,22 @@ fn time_left(deadline: Instant) -> Option<Duration> {
     deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
-/// Reads what one output pipe has into `buf`; closes the pipe at end of file. Stops with
-/// `TooMuchOutput` as soon as `buf` holds more than `max` bytes, so it never holds more than
+/// Reads what one output pipe has into `sink`; closes the pipe at end of file. Stops with
+/// `TooMuchOutput` as soon as more than `max` bytes were read from it, so it never reads more than
 /// `max + 1`.
-fn read_some<R: Read>(pipe: &mut Option<R>, buf: &mut Vec<u8>, max: usize, chunk: &mut [u8]) -> Result<(), Stop> {
+fn read_some<R: Read>(pipe: &mut Option<R>, sink: &mut Sink<'_>, max: usize, chunk: &mut [u8]) -> Result<(), Stop> {
     let Some(p) = pipe else { return Ok(()) };
-    let room = max.saturating_add(1).saturating_sub(buf.len()).clamp(1, chunk.len());
+    let room = max.saturating_add(1).saturating_sub(sink.total).clamp(1, chunk.len());
     match p.read(&mut chunk[..room]) {
-        Ok(0) => *pipe = None,
+        Ok(0) => {
+            *pipe = None;
+            sink.finish();
+        }
         Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > max {
+            if sink.total.saturating_add(n) > max {
                 return Err(Stop::TooMuchOutput);
             }
+            sink.take(&chunk[..n]);
         }
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
         Err(e) => return Err(Stop::Io("read", e)),
@@ -557,6 +633,98 @@ mod tests {
         assert!(o.status.success());
     }
 
+    /// `run_lines` with `sh -c script`: the lines handed on, and the outcome.
+    fn sh_lines(script: &str, limits: Limits) -> (Vec<String>, Result<Output, CmdError>) {
+        let mut lines = Vec::new();
+        let r =
+            run_lines(Path::new("/bin/sh"), &["-c", script], None, false, limits, &mut |l| lines.push(l.to_string()));
+        (lines, r)
+    }
+
+    /// The lines are those `str::lines` finds in the whole output: empty ones kept, `\r\n` ended
+    /// like `\n`, the last one without a newline too; stdout is not kept.
+    #[test]
+    fn lines_are_handed_on_as_str_lines_reads_them() {
+        let script = "printf 'a\\n\\nb\\r\\n  c d \\n\\303\\n\\303\\251\\nlast'";
+        let (lines, r) = sh_lines(script, Limits::default());
+        let whole = sh(script, None, Limits::default()).unwrap().stdout;
+        assert_eq!(lines, whole.lines().collect::<Vec<_>>());
+        assert_eq!(lines, ["a", "", "b", "  c d ", "\u{fffd}", "é", "last"]);
+        assert_eq!(r.unwrap().stdout, "", "stdout went to the lines");
+        let (lines, _) = sh_lines("printf 'x\\n'", Limits::default());
+        assert_eq!(lines, ["x"], "no empty line after the last newline");
+    }
+
+    /// 2 MiB of lines through pipes of 64 KiB: lines cut across reads come out whole, in order.
+    #[test]
+    fn lines_cut_across_reads_come_out_whole() {
+        let input = text(2 * 1024 * 1024 + 10);
+        let mut lines = Vec::new();
+        let o = run_lines(
+            Path::new("/bin/cat"),
+            &[],
+            Some(&input),
+            false,
+            Limits { max_output: 4 << 20, ..Limits::default() },
+            &mut |l| lines.push(l.to_string()),
+        )
+        .unwrap();
+        assert!(o.status.success());
+        let expected: Vec<&str> = std::str::from_utf8(&input).unwrap().lines().collect();
+        assert!(lines == expected, "{} lines came back of {}", lines.len(), expected.len());
+    }
+
+    /// What is kept is only the line not finished yet, however much came before it.
+    #[test]
+    fn only_the_unfinished_line_is_kept() {
+        let mut n = 0;
+        let mut each = |_: &str| n += 1;
+        let mut sink = Sink::new(Some(&mut each));
+        for _ in 0..1000 {
+            sink.take(b"a line\nanother li");
+            sink.take(b"ne\n");
+            assert!(sink.kept.is_empty());
+        }
+        sink.take(b"half");
+        assert_eq!((sink.kept.as_slice(), sink.total), (&b"half"[..], 20 * 1000 + 4));
+        sink.finish();
+        drop(sink);
+        assert_eq!(n, 2001);
+    }
+
+    /// The output limit counts every byte of stdout, those already handed on included; stderr
+    /// is still kept, and bounded; the deadline and the group kill still hold.
+    #[test]
+    fn streamed_output_keeps_every_bound() {
+        let limits = Limits { max_output: 64 * 1024, ..Limits::default() };
+        let (lines, r) = sh_lines("yes", limits);
+        assert!(matches!(r.unwrap_err().kind, CmdErrorKind::TooMuchOutput { limit: 65536 }));
+        assert!(lines.len() * 2 <= 64 * 1024 && lines.iter().all(|l| l == "y"), "{} lines", lines.len());
+        let (_, r) = sh_lines("yes >&2", limits);
+        assert!(matches!(r.unwrap_err().kind, CmdErrorKind::TooMuchOutput { limit: 65536 }));
+        let exact = Limits { max_output: 5, ..Limits::default() };
+        assert_eq!(sh_lines("printf 'ab\\ncd'", exact).0, ["ab", "cd"]);
+        assert!(matches!(
+            sh_lines("printf 'ab\\ncde'", exact).1.unwrap_err().kind,
+            CmdErrorKind::TooMuchOutput { limit: 5 }
+        ));
+        let (_, r) = sh_lines("echo no >&2; exit 2", Limits::default());
+        assert!(
+            matches!(r.unwrap_err().kind, CmdErrorKind::Failed { status: Some(2), ref stderr, .. } if stderr == "no\n")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pids");
+        let script = format!("sleep 30 & echo $$ $! > '{}'; echo 10.0.0.1; wait", file.display());
+        let start = Instant::now();
+        let (lines, r) = sh_lines(&script, within(300));
+        assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+        assert!(matches!(r.unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert_eq!(lines, ["10.0.0.1"]);
+        let (shell, sleeper) = pids(&file);
+        assert_dies(shell, "the shell");
+        assert_dies(sleeper, "the background sleep");
+    }
+
     /// Each of these runs in a fresh copy of this test binary, alone: what it counts is
     /// process-wide, and the harness runs the other tests on threads of their own.
     const PROBE_ENV: &str = "KLEENE_RDR_RUNNER_PROBE";
@@ -604,6 +772,16 @@ mod tests {
         assert!(matches!(e.kind, CmdErrorKind::Failed { .. }), "{e}");
         let e = run(Path::new("/nonexistent/route"), &[], Some(b"x"), false, Limits::default()).unwrap_err();
         assert!(e.is_missing(), "{e}");
+        let mut n = 0;
+        let o = run_lines(Path::new("/bin/cat"), &[], Some(&input), false, Limits::default(), &mut |_| n += 1).unwrap();
+        assert!(o.status.success() && n == input.len() / 64, "{n} lines");
+        let e = sh_lines("sleep 30 & exec sleep 30", within(50)).1.unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
+        let e = sh_lines("yes", Limits { max_output: 4096, ..Limits::default() }).1.unwrap_err();
+        assert!(matches!(e.kind, CmdErrorKind::TooMuchOutput { .. }), "{e}");
+        let e =
+            run_lines(Path::new("/nonexistent/pfctl"), &[], None, false, Limits::default(), &mut |_| {}).unwrap_err();
+        assert!(e.is_missing(), "{e}");
     }
 
     #[test]
@@ -626,7 +804,7 @@ mod tests {
         for _ in 0..10 {
             every_ending();
         }
-        assert_eq!(open_descriptors(), Some(before), "descriptors open before and after 50 runs");
+        assert_eq!(open_descriptors(), Some(before), "descriptors open before and after 90 runs");
     }
 
     /// The runner has no `thread::spawn`; this proves it from outside: the tool reports its
@@ -651,6 +829,12 @@ mod tests {
         let input = text(256 * 1024);
         let o = sh("cat >/dev/null; grep '^Threads:' /proc/$PPID/status", Some(&input), Limits::default()).unwrap();
         assert_eq!(o.stdout.trim(), format!("Threads:\t{before}"), "threads while run() works");
+        let script = "cat >/dev/null; grep '^Threads:' /proc/$PPID/status";
+        let mut lines = Vec::new();
+        let shell = Path::new("/bin/sh");
+        run_lines(shell, &["-c", script], Some(&input), false, Limits::default(), &mut |l| lines.push(l.to_string()))
+            .unwrap();
+        assert_eq!(lines, [format!("Threads:\t{before}")], "threads while run_lines() works");
         let e = sh("sleep 30 & exec sleep 30", None, within(100)).unwrap_err();
         assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
         assert_eq!(threads(), Some(before), "threads after a timeout");

@@ -26,15 +26,14 @@
 //! reloads: a total kept in the agent's memory would be lost with the agent anyway, and
 //! Prometheus's `rate()` and `increase()` already handle a counter that restarts at zero.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use crate::core::model::{JailName, LabelKind, OUTBOUND_LABEL};
-use crate::sys::counters::{LabelLine, Labelled, RuleCounters, parse_labels, parse_rule_states};
+use crate::sys::counters::{LabelsReader, Rule, RuleCounters, RuleReader, StatesReader};
 use crate::sys::runner::CmdError;
 
-use super::super::api::{PublicationState, PublicationStats, Refusal, RefusalKind, Standing};
+use super::super::api::{PublicationStats, Refusal, RefusalKind, Standing};
 use super::{Engine, System, lock};
 
 /// One counter read at a time, in the whole agent.
@@ -46,14 +45,25 @@ pub struct StatsRead {
     sys: Arc<System>,
     /// One jail's anchor alone, rather than every anchor.
     one_jail: bool,
-    items: Vec<Item>,
+    /// The answer, every publication's counters still to read.
+    stats: Vec<PublicationStats>,
+    /// By the index in `stats`: what its counters are read by, when its rules are loaded.
+    keys: Vec<Option<Key>>,
+    /// The jails with loaded rules among the publications reported.
+    jails: Vec<LoadedJail>,
 }
 
-struct Item {
-    state: PublicationState,
-    /// The anchor's path, when its rules are loaded, and since when.
-    loaded: Option<(String, SystemTime)>,
-    jail_label: String,
+/// What a publication's counters are read by.
+struct Key {
+    /// Its jail, in `StatsRead::jails`.
+    jail: usize,
+    /// The label on its pass rules.
+    label: String,
+}
+
+/// A jail whose rules are loaded: its anchor's path and the label on all its pass rules.
+struct LoadedJail {
+    anchor: String,
     label: String,
 }
 
@@ -61,21 +71,35 @@ impl Engine {
     /// The publications `stats` reports (of `jail` when given) and when each one's anchor was
     /// loaded. Runs no process.
     pub fn begin_stats(&self, jail: Option<&JailName>) -> StatsRead {
-        let items = self
-            .list(jail)
-            .into_iter()
-            .map(|state| {
-                let p = &state.publication;
-                let component = self.component(&p.jail);
-                // Only an active publication has rules in pf.
-                let loaded = match state.standing {
-                    Standing::Active => self.executor.loaded_at(&component).map(|t| (self.anchor_path(&component), t)),
-                    _ => None,
-                };
-                Item { jail_label: p.jail.label(), label: p.label(), loaded, state }
-            })
-            .collect();
-        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), items }
+        let states = self.states(jail);
+        let n = states.size_hint().0;
+        let (mut stats, mut keys, mut jails) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+        let mut index: HashMap<JailName, usize> = HashMap::new();
+        for state in states {
+            let p = &state.publication;
+            let component = || self.component(&p.jail);
+            // Only an active publication has rules in pf.
+            let since = match state.standing {
+                Standing::Active => self.executor.loaded_at(&component()),
+                _ => None,
+            };
+            let key = since.map(|_| {
+                let jail = *index.entry(p.jail.clone()).or_insert_with(|| {
+                    jails.push(LoadedJail { anchor: self.anchor_path(&component()), label: p.jail.label() });
+                    jails.len() - 1
+                });
+                Key { jail, label: p.label() }
+            });
+            keys.push(key);
+            // What `stats` does not show of the state (its interfaces, targets, reaches) is
+            // dropped here, not held for the whole read.
+            let (publication, standing) = (state.publication, state.standing);
+            stats.push(PublicationStats { publication, standing, since, counters: None, note: None });
+        }
+        // Publications being removed come after those counted in `n`.
+        stats.shrink_to_fit();
+        keys.shrink_to_fit();
+        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), stats, keys, jails }
     }
 
     /// How many jails the last observation saw running.
@@ -87,79 +111,163 @@ impl Engine {
 impl StatsRead {
     /// The standing of every publication reported.
     pub fn standings(&self) -> impl Iterator<Item = Standing> + '_ {
-        self.items.iter().map(|i| i.state.standing)
+        self.stats.iter().map(|s| s.standing)
     }
 
     /// Reads pf's counters (one pfctl call when pf.conf calls the anchors, see the module
     /// documentation), then the states each rule holds now (one more), and pairs them with the
     /// publications. A failure of a call that reads every anchor is an error; a failure to read
     /// one anchor leaves its publications without counters and says why.
-    pub fn read(self) -> Result<Vec<PublicationStats>, Refusal> {
+    ///
+    /// pfctl's output is added up as it is read, line by line, into the publications' counters:
+    /// what a read holds grows with the publications reported, not with the rules on the host.
+    pub fn read(mut self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
-        let labels = self.gather("counters", |a| self.sys.pf.labels(a), parse_labels)?;
-        let states = self.gather("current states", |a| self.sys.pf.rule_states(a), parse_rule_states)?;
-        let stats = self.items.iter().map(|i| {
-            let (since, counters, note) = match &i.loaded {
-                None => (None, None, None),
-                Some((anchor, since)) => match (labels.of(i, anchor), states.of(i, anchor)) {
-                    (Ok(lines), Ok(rules)) => {
-                        let mut counters = sum(lines, &i.label, &i.jail_label);
-                        counters.states =
-                            matching(rules, &i.label, &i.jail_label).fold(0u64, |n, r| n.saturating_add(r.states));
-                        (Some(*since), Some(counters), None)
-                    }
-                    (Err(e), _) => (Some(*since), None, Some(format!("cannot read pf's counters of {anchor}: {e}"))),
-                    (_, Err(e)) => {
-                        (Some(*since), None, Some(format!("cannot read pf's current states of {anchor}: {e}")))
-                    }
-                },
-            };
-            PublicationStats { state: i.state.clone(), since, counters, note }
-        });
-        Ok(stats.collect())
-    }
-
-    /// One kind of read (`what`, for messages) of every loaded anchor: one call for all of
-    /// them (unless one jail was asked for), then the anchors it did not show one by one.
-    fn gather<T: Labelled>(
-        &self,
-        what: &str,
-        read: impl Fn(&str) -> Result<String, CmdError>,
-        parse: fn(&str) -> Vec<T>,
-    ) -> Result<Found<T>, Refusal> {
-        let loaded = || self.items.iter().filter_map(|i| i.loaded.as_ref().map(|(a, _)| (a, i)));
-        let mut found = Found { all: BTreeMap::new(), alone: BTreeMap::new() };
-        if loaded().next().is_some() && !self.one_jail {
-            let text = read("*")
-                .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
-            found.all = by_jail_label(parse(&text));
-        }
-        for (anchor, i) in loaded() {
-            if !found.all.contains_key(&i.jail_label) && !found.alone.contains_key(anchor) {
-                found.alone.insert(anchor.clone(), read(anchor).map(|t| parse(&t)).map_err(|e| e.message()));
+        // A labels line carries every counter but the states, a rules line only the states: both
+        // reads add into the same sums.
+        let mut sums = vec![RuleCounters::default(); self.stats.len()];
+        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut sums)?;
+        let states =
+            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut sums)?;
+        for ((s, key), sum) in self.stats.iter_mut().zip(&self.keys).zip(sums) {
+            let Some(key) = key else { continue };
+            let anchor = &self.jails[key.jail].anchor;
+            match (labels.get(anchor), states.get(anchor)) {
+                (None, None) => s.counters = Some(sum),
+                (Some(e), _) => s.note = Some(format!("cannot read pf's counters of {anchor}: {e}")),
+                (_, Some(e)) => s.note = Some(format!("cannot read pf's current states of {anchor}: {e}")),
             }
         }
-        Ok(found)
+        Ok(self.stats)
+    }
+
+    /// One kind of read (`what`, for messages) of every loaded anchor, added into `sums`: one
+    /// call for all of them (unless one jail was asked for), then the anchors it did not show one
+    /// by one; each output read by an `R` as it comes. Says which anchors read alone failed, and
+    /// why.
+    fn gather<R: RuleReader>(
+        &self,
+        what: &str,
+        read: impl Fn(&str, &mut dyn FnMut(&str)) -> Result<(), CmdError>,
+        sums: &mut [RuleCounters],
+    ) -> Result<BTreeMap<String, String>, Refusal> {
+        let loaded = || {
+            self.keys.iter().enumerate().filter_map(|(k, key)| key.as_ref().map(|key| (&self.jails[key.jail], key, k)))
+        };
+        let mut all = Tally::new(true, std::iter::empty());
+        if loaded().next().is_some() && !self.one_jail {
+            all = Tally::new(true, loaded().map(|(jail, key, k)| (jail.label.as_str(), key.label.as_str(), k)));
+            let mut reader = R::default();
+            read("*", &mut |line: &str| {
+                if let Some(rule) = reader.line(line) {
+                    all.add(&rule, sums);
+                }
+            })
+            .map_err(|e| Refusal::new(RefusalKind::Pf, format!("cannot read pf's {what}: {}", e.message())))?;
+        }
+        // The anchors that read did not show, in the order of their first publication.
+        let mut unseen: Vec<(&str, Vec<Counted<'_>>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (jail, key, k) in loaded().filter(|(jail, ..)| !all.saw(&jail.label)) {
+            let i = *index.entry(&jail.anchor).or_insert_with(|| {
+                unseen.push((&jail.anchor, Vec::new()));
+                unseen.len() - 1
+            });
+            unseen[i].1.push((&jail.label, &key.label, k));
+        }
+        let mut failed = BTreeMap::new();
+        for (anchor, items) in unseen {
+            let mut tally = Tally::new(false, items.into_iter());
+            let mut reader = R::default();
+            let read = read(anchor, &mut |line: &str| {
+                if let Some(rule) = reader.line(line) {
+                    tally.add(&rule, sums);
+                }
+            });
+            if let Err(e) = read {
+                failed.insert(anchor.to_string(), e.message());
+            }
+        }
+        Ok(failed)
     }
 }
 
-/// What one kind of read found: by jail label, what the read of every anchor showed; by anchor
-/// path, what the anchors it did not show read alone gave.
-struct Found<T> {
-    all: BTreeMap<String, Vec<T>>,
-    alone: BTreeMap<String, Result<Vec<T>, String>>,
+/// A publication a [`Tally`] counts for: its jail's label, its own label, and the index of its
+/// sums.
+type Counted<'a> = (&'a str, &'a str, usize);
+
+/// Which publications a rule counts for, by jail label: it counts for a publication when it
+/// carries both its label and its jail's label (a publication has a pass rule per family), but
+/// not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
+struct Tally<'a> {
+    /// Whether this is the read of every anchor (`-a '*'`): a rule counts only inside the blocks
+    /// pf prints for the children of a wildcard anchor call, for the first agent's jail label it
+    /// carries, and only in the first block that showed that label (pf.conf calling the anchors
+    /// twice makes pf print each child twice). Otherwise (one anchor read alone) every rule
+    /// counts.
+    every: bool,
+    jails: HashMap<&'a str, TallyJail<'a>>,
 }
 
-impl<T> Found<T> {
-    /// The lines of `i`'s anchor (`anchor`), or why they could not be read.
-    fn of(&self, i: &Item, anchor: &str) -> Result<&[T], &str> {
-        match self.all.get(&i.jail_label) {
-            Some(lines) => Ok(lines),
-            None => match self.alone.get(anchor) {
-                Some(Ok(lines)) => Ok(lines),
-                Some(Err(e)) => Err(e),
-                None => Ok(&[]),
-            },
+/// One jail label's publications, in a [`Tally`].
+struct TallyJail<'a> {
+    /// The block its rules count in (the read of every anchor), once one showed its label.
+    block: Option<usize>,
+    /// Its publications: label, and index of their sums.
+    items: Vec<(&'a str, usize)>,
+}
+
+impl<'a> Tally<'a> {
+    /// Nothing counted yet for `items`.
+    fn new(every: bool, items: impl Iterator<Item = Counted<'a>>) -> Tally<'a> {
+        let mut jails: HashMap<&str, TallyJail<'_>> = HashMap::new();
+        for (jail, label, k) in items {
+            jails.entry(jail).or_insert_with(|| TallyJail { block: None, items: Vec::new() }).items.push((label, k));
+        }
+        Tally { every, jails }
+    }
+
+    /// Adds one rule's counters to the sums of the publications it counts for.
+    fn add(&mut self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+        let labels = &rule.labels;
+        if self.every {
+            if rule.block == 0 {
+                return;
+            }
+            let Some(jail_label) = labels.iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)) else { return };
+            let Some(jail) = self.jails.get_mut(*jail_label) else { return };
+            if *jail.block.get_or_insert(rule.block) == rule.block {
+                jail.count(rule, sums);
+            }
+            return;
+        }
+        for (k, w) in labels.iter().enumerate() {
+            if !labels[..k].contains(w) {
+                if let Some(jail) = self.jails.get_mut(*w) {
+                    jail.count(rule, sums);
+                }
+            }
+        }
+    }
+
+    /// Whether the read showed `jail_label` (the read of every anchor; a read of one anchor
+    /// shows none).
+    fn saw(&self, jail_label: &str) -> bool {
+        self.jails.get(jail_label).is_some_and(|j| j.block.is_some())
+    }
+}
+
+impl TallyJail<'_> {
+    /// Adds a rule that carries this jail's label to each of its publications whose label it
+    /// carries.
+    fn count(&self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+        if rule.labels.contains(&OUTBOUND_LABEL) {
+            return;
+        }
+        for (label, k) in &self.items {
+            if rule.labels.contains(label) {
+                sums[*k].add(&rule.counters);
+            }
         }
     }
 }
@@ -168,39 +276,6 @@ impl<T> Found<T> {
 pub fn stats(engine: &Mutex<Engine>, jail: Option<&JailName>) -> Result<Vec<PublicationStats>, Refusal> {
     let read = lock(engine).begin_stats(jail);
     read.read()
-}
-
-/// The lines of `pfctl -a '*' -s labels` (or `-v -s rules`) by the agent's jail label they
-/// carry, from the blocks pf prints for the children of a wildcard anchor call. When pf.conf
-/// calls the anchors twice, pf prints each child twice: only a jail label's first block counts.
-fn by_jail_label<T: Labelled>(lines: Vec<T>) -> BTreeMap<String, Vec<T>> {
-    let mut block_of: BTreeMap<String, usize> = BTreeMap::new();
-    let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
-    for l in lines.into_iter().filter(|l| l.block() > 0) {
-        let jail_label = l.labels().iter().find(|w| LabelKind::of(w) == Some(LabelKind::Jail)).cloned();
-        let Some(jail_label) = jail_label else { continue };
-        let block = l.block();
-        if *block_of.entry(jail_label.clone()).or_insert(block) == block {
-            out.entry(jail_label).or_default().push(l);
-        }
-    }
-    out
-}
-
-/// The rules carrying both `label` and `jail_label` (a publication has a pass rule per family),
-/// but not [`OUTBOUND_LABEL`]: a `pass out` rule counts again what a `pass in` rule counted.
-fn matching<'a, T: Labelled>(lines: &'a [T], label: &'a str, jail_label: &'a str) -> impl Iterator<Item = &'a T> {
-    let has = |l: &T, want: &str| l.labels().iter().any(|w| w == want);
-    lines.iter().filter(move |l| has(l, label) && has(l, jail_label) && !has(l, OUTBOUND_LABEL))
-}
-
-/// The counters of the [`matching`] rules, summed.
-fn sum(lines: &[LabelLine], label: &str, jail_label: &str) -> RuleCounters {
-    let mut total = RuleCounters::default();
-    for l in matching(lines, label, jail_label) {
-        total.add(&l.counters);
-    }
-    total
 }
 
 #[cfg(test)]
@@ -214,21 +289,38 @@ mod tests {
 
     #[test]
     fn a_pass_out_rule_is_not_counted_twice() {
-        use crate::sys::counters::LabelLine;
-        let line = |labels: &[&str], bytes_in: u64| LabelLine {
-            block: 1,
-            labels: labels.iter().map(|l| l.to_string()).collect(),
+        use crate::sys::counters::Rule;
+        let rule = |block: usize, labels: &[&'static str], bytes_in: u64| Rule {
+            block,
+            labels: labels.to_vec(),
             counters: counters(1, bytes_in, 1),
         };
-        let (p, j) = ("kleene:vweb:8080:80/tcp", "kleene/vweb");
-        let lines = [
-            line(&[p, j], 100),
-            line(&[p, j, crate::core::model::OUTBOUND_LABEL], 100),
-            line(&[p, j], 5),
-            line(&["kleene:vweb:9090:90/tcp", j], 1000),
+        let (p, j) = ("kleene:web:8080:80/tcp", "kleene/web");
+        let rules = [
+            rule(1, &[p, j], 100),
+            rule(1, &[p, j, crate::core::model::OUTBOUND_LABEL], 100),
+            rule(1, &[p, j, p], 5),
+            rule(1, &["kleene:web:8443:443/tcp", j], 1000),
+            rule(0, &[p, j], 7),
+            rule(2, &[p, j], 7),
+            rule(1, &["kleene/db", p, j], 7),
+            rule(1, &[j, j, p], 11),
         ];
-        let total = super::sum(&lines, p, j);
-        assert_eq!((total.bytes_in, total.states_created), (105, 2), "the pass out rule's repeat is skipped");
+        let mut sums = [RuleCounters::default(); 2];
+        let mut every = super::Tally::new(true, [(j, p, 0)].into_iter());
+        let mut alone = super::Tally::new(false, [(j, p, 1)].into_iter());
+        for r in &rules {
+            every.add(r, &mut sums);
+            alone.add(r, &mut sums);
+        }
+        assert_eq!(
+            (sums[0].bytes_in, sums[0].states_created),
+            (116, 3),
+            "the pass out rule's repeat is skipped, a label twice counts once; only the first block of the jail's \
+             first label counts"
+        );
+        assert_eq!((sums[1].bytes_in, sums[1].states_created), (137, 6), "an anchor read alone: every block counts");
+        assert!(every.saw(j) && !alone.saw(j));
     }
 
     /// web (dual-stack) publishing two ports, db not running.
@@ -243,7 +335,7 @@ mod tests {
     fn read(h: &Harness, jail: Option<&str>) -> Vec<(String, Option<RuleCounters>, Option<String>)> {
         let jail = jail.map(|j| j.parse().unwrap());
         let read = h.engine().begin_stats(jail.as_ref());
-        read.read().unwrap().into_iter().map(|s| (s.state.publication.spec.to_string(), s.counters, s.note)).collect()
+        read.read().unwrap().into_iter().map(|s| (s.publication.spec.to_string(), s.counters, s.note)).collect()
     }
 
     #[test]

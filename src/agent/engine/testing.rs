@@ -216,15 +216,21 @@ impl Pf for FakePf {
         self.call(PfCall::Enabled, PfOp::Show, &["pfctl", "-s", "info"]).map(|_| Some(true))
     }
 
-    fn labels(&self, anchor: &str) -> Result<String, CmdError> {
+    fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
         let m = self.call(PfCall::Labels(anchor.into()), PfOp::Show, &["pfctl", "-a", anchor, "-s", "labels"])?;
-        Ok(m.labels.get(anchor).cloned().unwrap_or_default())
+        let text = m.labels.get(anchor).cloned().unwrap_or_default();
+        drop(m);
+        text.lines().for_each(each);
+        Ok(())
     }
 
-    fn rule_states(&self, anchor: &str) -> Result<String, CmdError> {
+    fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
         let args = ["pfctl", "-P", "-a", anchor, "-v", "-s", "rules"];
         let m = self.call(PfCall::RuleStates(anchor.into()), PfOp::RuleStates, &args)?;
-        Ok(m.rule_states.get(anchor).cloned().unwrap_or_default())
+        let text = m.rule_states.get(anchor).cloned().unwrap_or_default();
+        drop(m);
+        text.lines().for_each(each);
+        Ok(())
     }
 
     fn interfaces(&self) -> Result<Vec<(String, bool)>, CmdError> {

@@ -15,7 +15,13 @@ impl Engine {
     /// `kleenectl ls`: every publication (of `jail` when given), by jail and spec, then those
     /// unpublished whose states pf has not killed yet.
     pub fn list(&self, jail: Option<&JailName>) -> Vec<PublicationState> {
-        let wanted = |j: &JailName| jail.is_none_or(|w| w == j);
+        self.states(jail).collect()
+    }
+
+    /// [`Engine::list`], each publication's state made as it is taken (so that a caller keeping
+    /// something else of each never holds the whole list too).
+    pub(super) fn states<'a>(&'a self, jail: Option<&'a JailName>) -> impl Iterator<Item = PublicationState> + 'a {
+        let wanted = move |j: &JailName| jail.is_none_or(|w| w == j);
         let mut pubs: Vec<&Stored> = match jail {
             Some(j) => self.state.of_jail(j).collect(),
             None => self.state.publications().iter().collect(),
@@ -23,7 +29,7 @@ impl Engine {
         pubs.sort_by(|a, b| {
             (&a.publication.jail, &a.publication.spec).cmp(&(&b.publication.jail, &b.publication.spec))
         });
-        let stored = pubs.into_iter().map(|s| {
+        let stored = pubs.into_iter().map(move |s| {
             let planned = self.last.statuses.get(&s.seq);
             let status = planned.map_or_else(|| Status::Pending("not planned yet".into()), |st| st.status.clone());
             let (standing, reason) = standing(self.with_pf(&s.publication, status));
@@ -40,7 +46,7 @@ impl Engine {
                 reached,
             }
         });
-        let removing = self.executor.removing().filter(|(p, _)| wanted(&p.jail)).map(|(p, retry)| {
+        let removing = self.executor.removing().filter(move |(p, _)| wanted(&p.jail)).map(|(p, retry)| {
             let why = retry.map_or(String::new(), |r| format!(": {}; {}", r.error, r.when()));
             PublicationState {
                 publication: p.clone(),
@@ -51,7 +57,7 @@ impl Engine {
                 reached: Vec::new(),
             }
         });
-        stored.chain(removing).collect()
+        stored.chain(removing)
     }
 
     /// A publication's status with what pf has not done yet: pf unusable, a flush or a state
