@@ -450,8 +450,10 @@ pub(crate) fn is_safe_component(s: &str) -> bool {
 }
 
 /// A jail's name: 1-255 bytes of printable ASCII other than whitespace, `"`, `'` and `\`.
+/// Shared, not copied: every publication, plan entry and loaded anchor of a jail names it, and
+/// at 10,000 publications one string each was 0.5 MB of the agent's memory.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JailName(String);
+pub struct JailName(std::sync::Arc<str>);
 
 impl JailName {
     pub fn as_str(&self) -> &str {
@@ -465,7 +467,7 @@ impl JailName {
     /// 16 hex digits of its FNV-1a 64-bit hash. The mapping never changes between versions,
     /// because anchors loaded by an earlier agent must be found again.
     pub fn component(&self) -> String {
-        if is_safe_component(&self.0) { self.0.clone() } else { self.hashed() }
+        if is_safe_component(&self.0) { self.0.to_string() } else { self.hashed() }
     }
 }
 
@@ -587,7 +589,7 @@ impl FromStr for JailName {
         if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\')) {
             return Err(InvalidValue::new("jail name", s, format!("{RULE}; found {c:?}")));
         }
-        Ok(JailName(s.to_string()))
+        Ok(JailName(s.into()))
     }
 }
 
