@@ -19,7 +19,7 @@ use super::address::{self, Context, Network, select_targets};
 use super::conflict::{self, Claims, NameClash, name_clash};
 use super::model::{Family, InterfaceName, JailName};
 use super::publication::Publication;
-use super::reach::{From, Reach};
+use super::reach::{Reach, Reached};
 use super::readback;
 use super::render::{Gateways, HostView, Targets};
 use super::renderer::Renderer;
@@ -166,7 +166,7 @@ pub struct PubStatus {
     pub interfaces: Arc<[InterfaceName]>,
     pub targets: Targets,
     /// Where it can be reached from (empty unless active).
-    pub reached: Vec<From>,
+    pub reached: Reached,
     /// Reaches asked for that cannot work here, and why.
     pub notes: Vec<String>,
 }
@@ -486,7 +486,7 @@ fn admit<'a>(
         status: Status::Active,
         interfaces: Arc::clone(&scope.no_interfaces),
         targets: Targets::default(),
-        reached: vec![],
+        reached: Reached::default(),
         notes: vec![],
     };
     let reach = &scope.reach;
@@ -623,7 +623,7 @@ fn render_jail(
         st.interfaces = Arc::clone(&r.interfaces);
         st.notes.clone_from(&r.notes);
         if st.status == Status::Active && pf_error.is_none() && r.no_rules.is_none() {
-            st.reached.clone_from(&r.reached);
+            st.reached = r.reached;
         }
         if let Some(err) = pf_error {
             st.status = Status::Error(format!("pf refused the anchor: {err}"));

@@ -83,6 +83,46 @@ pub enum From {
     Host,
 }
 
+/// A set of [`From`]s, kept in a byte: every publication's plan entry and rendering holds one,
+/// and a vector each was two allocations per publication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Reached(u8);
+
+impl Reached {
+    const ALL: [From; 4] = [From::Outside, From::Jails, From::Networks, From::Host];
+
+    pub fn insert(&mut self, from: From) {
+        self.0 |= 1 << from as u8;
+    }
+
+    pub fn contains(self, from: From) -> bool {
+        self.0 & (1 << from as u8) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The members, in [`From`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = From> {
+        Reached::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+
+    pub fn to_vec(self) -> Vec<From> {
+        self.iter().collect()
+    }
+}
+
+impl FromIterator<From> for Reached {
+    fn from_iter<I: IntoIterator<Item = From>>(froms: I) -> Reached {
+        let mut r = Reached::default();
+        for f in froms {
+            r.insert(f);
+        }
+        r
+    }
+}
+
 impl fmt::Display for From {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -97,6 +137,16 @@ impl fmt::Display for From {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reached_set_holds_each_from_once_in_order() {
+        let r: Reached = [From::Host, From::Outside, From::Host].into_iter().collect();
+        assert_eq!(r.to_vec(), [From::Outside, From::Host]);
+        assert!(r.contains(From::Host) && !r.contains(From::Jails) && !r.is_empty());
+        assert!(Reached::default().is_empty());
+        let all: Reached = Reached::ALL.into_iter().rev().collect();
+        assert_eq!(all.to_vec(), Reached::ALL);
+    }
 
     #[test]
     fn defaults_are_all_on_and_a_publication_only_turns_off() {

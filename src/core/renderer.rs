@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::model::{InterfaceName, JailName};
 use super::plan::{Loaded, RunningJail, Stored};
-use super::reach::From;
+use super::reach::Reached;
 use super::render::{HostView, Targets, render_anchor};
 use super::spec::PortSpec;
 
@@ -33,7 +33,7 @@ pub struct PubRendered {
     /// Why it has no rule at all, when it has none.
     pub no_rules: Option<String>,
     /// Where it can be reached from.
-    pub reached: Vec<From>,
+    pub reached: Reached,
     /// Reaches asked for that cannot work here, and why.
     pub notes: Vec<String>,
 }
@@ -159,7 +159,7 @@ fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], host: &HostView
                 seq: seq_of[&p.spec],
                 interfaces,
                 no_rules,
-                reached: r.reached.clone(),
+                reached: r.reached.iter().copied().collect(),
                 notes: r.notes.clone(),
             }
         })

@@ -215,7 +215,7 @@ impl Engine {
         let mut out = Vec::new();
         for s in self.state.publications() {
             let Some(st) = self.last.statuses.get(&s.seq) else { continue };
-            if st.status != Status::Active || !st.reached.contains(&crate::core::reach::From::Host) {
+            if st.status != Status::Active || !st.reached.contains(crate::core::reach::From::Host) {
                 continue;
             }
             let p = &s.publication;

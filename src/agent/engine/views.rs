@@ -34,7 +34,7 @@ impl Engine {
             let status = planned.map_or_else(|| Status::Pending("not planned yet".into()), |st| st.status.clone());
             let (standing, reason) = standing(self.with_pf(&s.publication, status));
             let reached = match standing {
-                Standing::Active => planned.map_or_else(Vec::new, |st| st.reached.clone()),
+                Standing::Active => planned.map_or_else(Vec::new, |st| st.reached.to_vec()),
                 _ => Vec::new(),
             };
             PublicationState {
