@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod host;
+pub mod later;
 pub mod parse;
 pub mod pf;
 pub mod runner;

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use super::counters::{PF_CALLS, PfOp};
+use super::later::Later;
 use super::parse;
 use super::runner::{self, CmdError};
 
@@ -39,6 +40,11 @@ pub trait Pf: Send + Sync {
     fn kill_label(&self, label: &str) -> Result<(), CmdError>;
     /// Paths of the anchors directly below `parent` (empty when `parent` does not exist).
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError>;
+    /// [`Pf::anchors`], to run together with other reads
+    /// ([`run_together`](super::later::run_together)).
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Vec<String>, CmdError>> {
+        Later::known(self.anchors(parent))
+    }
     /// The rules of `anchor` (the main ruleset for `None`), numerically, as pfctl prints them.
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError>;
     /// Whether pf is enabled (`None` when pfctl's answer could not be read).
@@ -121,8 +127,14 @@ impl Pf for Pfctl {
     }
 
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
+        self.anchors_later(parent).get()
+    }
+
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Vec<String>, CmdError>> {
         let args = ["-a", parent, "-s", "Anchors"];
-        counted(PfOp::Anchors, self.run_judged(&args).and_then(|out| self.listed(&args, out)))
+        Later::command(runner::Cmd::new(&self.path, &args, self.limits).judged(), move |answer| {
+            counted(PfOp::Anchors, answer.and_then(|out| self.listed(&args, out)))
+        })
     }
 
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError> {

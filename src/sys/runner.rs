@@ -35,6 +35,9 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+mod together;
+pub use together::{Cmd, run_all};
+
 /// How long any one tool may run, its output pipes included, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -166,32 +169,35 @@ pub fn run(
     let err = |kind| CmdError { argv: argv.clone(), stdin_len: stdin.map_or(0, <[u8]>::len), kind };
     let start = Instant::now();
     let deadline = start.checked_add(limits.timeout).unwrap_or_else(|| start + FOREVER);
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .process_group(0);
-    let child = cmd.spawn().map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
+    let child = spawn(prog, args, stdin.is_some()).map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
     let mut job = Job::new(child, stdin.unwrap_or_default());
     let status = match job.drive(deadline, limits.max_output) {
         Ok(status) => status,
         Err(stop) => {
             job.abort();
-            return Err(err(match stop {
-                Stop::Timeout => CmdErrorKind::Timeout(limits.timeout),
-                Stop::TooMuchOutput => CmdErrorKind::TooMuchOutput { limit: limits.max_output },
-                Stop::Io(what, e) => CmdErrorKind::Spawn(format!("{what} failed while it ran: {e}")),
-            }));
+            return Err(err(stop.kind(limits)));
         }
     };
-    let stdout = String::from_utf8_lossy(&job.out).into_owned();
-    let stderr = String::from_utf8_lossy(&job.err).into_owned();
-    if !status.success() && !allow_failure {
-        return Err(err(CmdErrorKind::Failed { status: status.code(), stderr, stdout }));
-    }
-    Ok(Output { status, stdout, stderr })
+    job.answer(status, allow_failure).map_err(err)
+}
+
+/// Starts `prog args...` as the leader of its own process group, in the C locale, its stdin a
+/// pipe when `stdin` (else /dev/null), its stdout and stderr pipes.
+fn spawn(prog: &Path, args: &[&str], stdin: bool) -> io::Result<Child> {
+    Command::new(prog)
+        .args(args)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .process_group(0)
+        .spawn()
+}
+
+/// What a tool printed, as text: moved, not copied, when it is valid UTF-8 (as it nearly always
+/// is); invalid sequences become U+FFFD.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Stands in for a deadline too far away for `Instant` to hold.
@@ -210,6 +216,17 @@ enum Stop {
     TooMuchOutput,
     /// A system call on its pipes failed (not expected on pipes; kept for the error message).
     Io(&'static str, io::Error),
+}
+
+impl Stop {
+    /// The error of a command stopped for this reason under `limits`.
+    fn kind(self, limits: Limits) -> CmdErrorKind {
+        match self {
+            Stop::Timeout => CmdErrorKind::Timeout(limits.timeout),
+            Stop::TooMuchOutput => CmdErrorKind::TooMuchOutput { limit: limits.max_output },
+            Stop::Io(what, e) => CmdErrorKind::Spawn(format!("{what} failed while it ran: {e}")),
+        }
+    }
 }
 
 /// A started tool: the child (leader of its own process group), our ends of its pipes and what
@@ -242,7 +259,9 @@ impl<'a> Job<'a> {
         if self.data.is_empty() {
             self.input = None;
         }
-        let mut chunk = vec![0u8; CHUNK];
+        // On the stack: a heap block this large, freed after every command, made glibc's malloc
+        // consolidate its free lists each time.
+        let mut chunk = [0u8; CHUNK];
         while self.input.is_some() || self.stdout.is_some() || self.stderr.is_some() {
             let [input, stdout, stderr] = self.ready(time_left(deadline).ok_or(Stop::Timeout)?)?;
             if input {
@@ -270,6 +289,17 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// What the reaped tool answered: its output, or the error of a non-zero exit unless
+    /// `allow_failure`.
+    fn answer(&mut self, status: ExitStatus, allow_failure: bool) -> Result<Output, CmdErrorKind> {
+        let stdout = text(std::mem::take(&mut self.out));
+        let stderr = text(std::mem::take(&mut self.err));
+        if !status.success() && !allow_failure {
+            return Err(CmdErrorKind::Failed { status: status.code(), stderr, stdout });
+        }
+        Ok(Output { status, stdout, stderr })
+    }
+
     /// Our ends of stdin, stdout and stderr, None once closed.
     fn pipes(&self) -> [Option<BorrowedFd<'_>>; 3] {
         [
@@ -277,6 +307,18 @@ impl<'a> Job<'a> {
             self.stdout.as_ref().map(AsFd::as_fd),
             self.stderr.as_ref().map(AsFd::as_fd),
         ]
+    }
+
+    /// What poll(2) is to watch for on stdin, stdout and stderr. It ignores a negative
+    /// descriptor: that is a pipe already closed.
+    fn watch(&self) -> [libc::pollfd; 3] {
+        let [input, stdout, stderr] = self.pipes();
+        let watch = |fd: Option<BorrowedFd<'_>>, events| libc::pollfd {
+            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+            events,
+            revents: 0,
+        };
+        [watch(input, libc::POLLOUT), watch(stdout, libc::POLLIN), watch(stderr, libc::POLLIN)]
     }
 
     /// Makes our pipe ends non-blocking (the tool's ends are separate open files, untouched).
@@ -291,14 +333,7 @@ impl<'a> Job<'a> {
     /// Waits at most `left` for the open pipes; says which of stdin, stdout and stderr can go on
     /// (ready, at end of file or broken). A signal ends the wait early with nothing ready.
     fn ready(&self, left: Duration) -> Result<[bool; 3], Stop> {
-        // poll(2) ignores a negative descriptor: that is a pipe already closed.
-        let [input, stdout, stderr] = self.pipes();
-        let watch = |fd: Option<BorrowedFd<'_>>, events| libc::pollfd {
-            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
-            events,
-            revents: 0,
-        };
-        let mut fds = [watch(input, libc::POLLOUT), watch(stdout, libc::POLLIN), watch(stderr, libc::POLLIN)];
+        let mut fds = self.watch();
         let nfds: libc::nfds_t = 3;
         // Round up, so that less than a millisecond left waits instead of spinning.
         let ms = libc::c_int::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
@@ -604,6 +639,30 @@ mod tests {
         assert!(matches!(e.kind, CmdErrorKind::Failed { .. }), "{e}");
         let e = run(Path::new("/nonexistent/route"), &[], Some(b"x"), false, Limits::default()).unwrap_err();
         assert!(e.is_missing(), "{e}");
+        // The same endings at once.
+        let sh = |script, stdin, limits| Cmd { stdin, ..Cmd::new(Path::new("/bin/sh"), &["-c", script], limits) };
+        let cmds = [
+            sh("cat", Some(&input[..]), Limits::default()),
+            sh("sleep 30 & exec sleep 30", Some(b"x"), within(50)),
+            sh("yes", None, Limits { max_output: 4096, ..Limits::default() }),
+            sh("echo no >&2; exit 2", None, Limits::default()),
+            Cmd { stdin: Some(b"x"), ..Cmd::new(Path::new("/nonexistent/route"), &[], Limits::default()) },
+        ];
+        let all = run_all(&cmds.iter().collect::<Vec<_>>());
+        assert_eq!(all[0].as_ref().unwrap().stdout.len(), input.len());
+        let kinds: Vec<_> = all[1..].iter().map(|a| &a.as_ref().unwrap_err().kind).collect();
+        assert!(
+            matches!(
+                kinds[..],
+                [
+                    CmdErrorKind::Timeout(_),
+                    CmdErrorKind::TooMuchOutput { .. },
+                    CmdErrorKind::Failed { .. },
+                    CmdErrorKind::Spawn(_)
+                ]
+            ),
+            "{kinds:?}"
+        );
     }
 
     #[test]
@@ -654,6 +713,20 @@ mod tests {
         let e = sh("sleep 30 & exec sleep 30", None, within(100)).unwrap_err();
         assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
         assert_eq!(threads(), Some(before), "threads after a timeout");
+        let report = "cat >/dev/null; grep '^Threads:' /proc/$PPID/status";
+        let reads =
+            Cmd { stdin: Some(&input[..]), ..Cmd::new(Path::new("/bin/sh"), &["-c", report], Limits::default()) };
+        let hangs = Cmd::new(Path::new("/bin/sh"), &["-c", "sleep 30 & exec sleep 30"], within(100));
+        let all = run_all(&[&reads, &reads, &hangs]);
+        for o in &all[..2] {
+            assert_eq!(
+                o.as_ref().unwrap().stdout.trim(),
+                format!("Threads:\t{before}"),
+                "threads while run_all() works"
+            );
+        }
+        assert!(matches!(all[2].as_ref().unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert_eq!(threads(), Some(before), "threads after run_all()");
     }
 
     /// Signals keep interrupting poll, reads and writes (as SIGCHLD does in the agent): the
@@ -703,11 +776,22 @@ mod tests {
         let start = Instant::now();
         let late = sh("exec sleep 30", None, within(300));
         let took = start.elapsed();
+        let limits = Limits { max_output: 2 << 20, ..Limits::default() };
+        let cat = Cmd { stdin: Some(&input[..]), ..Cmd::new(Path::new("/bin/cat"), &[], limits) };
+        let slow_cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "sleep 0.2; echo done"], within(5000));
+        let late_cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "exec sleep 30"], within(300));
+        let start = Instant::now();
+        let all = run_all(&[&cat, &slow_cmd, &late_cmd]);
+        let took_all = start.elapsed();
         stop.store(true, Ordering::Relaxed);
         pest.join().unwrap();
         assert!(o.unwrap().stdout.as_bytes() == input);
         assert_eq!(slow.unwrap().stdout, "done\n");
         assert!(matches!(late.unwrap_err().kind, CmdErrorKind::Timeout(_)));
         assert!(took < PROMPT, "took {took:?}");
+        assert!(all[0].as_ref().unwrap().stdout.as_bytes() == input);
+        assert_eq!(all[1].as_ref().unwrap().stdout, "done\n");
+        assert!(matches!(all[2].as_ref().unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert!(took_all < PROMPT, "run_all took {took_all:?}");
     }
 }

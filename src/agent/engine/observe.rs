@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::model::{Family, InterfaceName, JailName};
 use crate::core::plan::{AddrsUnknown, Observed, RunningJail};
-use crate::sys::host::{Routes, SysError};
+use crate::sys::host::SysError;
+use crate::sys::later::{Deferred, Later, run_together};
 use crate::sys::parse::{HostInterfaces, JailInfo};
 use crate::sys::runner::CmdError;
 
@@ -177,19 +178,24 @@ impl Observer {
     }
 
     /// What a poll reads: the jails, the gateways, the anchors below `parent`, and the host's
-    /// own addresses when `host_addrs_due` and a VNET jail runs. Runs processes and nothing
-    /// else: it needs no lock. The reads are independent and run at once.
+    /// own addresses when `host_addrs_due`. Runs processes and nothing else: it needs no lock.
+    /// The reads are independent and run at once, on this thread.
     pub(super) fn read(sys: &System, parent: &str, host_addrs_due: bool) -> Reading {
         let started = Instant::now();
-        let (jails, gateways, anchors) = std::thread::scope(|s| {
-            let jails = s.spawn(|| sys.jails.list());
-            let gateways = s.spawn(|| read_gateways(&*sys.routes));
-            let anchors = sys.pf.anchors(parent);
-            let join = "observation threads do not panic";
-            (jails.join().expect(join), gateways.join().expect(join), anchors)
-        });
-        let host_addrs = host_addrs_due.then(|| sys.ifaces.host_addrs());
-        Reading { jails, gateways, anchors, host_addrs, started }
+        let mut jails = sys.jails.list_later();
+        let [mut v4, mut v6] = Family::BOTH.map(|f| sys.routes.gateway_later(f));
+        let mut anchors = sys.pf.anchors_later(parent);
+        let mut host_addrs = host_addrs_due.then(|| sys.ifaces.host_addrs_later());
+        let mut reads: Vec<&mut dyn Deferred> = vec![&mut jails, &mut v4, &mut v6, &mut anchors];
+        reads.extend(host_addrs.as_mut().map(|h| h as &mut dyn Deferred));
+        run_together(&mut reads);
+        Reading {
+            jails: jails.get(),
+            gateways: [v4.get(), v6.get()],
+            anchors: anchors.get(),
+            host_addrs: host_addrs.map(Later::get),
+            started,
+        }
     }
 
     /// Takes in a poll's reading, except what requests `touched` while it was read (what they
@@ -260,11 +266,10 @@ impl Observer {
     /// routes, so that the request costs work proportional to it, not to the host. The full
     /// jail list and pf's anchors are read every poll. Returns whether the observation changed.
     pub(super) fn observe_jail(&mut self, sys: &System, name: &JailName) -> bool {
-        let (jail, gateways) = std::thread::scope(|s| {
-            let gateways = s.spawn(|| read_gateways(&*sys.routes));
-            let jail = sys.jails.get(name);
-            (jail, gateways.join().expect("observation threads do not panic"))
-        });
+        let mut jail = sys.jails.get_later(name);
+        let [mut v4, mut v6] = Family::BOTH.map(|f| sys.routes.gateway_later(f));
+        run_together(&mut [&mut jail, &mut v4, &mut v6]);
+        let (jail, gateways) = (jail.get(), [v4.get(), v6.get()]);
         let mut changed = false;
         match jail {
             Ok(found) => {
@@ -423,15 +428,6 @@ impl Observer {
         }
         self.problems.insert(source, msg);
     }
-}
-
-/// The gateway interfaces of both families, read at once.
-fn read_gateways(routes: &dyn Routes) -> [Result<Option<InterfaceName>, SysError>; 2] {
-    std::thread::scope(|s| {
-        let v6 = s.spawn(|| routes.gateway(Family::Inet6));
-        let v4 = routes.gateway(Family::Inet);
-        [v4, v6.join().expect("observation threads do not panic")]
-    })
 }
 
 #[cfg(test)]
