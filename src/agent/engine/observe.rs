@@ -211,19 +211,27 @@ impl Observer {
         }
         let complete = reading.jails.is_ok() && reading.gateways.iter().all(Result::is_ok);
         match reading.jails {
-            Ok(list) => {
+            Ok(mut list) => {
                 self.problems.remove(&Source::Jls);
-                let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
-                let read: Vec<RunningJail> =
-                    list.into_iter().filter(|j| !touched.jails.contains(&j.name)).map(|j| self.running(j)).collect();
-                let mut jails: Vec<RunningJail> = kept.chain(read).collect();
                 // By name, whatever order jls printed and requests read them in: a poll that
                 // finds the same jails finds no change (and plans nothing).
-                jails.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                let live: BTreeSet<u32> = jails.iter().map(|j| j.jid).collect();
+                list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                // What an idle poll finds: the jails it saw last time. They are compared as
+                // read, not rebuilt first.
+                if !touched.jails.is_empty() || !self.same_jails(&list) {
+                    let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
+                    let read: Vec<RunningJail> = list
+                        .into_iter()
+                        .filter(|j| !touched.jails.contains(&j.name))
+                        .map(|j| self.running(j))
+                        .collect();
+                    let mut jails: Vec<RunningJail> = kept.chain(read).collect();
+                    jails.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                    changed |= jails != self.observed.jails;
+                    self.observed.jails = jails;
+                }
+                let live: BTreeSet<u32> = self.observed.jails.iter().map(|j| j.jid).collect();
                 self.vnet.retain(&live);
-                changed |= jails != self.observed.jails;
-                self.observed.jails = jails;
             }
             Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
         }
@@ -235,24 +243,36 @@ impl Observer {
         if complete {
             self.complete_at = Some(reading.started);
         }
-        let prefix = format!("{parent}/");
         match reading.anchors {
             Ok(list) => {
                 self.problems.remove(&Source::Pf);
-                let mut present: BTreeSet<String> = list
+                // The children of `parent` pf listed, sorted and once each, as a set holds
+                // them; compared with the last ones before a set is built.
+                let mut children: Vec<&str> = list
                     .iter()
-                    .filter_map(|a| a.strip_prefix(&prefix))
+                    .filter_map(|a| a.strip_prefix(parent)?.strip_prefix('/'))
                     .filter(|c| !c.contains('/'))
                     .filter(|c| !touched.anchors.contains(*c))
-                    .map(str::to_string)
                     .collect();
-                let known = self.observed.anchors.iter().flatten();
-                present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
+                children.sort_unstable();
+                children.dedup();
+                let same = touched.anchors.is_empty()
+                    && self
+                        .observed
+                        .anchors
+                        .as_ref()
+                        .is_some_and(|a| a.iter().map(String::as_str).eq(children.iter().copied()));
+                if !same {
+                    let mut present: BTreeSet<String> = children.iter().map(|c| c.to_string()).collect();
+                    let known = self.observed.anchors.iter().flatten();
+                    present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
+                    changed |= self.observed.anchors.as_ref() != Some(&present);
+                    self.observed.anchors = Some(present);
+                }
+                let present = self.observed.anchors.as_ref().expect("just observed");
                 let foreign = self.observed.foreign.len();
                 self.observed.foreign.retain(|c| present.contains(c));
                 changed |= self.observed.foreign.len() != foreign;
-                changed |= self.observed.anchors.as_ref() != Some(&present);
-                self.observed.anchors = Some(present);
             }
             Err(e) => {
                 self.problem(Source::Pf, format!("pf is not usable: {}", e.message()));
@@ -343,10 +363,32 @@ impl Observer {
         }
     }
 
+    /// Whether `list` (sorted by name) holds exactly the jails observed last, with the same
+    /// jids and addresses.
+    fn same_jails(&self, list: &[JailInfo]) -> bool {
+        let same = |j: &JailInfo, o: &RunningJail| {
+            j.name == o.name
+                && j.jid == o.jid
+                && j.vnet == o.vnet
+                && if j.vnet {
+                    self.vnet_addrs(j.jid, &j.name) == o.addrs
+                } else {
+                    o.addrs.as_ref().is_ok_and(|a| a.iter().eq(j.ip4.iter().chain(&j.ip6)))
+                }
+        };
+        list.len() == self.observed.jails.len() && list.iter().zip(&self.observed.jails).all(|(j, o)| same(j, o))
+    }
+
     /// A jail as the planner sees it: its addresses (a VNET jail's as last read in the
     /// background, see `vnet`), or why they are not known.
     fn running(&self, j: JailInfo) -> RunningJail {
-        let addrs = if j.vnet { self.vnet_addrs(j.jid, &j.name) } else { Ok(j.ip4.into_iter().chain(j.ip6).collect()) };
+        let addrs = if j.vnet {
+            self.vnet_addrs(j.jid, &j.name)
+        } else {
+            let mut addrs = j.ip4;
+            addrs.extend(j.ip6);
+            Ok(addrs)
+        };
         RunningJail { name: j.name, jid: j.jid, vnet: j.vnet, addrs }
     }
 
@@ -541,6 +583,31 @@ mod tests {
         let touched = Touched { jails: ["app".parse().unwrap()].into(), ..Touched::default() };
         assert!(!o.take(reading, "kleene", &touched), "a poll that saw what the request saw changes nothing");
         assert_eq!(names(&o), ["app", "db", "web"]);
+    }
+
+    /// An idle poll compares what it read with what it saw before building anything: a
+    /// change of one address, one jid or one anchor among the same names is still a change.
+    #[test]
+    fn a_poll_finds_one_changed_address_jid_or_anchor_among_the_same_names() {
+        use crate::sys::pf::Pf;
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        let both = |web: JailInfo| vec![web, jail("db", 4, &["10.13.37.3"])];
+        f.jails.set(both(jail("web", 3, &["10.13.37.2"])));
+        f.pf.set_anchor("kleene/web", "pass in all\n");
+        assert!(o.observe(&f.system(), "kleene"));
+        assert!(!o.observe(&f.system(), "kleene"), "the same again");
+        f.jails.set(both(jail("web", 3, &["10.13.37.2", "fd00::2"])));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[1].addrs, Ok(vec!["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]));
+        f.jails.set(both(jail("web", 5, &["10.13.37.2", "fd00::2"])));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[1].jid, 5);
+        f.pf.flush("kleene/web").unwrap();
+        f.pf.set_anchor("kleene/db", "pass in all\n");
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().anchors, Some(["db".to_string()].into()));
+        assert!(!o.observe(&f.system(), "kleene"), "the same again");
     }
 
     /// Requests that read their jail during every poll (a steady stream of publishes) must not
