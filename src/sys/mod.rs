@@ -21,3 +21,13 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Puts `LC_ALL=C` in the process's own environment, for the tools it runs to inherit: the
+/// runner then need not add it to each tool's environment, which makes std copy the whole
+/// environment at every spawn (a poll spawns four). Nothing in this program reads the locale.
+/// Called once at the agent's start, before any thread.
+pub fn c_locale_for_tools() {
+    // SAFETY: called before the agent starts any thread, so nothing reads the environment
+    // while it changes.
+    unsafe { std::env::set_var("LC_ALL", "C") };
+}

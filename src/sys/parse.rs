@@ -101,14 +101,13 @@ mod jls {
 
     impl<'de> de::Deserialize<'de> for Document {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(Object { key: &["jail-information"], then: InfoSeed }).map(|v| Document(v.flatten()))
+            d.deserialize_any(Object { key: "jail-information", then: InfoSeed }).map(|v| Document(v.flatten()))
         }
     }
 
-    /// An object whose value at `key` (a list of one) is read by `then`; any other value reads
-    /// as None.
+    /// An object whose value at `key` is read by `then`; any other value reads as None.
     struct Object<S> {
-        key: &'static [&'static str],
+        key: &'static str,
         then: S,
     }
 
@@ -121,8 +120,8 @@ mod jls {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = None;
-            while let Some(is) = map.next_key_seed(KeyIs(self.key))? {
-                if is == Some(0) {
+            while let Some(is) = map.next_key_seed(Key(|k: &str| (k == self.key).then_some(())))? {
+                if is.is_some() {
                     found = Some(map.next_value_seed(self.then)?);
                 } else {
                     map.next_value_seed(Skip)?;
@@ -146,7 +145,7 @@ mod jls {
         type Value = Option<Jails>;
 
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(Object { key: &["jail"], then: ListSeed }).map(Option::flatten)
+            d.deserialize_any(Object { key: "jail", then: ListSeed }).map(Option::flatten)
         }
     }
 
@@ -196,7 +195,26 @@ mod jls {
         }
     }
 
-    const FIELDS: &[&str] = &["jid", "name", "ip4.addr", "ip6.addr", "vnet"];
+    /// The keys of a jail that are read.
+    enum Field {
+        Jid,
+        Name,
+        Ip4,
+        Ip6,
+        Vnet,
+    }
+
+    /// A `match`: a few comparisons inlined, not a call per key and candidate.
+    fn field(key: &str) -> Option<Field> {
+        match key {
+            "jid" => Some(Field::Jid),
+            "name" => Some(Field::Name),
+            "ip4.addr" => Some(Field::Ip4),
+            "ip6.addr" => Some(Field::Ip6),
+            "vnet" => Some(Field::Vnet),
+            _ => None,
+        }
+    }
 
     impl<'de> Visitor<'de> for EntrySeed {
         type Value = Option<JailInfo>;
@@ -207,21 +225,28 @@ mod jls {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let (mut jid, mut name, mut ip4, mut ip6, mut vnet) = (None, None, Vec::new(), Vec::new(), false);
-            while let Some(field) = map.next_key_seed(KeyIs(FIELDS))? {
-                match field {
-                    Some(0) => jid = map.next_value_seed(ScalarSeed)?.jid(),
-                    Some(1) => name = map.next_value_seed(ScalarSeed)?.text().and_then(|s| s.parse::<JailName>().ok()),
-                    Some(i @ (2 | 3)) => {
+            while let Some(key) = map.next_key_seed(Key(field))? {
+                match key {
+                    Some(Field::Jid) => jid = map.next_value_seed(ScalarSeed)?.jid(),
+                    Some(Field::Name) => {
+                        name = map.next_value_seed(ScalarSeed)?.text().and_then(|s| s.parse::<JailName>().ok());
+                    }
+                    Some(family @ (Field::Ip4 | Field::Ip6)) => {
                         let mut addrs = Vec::new();
                         map.next_value_seed(Addrs(&mut addrs))?;
-                        addrs.retain(if i == 2 { IpAddr::is_ipv4 } else { IpAddr::is_ipv6 });
-                        *(if i == 2 { &mut ip4 } else { &mut ip6 }) = addrs;
+                        if let Field::Ip4 = family {
+                            addrs.retain(IpAddr::is_ipv4);
+                            ip4 = addrs;
+                        } else {
+                            addrs.retain(IpAddr::is_ipv6);
+                            ip6 = addrs;
+                        }
                     }
-                    Some(4) => {
-                        vnet =
-                            map.next_value_seed(ScalarSeed)?.text().is_some_and(|s| matches!(&*s, "new" | "1" | "true"))
+                    Some(Field::Vnet) => {
+                        let scalar = map.next_value_seed(ScalarSeed)?;
+                        vnet = scalar.text().is_some_and(|s| matches!(&*s, "new" | "1" | "true"));
                     }
-                    _ => map.next_value_seed(Skip)?,
+                    None => map.next_value_seed(Skip)?,
                 }
             }
             Ok(jid.zip(name).map(|(jid, name)| JailInfo { jid, name, ip4, ip6, vnet }))
@@ -234,26 +259,26 @@ mod jls {
         scalars_are!(None);
     }
 
-    /// Which of a list of keys an object's key is, if any; read without copying it.
-    struct KeyIs(&'static [&'static str]);
+    /// What `which` makes of an object's key, read without copying it.
+    struct Key<F>(F);
 
-    impl<'de> DeserializeSeed<'de> for KeyIs {
-        type Value = Option<usize>;
+    impl<'de, T, F: FnOnce(&str) -> Option<T>> DeserializeSeed<'de> for Key<F> {
+        type Value = Option<T>;
 
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_str(self)
         }
     }
 
-    impl Visitor<'_> for KeyIs {
-        type Value = Option<usize>;
+    impl<T, F: FnOnce(&str) -> Option<T>> Visitor<'_> for Key<F> {
+        type Value = Option<T>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(f, "a key")
         }
 
         fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-            Ok(self.0.iter().position(|k| *k == key))
+            Ok((self.0)(key))
         }
     }
 

@@ -184,14 +184,19 @@ pub fn run(
 /// Starts `prog args...` as the leader of its own process group, in the C locale, its stdin a
 /// pipe when `stdin` (else /dev/null), its stdout and stderr pipes.
 fn spawn(prog: &Path, args: &[&str], stdin: bool) -> io::Result<Child> {
-    Command::new(prog)
-        .args(args)
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    // Changing one variable makes std copy the whole environment at every spawn: when the
+    // process's own environment already says LC_ALL=C (the agent's does, see
+    // `sys::c_locale_for_tools`), the tool inherits it as it is.
+    if std::env::var_os("LC_ALL").is_none_or(|v| v != "C") {
+        cmd.env("LC_ALL", "C");
+    }
+    cmd.spawn()
 }
 
 /// What a tool printed, as text: moved, not copied, when it is valid UTF-8 (as it nearly always
@@ -468,6 +473,16 @@ mod tests {
         assert_eq!(e.argv, ["/bin/sh", "-c", "echo oops >&2; exit 3"]);
         assert_eq!(e.message(), "oops");
         assert!(e.to_string().contains("exited with status 3: oops"), "{e}");
+    }
+
+    /// Tools speak the C locale, whatever the caller's environment says (here: whatever the
+    /// test harness was started with).
+    #[test]
+    fn tools_run_in_the_c_locale() {
+        let o = run(Path::new("/bin/sh"), &["-c", "echo \"$LC_ALL\""], None, false, Limits::default()).unwrap();
+        assert_eq!(o.stdout, "C\n");
+        let cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "echo \"$LC_ALL\""], Limits::default());
+        assert_eq!(run_all(&[&cmd])[0].as_ref().unwrap().stdout, "C\n");
     }
 
     #[test]
