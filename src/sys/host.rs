@@ -14,10 +14,12 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::core::model::{Family, InterfaceName, JailName};
 
 use super::later::Later;
+use super::memo::Memo;
 use super::parse::{self, HostInterfaces, JailInfo, ParseError};
 use super::runner::{self, Cmd, CmdError, Limits};
 
@@ -37,9 +39,10 @@ pub trait Jails: Send + Sync {
     /// The running jail named `name`, if there is one (a dying jail is not running).
     fn get(&self, name: &JailName) -> Result<Option<JailInfo>, SysError>;
     /// [`Jails::list`], to run together with other reads
-    /// ([`run_together`](super::later::run_together)).
-    fn list_later(&self) -> Later<'_, Result<Vec<JailInfo>, SysError>> {
-        Later::known(self.list())
+    /// ([`run_together`](super::later::run_together)), shared: the same list (the same `Arc`)
+    /// when jls printed the same as for the last list, where an implementation can tell.
+    fn list_later(&self) -> Later<'_, Result<Arc<Vec<JailInfo>>, SysError>> {
+        Later::known(self.list().map(Arc::new))
     }
     /// [`Jails::get`], to run together with other reads.
     fn get_later<'a>(&'a self, name: &'a JailName) -> Later<'a, Result<Option<JailInfo>, SysError>> {
@@ -73,6 +76,14 @@ pub trait Routes: Send + Sync {
 pub struct JailTools {
     pub jls: PathBuf,
     pub limits: Limits,
+    /// The last list's output and jails.
+    last: Memo<Vec<JailInfo>>,
+}
+
+impl JailTools {
+    pub fn new(jls: PathBuf, limits: Limits) -> JailTools {
+        JailTools { jls, limits, last: Memo::default() }
+    }
 }
 
 const JLS_PARAMS: [&str; 5] = ["jid", "name", "ip4.addr", "ip6.addr", "vnet"];
@@ -83,15 +94,17 @@ const JLS_LIST: [&str; 7] =
 
 impl Jails for JailTools {
     fn list(&self) -> Result<Vec<JailInfo>, SysError> {
-        self.list_later().get()
+        self.list_later().get().map(Arc::unwrap_or_clone)
     }
 
     fn get(&self, name: &JailName) -> Result<Option<JailInfo>, SysError> {
         self.get_later(name).get()
     }
 
-    fn list_later(&self) -> Later<'_, Result<Vec<JailInfo>, SysError>> {
-        Later::command(Cmd::new(&self.jls, &JLS_LIST, self.limits), |answer| Ok(parse::parse_jls(&answer?.stdout)?))
+    fn list_later(&self) -> Later<'_, Result<Arc<Vec<JailInfo>>, SysError>> {
+        Later::command(Cmd::new(&self.jls, &JLS_LIST, self.limits), |answer| {
+            Ok(self.last.parse(answer?.stdout, parse::parse_jls)?)
+        })
     }
 
     fn get_later<'a>(&'a self, name: &'a JailName) -> Later<'a, Result<Option<JailInfo>, SysError>> {

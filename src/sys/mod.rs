@@ -5,6 +5,7 @@
 pub mod counters;
 pub mod host;
 pub mod later;
+pub mod memo;
 pub mod parse;
 pub mod pf;
 pub mod runner;

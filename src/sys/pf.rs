@@ -5,9 +5,11 @@
 //! lists the interfaces pf knows, one per line, a skipped one followed by ` (skip)`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::counters::{PF_CALLS, PfOp};
 use super::later::Later;
+use super::memo::Memo;
 use super::parse;
 use super::runner::{self, CmdError};
 
@@ -41,9 +43,10 @@ pub trait Pf: Send + Sync {
     /// Paths of the anchors directly below `parent` (empty when `parent` does not exist).
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError>;
     /// [`Pf::anchors`], to run together with other reads
-    /// ([`run_together`](super::later::run_together)).
-    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Vec<String>, CmdError>> {
-        Later::known(self.anchors(parent))
+    /// ([`run_together`](super::later::run_together)), shared: the same list (the same `Arc`)
+    /// when pfctl printed the same as for the last list, where an implementation can tell.
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
+        Later::known(self.anchors(parent).map(Arc::new))
     }
     /// The rules of `anchor` (the main ruleset for `None`), numerically, as pfctl prints them.
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError>;
@@ -67,6 +70,14 @@ pub trait Pf: Send + Sync {
 pub struct Pfctl {
     pub path: PathBuf,
     pub limits: runner::Limits,
+    /// The last `-s Anchors` output and the anchors it listed.
+    last_anchors: Memo<Vec<String>>,
+}
+
+impl Pfctl {
+    pub fn new(path: PathBuf, limits: runner::Limits) -> Pfctl {
+        Pfctl { path, limits, last_anchors: Memo::default() }
+    }
 }
 
 impl Pfctl {
@@ -96,14 +107,14 @@ impl Pfctl {
     /// DIOCGETRULESETS: No such file or directory`, exit 1. pfctl's `Anchor 'PARENT' not found.`
     /// on stderr comes from its Ethernet-anchor lookup and says nothing about the pf anchors
     /// listed on stdout.
-    fn listed(&self, args: &[&str], out: runner::Output) -> Result<Vec<String>, CmdError> {
+    fn listed(&self, args: &[&str], out: runner::Output) -> Result<Arc<Vec<String>>, CmdError> {
         if !out.status.success() {
             if out.stderr.contains("DIOCGETRULESETS") && out.stderr.contains("No such file or directory") {
-                return Ok(vec![]);
+                return Ok(Arc::new(vec![]));
             }
             return Err(runner::failure(&self.path, args, out));
         }
-        Ok(parse::parse_anchors(&out.stdout))
+        self.last_anchors.parse(out.stdout, |text| Ok(parse::parse_anchors(text)))
     }
 }
 
@@ -127,10 +138,10 @@ impl Pf for Pfctl {
     }
 
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
-        self.anchors_later(parent).get()
+        self.anchors_later(parent).get().map(Arc::unwrap_or_clone)
     }
 
-    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Vec<String>, CmdError>> {
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
         let args = ["-a", parent, "-s", "Anchors"];
         Later::command(runner::Cmd::new(&self.path, &args, self.limits).judged(), move |answer| {
             counted(PfOp::Anchors, answer.and_then(|out| self.listed(&args, out)))

@@ -60,9 +60,9 @@ impl Source {
 /// the engine's lock ([`Observer::read`]), so that no request waits for it, and the reading is
 /// taken in afterwards ([`Observer::take`]).
 pub(super) struct Reading {
-    jails: Result<Vec<JailInfo>, SysError>,
+    jails: Result<Arc<Vec<JailInfo>>, SysError>,
     gateways: [Result<Option<InterfaceName>, SysError>; 2],
-    anchors: Result<Vec<String>, CmdError>,
+    anchors: Result<Arc<Vec<String>>, CmdError>,
     /// Read only when the last read is older than the refresh interval.
     host_addrs: Option<Result<HostInterfaces, SysError>>,
     /// When the reading started: what it says is at least this old.
@@ -97,6 +97,12 @@ pub(super) struct Observer {
     problems: BTreeMap<Source, String>,
     /// When the last reading that listed every jail and read both default routes started.
     complete_at: Option<Instant>,
+    /// The list of jails the observed ones are, as read, when nothing changed them since and
+    /// no VNET jail runs (whose addresses come from elsewhere): a poll that reads this same
+    /// list (the same `Arc`: jls printed the same) finds no change without comparing them.
+    jails_from: Option<Arc<Vec<JailInfo>>>,
+    /// The same for the anchors below the parent.
+    anchors_from: Option<Arc<Vec<String>>>,
 }
 
 impl Observer {
@@ -109,6 +115,8 @@ impl Observer {
             host_addrs_read: None,
             problems: BTreeMap::new(),
             complete_at: None,
+            jails_from: None,
+            anchors_from: None,
         }
     }
 
@@ -151,6 +159,7 @@ impl Observer {
 
     /// Forgets the anchors seen below the parent (the parent changed).
     pub(super) fn forget_anchors(&mut self) {
+        self.anchors_from = None;
         self.observed.anchors = None;
         self.observed.foreign.clear();
     }
@@ -158,6 +167,9 @@ impl Observer {
     /// Takes in what pf was seen doing while the executor applied a plan: the anchors it loaded
     /// or flushed, and the anchors found to hold someone else's rules.
     pub(super) fn absorb(&mut self, outcome: &Outcome) {
+        if !outcome.loaded.is_empty() || !outcome.flushed.is_empty() {
+            self.anchors_from = None;
+        }
         if let Some(anchors) = self.observed.anchors.as_mut() {
             anchors.extend(outcome.loaded.iter().cloned());
             anchors.retain(|c| !outcome.flushed.contains(c));
@@ -211,13 +223,19 @@ impl Observer {
         }
         let complete = reading.jails.is_ok() && reading.gateways.iter().all(Result::is_ok);
         match reading.jails {
-            Ok(mut list) => {
+            Ok(shared)
+                if touched.jails.is_empty() && self.jails_from.as_ref().is_some_and(|f| Arc::ptr_eq(f, &shared)) =>
+            {
+                // What an idle poll finds: exactly the list the observed jails are.
                 self.problems.remove(&Source::Jls);
+            }
+            Ok(shared) => {
+                self.problems.remove(&Source::Jls);
+                let mut list = Arc::unwrap_or_clone(Arc::clone(&shared));
                 // By name, whatever order jls printed and requests read them in: a poll that
                 // finds the same jails finds no change (and plans nothing).
                 list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                // What an idle poll finds: the jails it saw last time. They are compared as
-                // read, not rebuilt first.
+                // The same jails as another list: compared as read, not rebuilt first.
                 if !touched.jails.is_empty() || !self.same_jails(&list) {
                     let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
                     let read: Vec<RunningJail> = list
@@ -232,6 +250,8 @@ impl Observer {
                 }
                 let live: BTreeSet<u32> = self.observed.jails.iter().map(|j| j.jid).collect();
                 self.vnet.retain(&live);
+                let plain = !self.observed.jails.iter().any(|j| j.vnet);
+                self.jails_from = (touched.jails.is_empty() && plain).then_some(shared);
             }
             Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
         }
@@ -244,6 +264,17 @@ impl Observer {
             self.complete_at = Some(reading.started);
         }
         match reading.anchors {
+            Ok(shared)
+                if touched.anchors.is_empty()
+                    && self.anchors_from.as_ref().is_some_and(|f| Arc::ptr_eq(f, &shared)) =>
+            {
+                // Exactly the list the observed anchors are.
+                self.problems.remove(&Source::Pf);
+                let present = self.observed.anchors.as_ref().expect("observed with this list");
+                let foreign = self.observed.foreign.len();
+                self.observed.foreign.retain(|c| present.contains(c));
+                changed |= self.observed.foreign.len() != foreign;
+            }
             Ok(list) => {
                 self.problems.remove(&Source::Pf);
                 // The children of `parent` pf listed, sorted and once each, as a set holds
@@ -273,8 +304,10 @@ impl Observer {
                 let foreign = self.observed.foreign.len();
                 self.observed.foreign.retain(|c| present.contains(c));
                 changed |= self.observed.foreign.len() != foreign;
+                self.anchors_from = touched.anchors.is_empty().then_some(list);
             }
             Err(e) => {
+                self.anchors_from = None;
                 self.problem(Source::Pf, format!("pf is not usable: {}", e.message()));
                 changed |= self.observed.anchors.take().is_some();
             }
@@ -293,6 +326,8 @@ impl Observer {
         let mut changed = false;
         match jail {
             Ok(found) => {
+                // The observed jails are no longer only what the last list said.
+                self.jails_from = None;
                 if self.host_addrs_read.is_none() {
                     changed |= self.read_host_addrs(sys, false);
                 }
@@ -415,6 +450,7 @@ impl Observer {
             }
             let fresh = self.vnet_addrs(j.jid, &j.name);
             if fresh != self.observed.jails[i].addrs {
+                self.jails_from = None;
                 self.observed.jails[i].addrs = fresh;
                 changed = true;
             }
@@ -608,6 +644,36 @@ mod tests {
         assert!(o.observe(&f.system(), "kleene"));
         assert_eq!(o.observed().anchors, Some(["db".to_string()].into()));
         assert!(!o.observe(&f.system(), "kleene"), "the same again");
+    }
+
+    /// A request that read a jail makes the observation more than the last list: a poll that
+    /// reads that same list again takes it in, since it is newer than the request.
+    #[test]
+    fn a_poll_after_a_request_takes_in_the_same_list_again() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        let web: JailName = "web".parse().unwrap();
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        assert!(o.observe(&f.system(), "kleene"));
+        f.jails.set(vec![jail("web", 3, &["10.13.37.9"])]);
+        assert!(o.observe_jail(&f.system(), &web));
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        assert!(o.observe(&f.system(), "kleene"), "the list is the same as the last one, the observation is not");
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.2".parse().unwrap()]));
+    }
+
+    /// What the executor saw pf do makes the observed anchors more than the last listing: the
+    /// next poll's listing is taken in even when pf printed the same.
+    #[test]
+    fn a_poll_after_the_executor_takes_in_the_same_listing_again() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.pf.set_anchor("kleene/web", "pass in all\n");
+        o.observe(&f.system(), "kleene");
+        o.absorb(&Outcome { loaded: ["db".to_string()].into(), ..Outcome::default() });
+        assert_eq!(o.observed().anchors, Some(["db".to_string(), "web".to_string()].into()));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().anchors, Some(["web".to_string()].into()), "what pf lists");
     }
 
     /// Requests that read their jail during every poll (a steady stream of publishes) must not
