@@ -17,6 +17,8 @@
 //!   helper thread blocked on a pipe that a stray process holds open can be neither joined nor
 //!   stopped; here every pipe end is closed and the tool reaped before [`run`] returns, whatever
 //!   happened.
+//! - [`run_all`] runs several commands at once the same way, each with its own deadline and
+//!   caps, in one poll loop (a poll's jls, routes and anchors).
 //!
 //! A signal that interrupts poll (one the agent handles, or SIGCHLD if anything in the process
 //! handles it) only makes it wait again, for what is left of the deadline. A tool that exits without reading all its stdin makes the write fail
