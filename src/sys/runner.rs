@@ -429,18 +429,18 @@ mod tests {
     use nix::sys::signal::kill;
 
     /// Generous: proves that a call did not hang, not that it was fast.
-    const PROMPT: Duration = Duration::from_secs(5);
+    pub(super) const PROMPT: Duration = Duration::from_secs(5);
 
     fn sh(script: &str, stdin: Option<&[u8]>, limits: Limits) -> Result<Output, CmdError> {
         run(Path::new("/bin/sh"), &["-c", script], stdin, false, limits)
     }
 
-    fn within(ms: u64) -> Limits {
+    pub(super) fn within(ms: u64) -> Limits {
         Limits { timeout: Duration::from_millis(ms), ..Limits::default() }
     }
 
     /// Printable bytes with newlines, so what comes back through from_utf8_lossy compares equal.
-    fn text(len: usize) -> Vec<u8> {
+    pub(super) fn text(len: usize) -> Vec<u8> {
         (0..len).map(|i| if i % 64 == 63 { b'\n' } else { b'a' + (i % 26) as u8 }).collect()
     }
 
@@ -452,7 +452,7 @@ mod tests {
     }
 
     /// Waits (a while: init reaps the killed orphans) for `pid` to be gone.
-    fn assert_dies(pid: i32, what: &str) {
+    pub(super) fn assert_dies(pid: i32, what: &str) {
         let start = Instant::now();
         while !dead(pid) {
             assert!(start.elapsed() < PROMPT, "{what} (pid {pid}) still runs");

@@ -218,35 +218,12 @@ impl<'r, 'c> Running<'r, 'c> {
 mod tests {
     use super::*;
 
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-
-    /// Generous: proves that a call did not hang, not that it was fast.
-    const PROMPT: Duration = Duration::from_secs(5);
+    use crate::sys::runner::tests::{PROMPT, assert_dies, text, within};
 
     const SH: &str = "/bin/sh";
 
     fn sh<'a>(script: &'a str, limits: Limits) -> Cmd<'a> {
         Cmd::new(Path::new(SH), &["-c", script], limits)
-    }
-
-    fn within(ms: u64) -> Limits {
-        Limits { timeout: Duration::from_millis(ms), ..Limits::default() }
-    }
-
-    /// Whether `pid` is gone: no such process, or (Linux) a zombie that only waits for init.
-    fn dead(pid: i32) -> bool {
-        kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-    }
-
-    fn assert_dies(pid: i32, what: &str) {
-        let start = Instant::now();
-        while !dead(pid) {
-            assert!(start.elapsed() < PROMPT, "{what} (pid {pid}) still runs");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     #[test]
@@ -320,8 +297,7 @@ mod tests {
     /// write and read interleave in the one loop.
     #[test]
     fn large_stdin_round_trips_through_two_cats_at_once() {
-        let a: Vec<u8> =
-            (0..2 * 1024 * 1024).map(|i| if i % 64 == 63 { b'\n' } else { b'a' + (i % 26) as u8 }).collect();
+        let a = text(2 * 1024 * 1024);
         let b: Vec<u8> = a.iter().rev().copied().collect();
         let limits = Limits { max_output: 4 << 20, ..Limits::default() };
         let cat = |data| Cmd { stdin: Some(data), ..Cmd::new(Path::new("/bin/cat"), &[], limits) };
