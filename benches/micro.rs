@@ -1,5 +1,5 @@
-//! Render and plan throughput, for regressions: `cargo bench --bench micro` (the publish ones
-//! alone: `cargo bench --bench micro -- publish`).
+//! Render and plan throughput, and the parsing of an idle poll's reads, for regressions:
+//! `cargo bench --bench micro` (the publish ones alone: `cargo bench --bench micro -- publish`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -110,6 +110,27 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+    // What an idle poll parses: jls's list of 1,000 jails, as the fake jls prints it.
+    let jls: String = {
+        let jails: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"jid": "{}", "name": "j{i}", "ip4.addr": ["10.{}.{}.2"], "ip6.addr": [], "vnet": "inherit"}}"#,
+                    100 + i,
+                    1 + i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        format!(r#"{{"__version": "2", "jail-information": {{"jail": [{}]}}}}"#, jails.join(", "))
+    };
+    c.bench_function("parse jls --libxo json, 1000 jails", |b| {
+        b.iter(|| kleene_rdr::sys::parse::parse_jls(&jls).unwrap())
+    });
+    let anchors: String = (0..1000).map(|i| format!("  kleene/j{i}\n")).collect();
+    c.bench_function("parse pfctl -s Anchors, 1000 anchors", |b| {
+        b.iter(|| kleene_rdr::sys::parse::parse_anchors(&anchors))
+    });
 }
 
 criterion_group! {

@@ -47,6 +47,7 @@ pub fn check(config: &ConfigFile) -> anyhow::Result<()> {
 /// config, unreadable state, socket in use) are returned.
 pub fn run(config: &ConfigFile) -> anyhow::Result<()> {
     crate::sys::tune_allocator();
+    crate::sys::c_locale_for_tools();
     let config_path = config.path.as_path();
     let cfg = config.load()?;
     let sys = System::from_config(&cfg);

@@ -4,6 +4,8 @@
 
 pub mod counters;
 pub mod host;
+pub mod later;
+pub mod memo;
 pub mod parse;
 pub mod pf;
 pub mod runner;
@@ -32,4 +34,14 @@ pub fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Puts `LC_ALL=C` in the process's own environment, for the tools it runs to inherit: the
+/// runner then need not add it to each tool's environment, which makes std copy the whole
+/// environment at every spawn (a poll spawns four). Nothing in this program reads the locale.
+/// Called once at the agent's start, before any thread.
+pub fn c_locale_for_tools() {
+    // SAFETY: called before the agent starts any thread, so nothing reads the environment
+    // while it changes.
+    unsafe { std::env::set_var("LC_ALL", "C") };
 }

@@ -5,8 +5,11 @@
 //! lists the interfaces pf knows, one per line, a skipped one followed by ` (skip)`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::counters::{PF_CALLS, PfOp};
+use super::later::Later;
+use super::memo::Memo;
 use super::parse;
 use super::runner::{self, CmdError};
 
@@ -44,6 +47,12 @@ pub trait Pf: Send + Sync {
     fn kill_label(&self, label: &str) -> Result<(), CmdError>;
     /// Paths of the anchors directly below `parent` (empty when `parent` does not exist).
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError>;
+    /// [`Pf::anchors`], to run together with other reads
+    /// ([`run_together`](super::later::run_together)), shared: the same list (the same `Arc`)
+    /// when pfctl printed the same as for the last list, where an implementation can tell.
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
+        Later::known(self.anchors(parent).map(Arc::new))
+    }
     /// The rules of `anchor` (the main ruleset for `None`), numerically, as pfctl prints them.
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError>;
     /// Whether pf is enabled (`None` when pfctl's answer could not be read).
@@ -68,6 +77,14 @@ pub trait Pf: Send + Sync {
 pub struct Pfctl {
     pub path: PathBuf,
     pub limits: runner::Limits,
+    /// The last `-s Anchors` output and the anchors it listed.
+    last_anchors: Memo<Vec<String>>,
+}
+
+impl Pfctl {
+    pub fn new(path: PathBuf, limits: runner::Limits) -> Pfctl {
+        Pfctl { path, limits, last_anchors: Memo::default() }
+    }
 }
 
 impl Pfctl {
@@ -108,14 +125,14 @@ impl Pfctl {
     /// DIOCGETRULESETS: No such file or directory`, exit 1. pfctl's `Anchor 'PARENT' not found.`
     /// on stderr comes from its Ethernet-anchor lookup and says nothing about the pf anchors
     /// listed on stdout.
-    fn listed(&self, args: &[&str], out: runner::Output) -> Result<Vec<String>, CmdError> {
+    fn listed(&self, args: &[&str], out: runner::Output) -> Result<Arc<Vec<String>>, CmdError> {
         if !out.status.success() {
             if out.stderr.contains("DIOCGETRULESETS") && out.stderr.contains("No such file or directory") {
-                return Ok(vec![]);
+                return Ok(Arc::new(vec![]));
             }
             return Err(runner::failure(&self.path, args, out));
         }
-        Ok(parse::parse_anchors(&out.stdout))
+        self.last_anchors.parse(out.stdout, |text| Ok(parse::parse_anchors(text)))
     }
 }
 
@@ -139,8 +156,14 @@ impl Pf for Pfctl {
     }
 
     fn anchors(&self, parent: &str) -> Result<Vec<String>, CmdError> {
+        self.anchors_later(parent).get().map(Arc::unwrap_or_clone)
+    }
+
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
         let args = ["-a", parent, "-s", "Anchors"];
-        counted(PfOp::Anchors, self.run_judged(&args).and_then(|out| self.listed(&args, out)))
+        Later::command(runner::Cmd::new(&self.path, &args, self.limits).judged(), move |answer| {
+            counted(PfOp::Anchors, answer.and_then(|out| self.listed(&args, out)))
+        })
     }
 
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError> {
@@ -182,7 +205,7 @@ mod tests {
         let path = dir.path().join("pfctl");
         std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Pfctl { path, limits: runner::Limits::default() }
+        Pfctl::new(path, runner::Limits::default())
     }
 
     /// What `read` handed on, and how it ended. A script just written can be busy for a moment

@@ -20,6 +20,8 @@
 //!   helper thread blocked on a pipe that a stray process holds open can be neither joined nor
 //!   stopped; here every pipe end is closed and the tool reaped before [`run`] returns, whatever
 //!   happened.
+//! - [`run_all`] runs several commands at once the same way, each with its own deadline and
+//!   caps, in one poll loop (a poll's jls, routes and anchors).
 //!
 //! A signal that interrupts poll (one the agent handles, or SIGCHLD if anything in the process
 //! handles it) only makes it wait again, for what is left of the deadline. A tool that exits without reading all its stdin makes the write fail
@@ -37,6 +39,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+mod together;
+pub use together::{Cmd, run_all};
 
 /// How long any one tool may run, its output pipes included, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,32 +203,40 @@ fn exec(
     let err = |kind| CmdError { argv: argv.clone(), stdin_len: stdin.map_or(0, <[u8]>::len), kind };
     let start = Instant::now();
     let deadline = start.checked_add(limits.timeout).unwrap_or_else(|| start + FOREVER);
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .process_group(0);
-    let child = cmd.spawn().map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
+    let child = spawn(prog, args, stdin.is_some()).map_err(|e| err(CmdErrorKind::Spawn(e.to_string())))?;
     let mut job = Job::new(child, stdin.unwrap_or_default(), each);
     let status = match job.drive(deadline, limits.max_output) {
         Ok(status) => status,
         Err(stop) => {
             job.abort();
-            return Err(err(match stop {
-                Stop::Timeout => CmdErrorKind::Timeout(limits.timeout),
-                Stop::TooMuchOutput => CmdErrorKind::TooMuchOutput { limit: limits.max_output },
-                Stop::Io(what, e) => CmdErrorKind::Spawn(format!("{what} failed while it ran: {e}")),
-            }));
+            return Err(err(stop.kind(limits)));
         }
     };
-    let stdout = String::from_utf8_lossy(&job.out.kept).into_owned();
-    let stderr = String::from_utf8_lossy(&job.err.kept).into_owned();
-    if !status.success() && !allow_failure {
-        return Err(err(CmdErrorKind::Failed { status: status.code(), stderr, stdout }));
+    job.answer(status, allow_failure).map_err(err)
+}
+
+/// Starts `prog args...` as the leader of its own process group, in the C locale, its stdin a
+/// pipe when `stdin` (else /dev/null), its stdout and stderr pipes.
+fn spawn(prog: &Path, args: &[&str], stdin: bool) -> io::Result<Child> {
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // Changing one variable makes std copy the whole environment at every spawn: when the
+    // process's own environment already says LC_ALL=C (the agent's does, see
+    // `sys::c_locale_for_tools`), the tool inherits it as it is.
+    if std::env::var_os("LC_ALL").is_none_or(|v| v != "C") {
+        cmd.env("LC_ALL", "C");
     }
-    Ok(Output { status, stdout, stderr })
+    cmd.spawn()
+}
+
+/// What a tool printed, as text: moved, not copied, when it is valid UTF-8 (as it nearly always
+/// is); invalid sequences become U+FFFD.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Stands in for a deadline too far away for `Instant` to hold.
@@ -284,6 +297,17 @@ impl<'f> Sink<'f> {
     }
 }
 
+impl Stop {
+    /// The error of a command stopped for this reason under `limits`.
+    fn kind(self, limits: Limits) -> CmdErrorKind {
+        match self {
+            Stop::Timeout => CmdErrorKind::Timeout(limits.timeout),
+            Stop::TooMuchOutput => CmdErrorKind::TooMuchOutput { limit: limits.max_output },
+            Stop::Io(what, e) => CmdErrorKind::Spawn(format!("{what} failed while it ran: {e}")),
+        }
+    }
+}
+
 /// A started tool: the child (leader of its own process group), our ends of its pipes and what
 /// it printed so far. Dropping it without reaping the child kills the group, so no path (a panic
 /// included) leaves a process, a zombie or a descriptor behind.
@@ -315,7 +339,9 @@ impl<'a, 'f> Job<'a, 'f> {
         if self.data.is_empty() {
             self.input = None;
         }
-        let mut chunk = vec![0u8; CHUNK];
+        // On the stack: a heap block this large, freed after every command, made glibc's malloc
+        // consolidate its free lists each time.
+        let mut chunk = [0u8; CHUNK];
         while self.input.is_some() || self.stdout.is_some() || self.stderr.is_some() {
             let [input, stdout, stderr] = self.ready(time_left(deadline).ok_or(Stop::Timeout)?)?;
             if input {
@@ -343,6 +369,17 @@ impl<'a, 'f> Job<'a, 'f> {
         }
     }
 
+    /// What the reaped tool answered: its output, or the error of a non-zero exit unless
+    /// `allow_failure`.
+    fn answer(&mut self, status: ExitStatus, allow_failure: bool) -> Result<Output, CmdErrorKind> {
+        let stdout = text(std::mem::take(&mut self.out.kept));
+        let stderr = text(std::mem::take(&mut self.err.kept));
+        if !status.success() && !allow_failure {
+            return Err(CmdErrorKind::Failed { status: status.code(), stderr, stdout });
+        }
+        Ok(Output { status, stdout, stderr })
+    }
+
     /// Our ends of stdin, stdout and stderr, None once closed.
     fn pipes(&self) -> [Option<BorrowedFd<'_>>; 3] {
         [
@@ -350,6 +387,18 @@ impl<'a, 'f> Job<'a, 'f> {
             self.stdout.as_ref().map(AsFd::as_fd),
             self.stderr.as_ref().map(AsFd::as_fd),
         ]
+    }
+
+    /// What poll(2) is to watch for on stdin, stdout and stderr. It ignores a negative
+    /// descriptor: that is a pipe already closed.
+    fn watch(&self) -> [libc::pollfd; 3] {
+        let [input, stdout, stderr] = self.pipes();
+        let watch = |fd: Option<BorrowedFd<'_>>, events| libc::pollfd {
+            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+            events,
+            revents: 0,
+        };
+        [watch(input, libc::POLLOUT), watch(stdout, libc::POLLIN), watch(stderr, libc::POLLIN)]
     }
 
     /// Makes our pipe ends non-blocking (the tool's ends are separate open files, untouched).
@@ -364,14 +413,7 @@ impl<'a, 'f> Job<'a, 'f> {
     /// Waits at most `left` for the open pipes; says which of stdin, stdout and stderr can go on
     /// (ready, at end of file or broken). A signal ends the wait early with nothing ready.
     fn ready(&self, left: Duration) -> Result<[bool; 3], Stop> {
-        // poll(2) ignores a negative descriptor: that is a pipe already closed.
-        let [input, stdout, stderr] = self.pipes();
-        let watch = |fd: Option<BorrowedFd<'_>>, events| libc::pollfd {
-            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
-            events,
-            revents: 0,
-        };
-        let mut fds = [watch(input, libc::POLLOUT), watch(stdout, libc::POLLIN), watch(stderr, libc::POLLIN)];
+        let mut fds = self.watch();
         let nfds: libc::nfds_t = 3;
         // Round up, so that less than a millisecond left waits instead of spinning.
         let ms = libc::c_int::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
@@ -463,18 +505,18 @@ mod tests {
     use nix::sys::signal::kill;
 
     /// Generous: proves that a call did not hang, not that it was fast.
-    const PROMPT: Duration = Duration::from_secs(5);
+    pub(super) const PROMPT: Duration = Duration::from_secs(5);
 
     fn sh(script: &str, stdin: Option<&[u8]>, limits: Limits) -> Result<Output, CmdError> {
         run(Path::new("/bin/sh"), &["-c", script], stdin, false, limits)
     }
 
-    fn within(ms: u64) -> Limits {
+    pub(super) fn within(ms: u64) -> Limits {
         Limits { timeout: Duration::from_millis(ms), ..Limits::default() }
     }
 
     /// Printable bytes with newlines, so what comes back through from_utf8_lossy compares equal.
-    fn text(len: usize) -> Vec<u8> {
+    pub(super) fn text(len: usize) -> Vec<u8> {
         (0..len).map(|i| if i % 64 == 63 { b'\n' } else { b'a' + (i % 26) as u8 }).collect()
     }
 
@@ -486,7 +528,7 @@ mod tests {
     }
 
     /// Waits (a while: init reaps the killed orphans) for `pid` to be gone.
-    fn assert_dies(pid: i32, what: &str) {
+    pub(super) fn assert_dies(pid: i32, what: &str) {
         let start = Instant::now();
         while !dead(pid) {
             assert!(start.elapsed() < PROMPT, "{what} (pid {pid}) still runs");
@@ -509,6 +551,16 @@ mod tests {
         assert_eq!(e.argv, ["/bin/sh", "-c", "echo oops >&2; exit 3"]);
         assert_eq!(e.message(), "oops");
         assert!(e.to_string().contains("exited with status 3: oops"), "{e}");
+    }
+
+    /// Tools speak the C locale, whatever the caller's environment says (here: whatever the
+    /// test harness was started with).
+    #[test]
+    fn tools_run_in_the_c_locale() {
+        let o = run(Path::new("/bin/sh"), &["-c", "echo \"$LC_ALL\""], None, false, Limits::default()).unwrap();
+        assert_eq!(o.stdout, "C\n");
+        let cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "echo \"$LC_ALL\""], Limits::default());
+        assert_eq!(run_all(&[&cmd])[0].as_ref().unwrap().stdout, "C\n");
     }
 
     #[test]
@@ -782,6 +834,30 @@ mod tests {
         let e =
             run_lines(Path::new("/nonexistent/pfctl"), &[], None, false, Limits::default(), &mut |_| {}).unwrap_err();
         assert!(e.is_missing(), "{e}");
+        // The same endings at once.
+        let sh = |script, stdin, limits| Cmd { stdin, ..Cmd::new(Path::new("/bin/sh"), &["-c", script], limits) };
+        let cmds = [
+            sh("cat", Some(&input[..]), Limits::default()),
+            sh("sleep 30 & exec sleep 30", Some(b"x"), within(50)),
+            sh("yes", None, Limits { max_output: 4096, ..Limits::default() }),
+            sh("echo no >&2; exit 2", None, Limits::default()),
+            Cmd { stdin: Some(b"x"), ..Cmd::new(Path::new("/nonexistent/route"), &[], Limits::default()) },
+        ];
+        let all = run_all(&cmds.iter().collect::<Vec<_>>());
+        assert_eq!(all[0].as_ref().unwrap().stdout.len(), input.len());
+        let kinds: Vec<_> = all[1..].iter().map(|a| &a.as_ref().unwrap_err().kind).collect();
+        assert!(
+            matches!(
+                kinds[..],
+                [
+                    CmdErrorKind::Timeout(_),
+                    CmdErrorKind::TooMuchOutput { .. },
+                    CmdErrorKind::Failed { .. },
+                    CmdErrorKind::Spawn(_)
+                ]
+            ),
+            "{kinds:?}"
+        );
     }
 
     #[test]
@@ -838,6 +914,20 @@ mod tests {
         let e = sh("sleep 30 & exec sleep 30", None, within(100)).unwrap_err();
         assert!(matches!(e.kind, CmdErrorKind::Timeout(_)), "{e}");
         assert_eq!(threads(), Some(before), "threads after a timeout");
+        let report = "cat >/dev/null; grep '^Threads:' /proc/$PPID/status";
+        let reads =
+            Cmd { stdin: Some(&input[..]), ..Cmd::new(Path::new("/bin/sh"), &["-c", report], Limits::default()) };
+        let hangs = Cmd::new(Path::new("/bin/sh"), &["-c", "sleep 30 & exec sleep 30"], within(100));
+        let all = run_all(&[&reads, &reads, &hangs]);
+        for o in &all[..2] {
+            assert_eq!(
+                o.as_ref().unwrap().stdout.trim(),
+                format!("Threads:\t{before}"),
+                "threads while run_all() works"
+            );
+        }
+        assert!(matches!(all[2].as_ref().unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert_eq!(threads(), Some(before), "threads after run_all()");
     }
 
     /// Signals keep interrupting poll, reads and writes (as SIGCHLD does in the agent): the
@@ -887,11 +977,22 @@ mod tests {
         let start = Instant::now();
         let late = sh("exec sleep 30", None, within(300));
         let took = start.elapsed();
+        let limits = Limits { max_output: 2 << 20, ..Limits::default() };
+        let cat = Cmd { stdin: Some(&input[..]), ..Cmd::new(Path::new("/bin/cat"), &[], limits) };
+        let slow_cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "sleep 0.2; echo done"], within(5000));
+        let late_cmd = Cmd::new(Path::new("/bin/sh"), &["-c", "exec sleep 30"], within(300));
+        let start = Instant::now();
+        let all = run_all(&[&cat, &slow_cmd, &late_cmd]);
+        let took_all = start.elapsed();
         stop.store(true, Ordering::Relaxed);
         pest.join().unwrap();
         assert!(o.unwrap().stdout.as_bytes() == input);
         assert_eq!(slow.unwrap().stdout, "done\n");
         assert!(matches!(late.unwrap_err().kind, CmdErrorKind::Timeout(_)));
         assert!(took < PROMPT, "took {took:?}");
+        assert!(all[0].as_ref().unwrap().stdout.as_bytes() == input);
+        assert_eq!(all[1].as_ref().unwrap().stdout, "done\n");
+        assert!(matches!(all[2].as_ref().unwrap_err().kind, CmdErrorKind::Timeout(_)));
+        assert!(took_all < PROMPT, "run_all took {took_all:?}");
     }
 }

@@ -650,12 +650,16 @@ fn pfctl_show(
                 eprintln!("pfctl: DIOCGETRULESETS: No such file or directory");
                 return Err(1);
             }
+            // pfctl prints through stdio, which buffers fully on a pipe: the list arrives in a
+            // few large writes, not in one per line.
+            let mut list = String::new();
             for c in children {
                 let last = c.rsplit('/').next().unwrap();
                 if !last.starts_with('_') || verbose {
-                    println!("  {c}");
+                    list.push_str(&format!("  {c}\n"));
                 }
             }
+            print!("{list}");
             // pfctl_show_eth_anchors then looks for an Ethernet anchor of that name: none.
             if !anchor.is_empty() {
                 eprintln!("Anchor '{anchor}' not found.");

@@ -85,8 +85,8 @@ impl System {
         let timeout = Duration::from_millis(cfg.tool_timeout_ms);
         let limits = |max_output| Limits { timeout, max_output };
         System {
-            pf: Box::new(Pfctl { path: cfg.tools.pfctl.clone(), limits: limits(MAX_OUTPUT) }),
-            jails: Box::new(JailTools { jls: cfg.tools.jls.clone(), limits: limits(MAX_OUTPUT) }),
+            pf: Box::new(Pfctl::new(cfg.tools.pfctl.clone(), limits(MAX_OUTPUT))),
+            jails: Box::new(JailTools::new(cfg.tools.jls.clone(), limits(MAX_OUTPUT))),
             routes: Box::new(RouteTool { route: cfg.tools.route.clone(), limits: limits(MAX_ROUTE_OUTPUT) }),
             ifaces: Arc::new(IfconfigTool {
                 ifconfig: cfg.tools.ifconfig.clone(),

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::model::{Family, InterfaceName, JailName};
 use crate::core::plan::{AddrsUnknown, Observed, RunningJail};
-use crate::sys::host::{Routes, SysError};
+use crate::sys::host::SysError;
+use crate::sys::later::{Deferred, Later, run_together};
 use crate::sys::parse::{HostInterfaces, JailInfo};
 use crate::sys::runner::CmdError;
 
@@ -59,9 +60,9 @@ impl Source {
 /// the engine's lock ([`Observer::read`]), so that no request waits for it, and the reading is
 /// taken in afterwards ([`Observer::take`]).
 pub(super) struct Reading {
-    jails: Result<Vec<JailInfo>, SysError>,
+    jails: Result<Arc<Vec<JailInfo>>, SysError>,
     gateways: [Result<Option<InterfaceName>, SysError>; 2],
-    anchors: Result<Vec<String>, CmdError>,
+    anchors: Result<Arc<Vec<String>>, CmdError>,
     /// Read only when the last read is older than the refresh interval.
     host_addrs: Option<Result<HostInterfaces, SysError>>,
     /// When the reading started: what it says is at least this old.
@@ -96,6 +97,12 @@ pub(super) struct Observer {
     problems: BTreeMap<Source, String>,
     /// When the last reading that listed every jail and read both default routes started.
     complete_at: Option<Instant>,
+    /// The list of jails the observed ones are, as read, when nothing changed them since and
+    /// no VNET jail runs (whose addresses come from elsewhere): a poll that reads this same
+    /// list (the same `Arc`: jls printed the same) finds no change without comparing them.
+    jails_from: Option<Arc<Vec<JailInfo>>>,
+    /// The same for the anchors below the parent.
+    anchors_from: Option<Arc<Vec<String>>>,
 }
 
 impl Observer {
@@ -108,6 +115,8 @@ impl Observer {
             host_addrs_read: None,
             problems: BTreeMap::new(),
             complete_at: None,
+            jails_from: None,
+            anchors_from: None,
         }
     }
 
@@ -150,6 +159,7 @@ impl Observer {
 
     /// Forgets the anchors seen below the parent (the parent changed).
     pub(super) fn forget_anchors(&mut self) {
+        self.anchors_from = None;
         self.observed.anchors = None;
         self.observed.foreign.clear();
     }
@@ -157,6 +167,9 @@ impl Observer {
     /// Takes in what pf was seen doing while the executor applied a plan: the anchors it loaded
     /// or flushed, and the anchors found to hold someone else's rules.
     pub(super) fn absorb(&mut self, outcome: &Outcome) {
+        if !outcome.loaded.is_empty() || !outcome.flushed.is_empty() {
+            self.anchors_from = None;
+        }
         if let Some(anchors) = self.observed.anchors.as_mut() {
             anchors.extend(outcome.loaded.iter().cloned());
             anchors.retain(|c| !outcome.flushed.contains(c));
@@ -177,19 +190,24 @@ impl Observer {
     }
 
     /// What a poll reads: the jails, the gateways, the anchors below `parent`, and the host's
-    /// own addresses when `host_addrs_due` and a VNET jail runs. Runs processes and nothing
-    /// else: it needs no lock. The reads are independent and run at once.
+    /// own addresses when `host_addrs_due`. Runs processes and nothing else: it needs no lock.
+    /// The reads are independent and run at once, on this thread.
     pub(super) fn read(sys: &System, parent: &str, host_addrs_due: bool) -> Reading {
         let started = Instant::now();
-        let (jails, gateways, anchors) = std::thread::scope(|s| {
-            let jails = s.spawn(|| sys.jails.list());
-            let gateways = s.spawn(|| read_gateways(&*sys.routes));
-            let anchors = sys.pf.anchors(parent);
-            let join = "observation threads do not panic";
-            (jails.join().expect(join), gateways.join().expect(join), anchors)
-        });
-        let host_addrs = host_addrs_due.then(|| sys.ifaces.host_addrs());
-        Reading { jails, gateways, anchors, host_addrs, started }
+        let mut jails = sys.jails.list_later();
+        let [mut v4, mut v6] = Family::BOTH.map(|f| sys.routes.gateway_later(f));
+        let mut anchors = sys.pf.anchors_later(parent);
+        let mut host_addrs = host_addrs_due.then(|| sys.ifaces.host_addrs_later());
+        let mut reads: Vec<&mut dyn Deferred> = vec![&mut jails, &mut v4, &mut v6, &mut anchors];
+        reads.extend(host_addrs.as_mut().map(|h| h as &mut dyn Deferred));
+        run_together(&mut reads);
+        Reading {
+            jails: jails.get(),
+            gateways: [v4.get(), v6.get()],
+            anchors: anchors.get(),
+            host_addrs: host_addrs.map(Later::get),
+            started,
+        }
     }
 
     /// Takes in a poll's reading, except what requests `touched` while it was read (what they
@@ -205,19 +223,35 @@ impl Observer {
         }
         let complete = reading.jails.is_ok() && reading.gateways.iter().all(Result::is_ok);
         match reading.jails {
-            Ok(list) => {
+            Ok(shared)
+                if touched.jails.is_empty() && self.jails_from.as_ref().is_some_and(|f| Arc::ptr_eq(f, &shared)) =>
+            {
+                // What an idle poll finds: exactly the list the observed jails are.
                 self.problems.remove(&Source::Jls);
-                let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
-                let read: Vec<RunningJail> =
-                    list.into_iter().filter(|j| !touched.jails.contains(&j.name)).map(|j| self.running(j)).collect();
-                let mut jails: Vec<RunningJail> = kept.chain(read).collect();
+            }
+            Ok(shared) => {
+                self.problems.remove(&Source::Jls);
+                let mut list = Arc::unwrap_or_clone(Arc::clone(&shared));
                 // By name, whatever order jls printed and requests read them in: a poll that
                 // finds the same jails finds no change (and plans nothing).
-                jails.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                let live: BTreeSet<u32> = jails.iter().map(|j| j.jid).collect();
+                list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                // The same jails as another list: compared as read, not rebuilt first.
+                if !touched.jails.is_empty() || !self.same_jails(&list) {
+                    let kept = self.observed.jails.iter().filter(|j| touched.jails.contains(&j.name)).cloned();
+                    let read: Vec<RunningJail> = list
+                        .into_iter()
+                        .filter(|j| !touched.jails.contains(&j.name))
+                        .map(|j| self.running(j))
+                        .collect();
+                    let mut jails: Vec<RunningJail> = kept.chain(read).collect();
+                    jails.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                    changed |= jails != self.observed.jails;
+                    self.observed.jails = jails;
+                }
+                let live: BTreeSet<u32> = self.observed.jails.iter().map(|j| j.jid).collect();
                 self.vnet.retain(&live);
-                changed |= jails != self.observed.jails;
-                self.observed.jails = jails;
+                let plain = !self.observed.jails.iter().any(|j| j.vnet);
+                self.jails_from = (touched.jails.is_empty() && plain).then_some(shared);
             }
             Err(e) => self.problem(Source::Jls, format!("cannot list jails: {e}")),
         }
@@ -229,26 +263,51 @@ impl Observer {
         if complete {
             self.complete_at = Some(reading.started);
         }
-        let prefix = format!("{parent}/");
         match reading.anchors {
-            Ok(list) => {
+            Ok(shared)
+                if touched.anchors.is_empty()
+                    && self.anchors_from.as_ref().is_some_and(|f| Arc::ptr_eq(f, &shared)) =>
+            {
+                // Exactly the list the observed anchors are.
                 self.problems.remove(&Source::Pf);
-                let mut present: BTreeSet<String> = list
-                    .iter()
-                    .filter_map(|a| a.strip_prefix(&prefix))
-                    .filter(|c| !c.contains('/'))
-                    .filter(|c| !touched.anchors.contains(*c))
-                    .map(str::to_string)
-                    .collect();
-                let known = self.observed.anchors.iter().flatten();
-                present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
+                let present = self.observed.anchors.as_ref().expect("observed with this list");
                 let foreign = self.observed.foreign.len();
                 self.observed.foreign.retain(|c| present.contains(c));
                 changed |= self.observed.foreign.len() != foreign;
-                changed |= self.observed.anchors.as_ref() != Some(&present);
-                self.observed.anchors = Some(present);
+            }
+            Ok(list) => {
+                self.problems.remove(&Source::Pf);
+                // The children of `parent` pf listed, sorted and once each, as a set holds
+                // them; compared with the last ones before a set is built.
+                let mut children: Vec<&str> = list
+                    .iter()
+                    .filter_map(|a| a.strip_prefix(parent)?.strip_prefix('/'))
+                    .filter(|c| !c.contains('/'))
+                    .filter(|c| !touched.anchors.contains(*c))
+                    .collect();
+                children.sort_unstable();
+                children.dedup();
+                let same = touched.anchors.is_empty()
+                    && self
+                        .observed
+                        .anchors
+                        .as_ref()
+                        .is_some_and(|a| a.iter().map(String::as_str).eq(children.iter().copied()));
+                if !same {
+                    let mut present: BTreeSet<String> = children.iter().map(|c| c.to_string()).collect();
+                    let known = self.observed.anchors.iter().flatten();
+                    present.extend(known.filter(|c| touched.anchors.contains(*c)).cloned());
+                    changed |= self.observed.anchors.as_ref() != Some(&present);
+                    self.observed.anchors = Some(present);
+                }
+                let present = self.observed.anchors.as_ref().expect("just observed");
+                let foreign = self.observed.foreign.len();
+                self.observed.foreign.retain(|c| present.contains(c));
+                changed |= self.observed.foreign.len() != foreign;
+                self.anchors_from = touched.anchors.is_empty().then_some(list);
             }
             Err(e) => {
+                self.anchors_from = None;
                 self.problem(Source::Pf, format!("pf is not usable: {}", e.message()));
                 changed |= self.observed.anchors.take().is_some();
             }
@@ -260,14 +319,15 @@ impl Observer {
     /// routes, so that the request costs work proportional to it, not to the host. The full
     /// jail list and pf's anchors are read every poll. Returns whether the observation changed.
     pub(super) fn observe_jail(&mut self, sys: &System, name: &JailName) -> bool {
-        let (jail, gateways) = std::thread::scope(|s| {
-            let gateways = s.spawn(|| read_gateways(&*sys.routes));
-            let jail = sys.jails.get(name);
-            (jail, gateways.join().expect("observation threads do not panic"))
-        });
+        let mut jail = sys.jails.get_later(name);
+        let [mut v4, mut v6] = Family::BOTH.map(|f| sys.routes.gateway_later(f));
+        run_together(&mut [&mut jail, &mut v4, &mut v6]);
+        let (jail, gateways) = (jail.get(), [v4.get(), v6.get()]);
         let mut changed = false;
         match jail {
             Ok(found) => {
+                // The observed jails are no longer only what the last list said.
+                self.jails_from = None;
                 if self.host_addrs_read.is_none() {
                     changed |= self.read_host_addrs(sys, false);
                 }
@@ -338,10 +398,32 @@ impl Observer {
         }
     }
 
+    /// Whether `list` (sorted by name) holds exactly the jails observed last, with the same
+    /// jids and addresses.
+    fn same_jails(&self, list: &[JailInfo]) -> bool {
+        let same = |j: &JailInfo, o: &RunningJail| {
+            j.name == o.name
+                && j.jid == o.jid
+                && j.vnet == o.vnet
+                && if j.vnet {
+                    self.vnet_addrs(j.jid, &j.name) == o.addrs
+                } else {
+                    o.addrs.as_ref().is_ok_and(|a| a.iter().eq(j.ip4.iter().chain(&j.ip6)))
+                }
+        };
+        list.len() == self.observed.jails.len() && list.iter().zip(&self.observed.jails).all(|(j, o)| same(j, o))
+    }
+
     /// A jail as the planner sees it: its addresses (a VNET jail's as last read in the
     /// background, see `vnet`), or why they are not known.
     fn running(&self, j: JailInfo) -> RunningJail {
-        let addrs = if j.vnet { self.vnet_addrs(j.jid, &j.name) } else { Ok(j.ip4.into_iter().chain(j.ip6).collect()) };
+        let addrs = if j.vnet {
+            self.vnet_addrs(j.jid, &j.name)
+        } else {
+            let mut addrs = j.ip4;
+            addrs.extend(j.ip6);
+            Ok(addrs)
+        };
         RunningJail { name: j.name, jid: j.jid, vnet: j.vnet, addrs }
     }
 
@@ -368,6 +450,7 @@ impl Observer {
             }
             let fresh = self.vnet_addrs(j.jid, &j.name);
             if fresh != self.observed.jails[i].addrs {
+                self.jails_from = None;
                 self.observed.jails[i].addrs = fresh;
                 changed = true;
             }
@@ -423,15 +506,6 @@ impl Observer {
         }
         self.problems.insert(source, msg);
     }
-}
-
-/// The gateway interfaces of both families, read at once.
-fn read_gateways(routes: &dyn Routes) -> [Result<Option<InterfaceName>, SysError>; 2] {
-    std::thread::scope(|s| {
-        let v6 = s.spawn(|| routes.gateway(Family::Inet6));
-        let v4 = routes.gateway(Family::Inet);
-        [v4, v6.join().expect("observation threads do not panic")]
-    })
 }
 
 #[cfg(test)]
@@ -545,6 +619,61 @@ mod tests {
         let touched = Touched { jails: ["app".parse().unwrap()].into(), ..Touched::default() };
         assert!(!o.take(reading, "kleene", &touched), "a poll that saw what the request saw changes nothing");
         assert_eq!(names(&o), ["app", "db", "web"]);
+    }
+
+    /// An idle poll compares what it read with what it saw before building anything: a
+    /// change of one address, one jid or one anchor among the same names is still a change.
+    #[test]
+    fn a_poll_finds_one_changed_address_jid_or_anchor_among_the_same_names() {
+        use crate::sys::pf::Pf;
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        let both = |web: JailInfo| vec![web, jail("db", 4, &["10.13.37.3"])];
+        f.jails.set(both(jail("web", 3, &["10.13.37.2"])));
+        f.pf.set_anchor("kleene/web", "pass in all\n");
+        assert!(o.observe(&f.system(), "kleene"));
+        assert!(!o.observe(&f.system(), "kleene"), "the same again");
+        f.jails.set(both(jail("web", 3, &["10.13.37.2", "fd00::2"])));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[1].addrs, Ok(vec!["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]));
+        f.jails.set(both(jail("web", 5, &["10.13.37.2", "fd00::2"])));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().jails[1].jid, 5);
+        f.pf.flush("kleene/web").unwrap();
+        f.pf.set_anchor("kleene/db", "pass in all\n");
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().anchors, Some(["db".to_string()].into()));
+        assert!(!o.observe(&f.system(), "kleene"), "the same again");
+    }
+
+    /// A request that read a jail makes the observation more than the last list: a poll that
+    /// reads that same list again takes it in, since it is newer than the request.
+    #[test]
+    fn a_poll_after_a_request_takes_in_the_same_list_again() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        let web: JailName = "web".parse().unwrap();
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        assert!(o.observe(&f.system(), "kleene"));
+        f.jails.set(vec![jail("web", 3, &["10.13.37.9"])]);
+        assert!(o.observe_jail(&f.system(), &web));
+        f.jails.set(vec![jail("web", 3, &["10.13.37.2"])]);
+        assert!(o.observe(&f.system(), "kleene"), "the list is the same as the last one, the observation is not");
+        assert_eq!(o.observed().jails[0].addrs, Ok(vec!["10.13.37.2".parse().unwrap()]));
+    }
+
+    /// What the executor saw pf do makes the observed anchors more than the last listing: the
+    /// next poll's listing is taken in even when pf printed the same.
+    #[test]
+    fn a_poll_after_the_executor_takes_in_the_same_listing_again() {
+        let f = Fakes::new();
+        let mut o = observer(&f);
+        f.pf.set_anchor("kleene/web", "pass in all\n");
+        o.observe(&f.system(), "kleene");
+        o.absorb(&Outcome { loaded: ["db".to_string()].into(), ..Outcome::default() });
+        assert_eq!(o.observed().anchors, Some(["db".to_string(), "web".to_string()].into()));
+        assert!(o.observe(&f.system(), "kleene"));
+        assert_eq!(o.observed().anchors, Some(["web".to_string()].into()), "what pf lists");
     }
 
     /// Requests that read their jail during every poll (a steady stream of publishes) must not

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::core::model::{Family, InterfaceName, JailName};
 use crate::sys::host::{Interfaces, Jails, Routes, SysError};
+use crate::sys::later::Later;
 use crate::sys::parse::{HostInterfaces, JailInfo, ParseError};
 use crate::sys::pf::{Pf, Show};
 use crate::sys::runner::{CmdError, CmdErrorKind};
@@ -82,6 +83,8 @@ struct PfModel {
     calls: Vec<PfCall>,
     /// Interfaces pf skips (`set skip on ...`).
     skipped: Vec<String>,
+    /// The last anchors listed, shared as `Pfctl` shares the same output's.
+    listed: Option<Arc<Vec<String>>>,
 }
 
 /// pf: anchors loaded and flushed in memory; refuses what the test says.
@@ -195,6 +198,10 @@ impl Pf for FakePf {
         Ok(m.anchors.keys().filter(|a| a.strip_prefix(&prefix).is_some_and(|c| !c.contains('/'))).cloned().collect())
     }
 
+    fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
+        Later::known(self.anchors(parent).map(|list| shared(&mut lock(&self.0).listed, list)))
+    }
+
     fn show(&self, anchor: Option<&str>, what: Show) -> Result<String, CmdError> {
         let m = self.call(PfCall::Show(anchor.map(str::to_string), what), PfOp::Show, &["pfctl", "-s"])?;
         let text = match anchor {
@@ -298,6 +305,8 @@ struct JailsModel {
     refusal: Option<String>,
     /// `None` for a listing of every jail, the name for a lookup of one.
     calls: Vec<Option<JailName>>,
+    /// The last list, shared as `JailTools` shares the same output's.
+    listed: Option<Arc<Vec<JailInfo>>>,
 }
 
 /// jls: the jails the test says are running.
@@ -335,8 +344,21 @@ impl Jails for FakeJails {
         self.answer(None)
     }
 
+    fn list_later(&self) -> Later<'_, Result<Arc<Vec<JailInfo>>, SysError>> {
+        Later::known(self.answer(None).map(|list| shared(&mut lock(&self.0).listed, list)))
+    }
+
     fn get(&self, name: &JailName) -> Result<Option<JailInfo>, SysError> {
         Ok(self.answer(Some(name.clone()))?.into_iter().find(|j| &j.name == name))
+    }
+}
+
+/// `list`, as the same `Arc` as `last` when it is the same list, as the real tools answer the
+/// same output (`sys::memo`).
+fn shared<T: PartialEq>(last: &mut Option<Arc<T>>, list: T) -> Arc<T> {
+    match last {
+        Some(l) if **l == list => Arc::clone(l),
+        _ => Arc::clone(last.insert(Arc::new(list))),
     }
 }
 
