@@ -271,7 +271,11 @@ fn loads_pf_refuses_back_off_per_anchor() {
     // A 100 ms poll tries 30 times in 3 s; doubling waits (100, 200, 400, 800, 1600 ms) try ~5.
     assert!((2..=7).contains(&loads), "{loads} loads in 3 s");
     let check = h.ctl(&["check"]);
-    assert!(check.stdout.contains("pf refused it") && check.stdout.contains("retrying in"), "{check:?}");
+    assert!(
+        check.stdout.contains("pf refused it") && check.stdout.contains("retrying in"),
+        "{check:?}\nthe agent's log:\n{}",
+        h.log()
+    );
     h.pf_switch("refuse", None);
     assert_eq!(h.ctl(&["reconcile"]).code, 0, "reconcile tries at once");
     assert!(h.anchor("web").is_some());
