@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use super::model::{Cidr, Family, InterfaceName, OUTBOUND_LABEL, PortRange, Protocol};
 use super::publication::Publication;
-use super::reach::{From, Reach};
+use super::reach::{From, Reach, Reached};
 use super::spec::{Place, PortSpec};
 
 /// The jail's addresses that traffic is redirected to: at most one per family.
@@ -277,7 +277,7 @@ pub struct Rendered {
     /// Interfaces the published rules are on (empty for an address or loopback publication).
     pub interfaces: Vec<InterfaceName>,
     /// Where the publication can be reached from, by its rules.
-    pub reached: Vec<From>,
+    pub reached: Reached,
 }
 
 impl Rendered {
@@ -287,9 +287,7 @@ impl Rendered {
     }
 
     fn reach(&mut self, from: From) {
-        if !self.reached.contains(&from) {
-            self.reached.push(from);
-        }
+        self.reached.insert(from);
     }
 
     fn note(&mut self, note: String) {
@@ -309,7 +307,7 @@ pub fn render_publication(p: &Publication, targets: &Targets, host: &HostView, v
         skipped: vec![],
         notes: vec![],
         interfaces: vec![],
-        reached: vec![],
+        reached: Reached::default(),
     };
     let spec = &p.spec;
     let reach = host.reach.for_publication(&p.reach_off);
@@ -498,7 +496,6 @@ pub fn render_publication(p: &Publication, targets: &Targets, host: &HostView, v
             }
         }
     }
-    out.reached.sort();
     out
 }
 
@@ -650,7 +647,7 @@ mod tests {
             )
         );
         let r = &a.publications[0].1;
-        assert_eq!(r.reached, [From::Outside, From::Jails, From::Networks, From::Host]);
+        assert_eq!(r.reached.to_vec(), [From::Outside, From::Jails, From::Networks, From::Host]);
         assert!(r.notes.is_empty());
     }
 
@@ -741,7 +738,7 @@ mod tests {
         let a = render_uniform(&[publication("127.0.0.1:8080:80")], &vnet, &bridges(), true);
         assert!(a.text().starts_with("nat on bridge0 inet proto tcp from 127.0.0.1 to 10.13.37.5 port 80 tagged"));
         assert!(!a.text().contains("10.13.37.0/24"), "no hairpin, no networks: {}", a.text());
-        assert_eq!(a.publications[0].1.reached, [From::Host]);
+        assert_eq!(a.publications[0].1.reached.to_vec(), [From::Host]);
         let off = HostView { reach: Reach { loopback: false, ..Reach::default() }, ..HostView::new(em0()) };
         let a = render_uniform(&[publication("[::1]:8080:80")], &both, &off, false);
         assert!(a.is_empty());

@@ -155,13 +155,7 @@ fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], host: &HostView
                     l
                 }
             };
-            PubRendered {
-                seq: seq_of[&p.spec],
-                interfaces,
-                no_rules,
-                reached: r.reached.iter().copied().collect(),
-                notes: r.notes.clone(),
-            }
+            PubRendered { seq: seq_of[&p.spec], interfaces, no_rules, reached: r.reached, notes: r.notes.clone() }
         })
         .collect();
     let loaded = (!anchor.is_empty()).then(|| Arc::new(Loaded::new(jail.name.clone(), jail.jid, &anchor.text())));
