@@ -186,7 +186,40 @@ impl State {
 
     /// Drops the publications past the first `len` (the last ones appended).
     pub fn truncate(&mut self, len: usize) {
-        for s in self.publications.drain(len.min(self.publications.len())..) {
+        let dropped: Vec<Stored> = self.publications.drain(len.min(self.publications.len())..).collect();
+        self.unindex(&dropped);
+    }
+
+    /// Takes out the publications whose seq is in `seqs`. In place: the others are neither
+    /// copied nor indexed again (at 10,000 publications a copy was 3 MB of the agent's peak).
+    pub fn remove(&mut self, seqs: &BTreeSet<u64>) -> Vec<Stored> {
+        // The kept ones move forward in order, the removed ones end up behind them.
+        let mut kept = 0;
+        for i in 0..self.publications.len() {
+            if !seqs.contains(&self.publications[i].seq) {
+                self.publications.swap(kept, i);
+                kept += 1;
+            }
+        }
+        let mut removed = self.publications.split_off(kept);
+        removed.sort_by_key(|s| s.seq);
+        self.unindex(&removed);
+        removed
+    }
+
+    /// Puts back publications [`State::remove`] took out.
+    pub fn restore(&mut self, removed: Vec<Stored>) {
+        for s in removed {
+            let at = self.publications.partition_point(|p| p.seq < s.seq);
+            let seqs = self.by_jail.entry(s.publication.jail.clone()).or_default();
+            seqs.insert(seqs.partition_point(|q| *q < s.seq), s.seq);
+            self.publications.insert(at, s);
+        }
+    }
+
+    /// Takes `gone`, publications no longer stored, out of the per-jail index.
+    fn unindex(&mut self, gone: &[Stored]) {
+        for s in gone {
             if let Some(seqs) = self.by_jail.get_mut(&s.publication.jail) {
                 seqs.retain(|q| *q != s.seq);
                 if seqs.is_empty() {
@@ -194,21 +227,6 @@ impl State {
                 }
             }
         }
-    }
-
-    /// Takes out the publications whose seq is in `seqs`.
-    pub fn remove(&mut self, seqs: &BTreeSet<u64>) -> Vec<Stored> {
-        let (removed, kept) = std::mem::take(&mut self.publications).into_iter().partition(|s| seqs.contains(&s.seq));
-        self.publications = kept;
-        self.index();
-        removed
-    }
-
-    /// Puts back publications [`State::remove`] took out.
-    pub fn restore(&mut self, removed: Vec<Stored>) {
-        self.publications.extend(removed);
-        self.publications.sort_by_key(|s| s.seq);
-        self.index();
     }
 
     /// Hands out `next_seq` and advances it. Fails, changing nothing, when no seq is left
@@ -904,9 +922,9 @@ publications:
         assert_eq!(removed.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 3]);
         agrees(&st);
         assert_eq!(st.get(1), None);
-        st.restore(removed);
+        st.restore(removed.into_iter().rev().collect());
         agrees(&st);
-        assert_eq!(st.publications().iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(st.publications().iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3], "back in seq order");
     }
 
     #[test]
