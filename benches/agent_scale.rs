@@ -6,7 +6,9 @@
 //!
 //! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
 //! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
-//! `kleenectl publish` round trips; the agent's peak RSS; the rule text a single-jail change
+//! `kleenectl publish` round trips, the agent's CPU per publish and the floor of a round trip (a
+//! publish answered without pf or the disk; a pfctl process's lifetime beyond its work); the
+//! agent's peak RSS, and its RSS over publishes unpublished again; the rule text a single-jail change
 //! pushes with per-jail anchors versus a whole-ruleset reload; and reading every publication's
 //! traffic counters: `kleenectl stats` and one metrics scrape. Prints a report; asserts only that
 //! the agent did what it should (every anchor loaded, the stopped jail flushed), never a time.
@@ -14,6 +16,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Call, Host};
@@ -220,20 +223,27 @@ fn main() {
         window.iter().filter(|c| is_load(c)).count()
     );
 
-    // 4. Publish round trips.
+    // 4. Publish round trips. Each publish's calls are read from where the last read ended, so
+    // the bench's own work between two publishes does not grow with the log.
+    let (_, mut offset) = h.calls_after(0);
     let mut total = Vec::with_capacity(publishes);
     let mut without_pfctl = Vec::with_capacity(publishes);
+    let mut ticks = 0;
+    let cpu0 = process_cpu_ns(pid);
     for n in 0..publishes {
         let i = 2 + n % (jails - 2);
-        let before = h.calls().len();
         let t0 = Instant::now();
         let out = h.ctl(&["publish", "-j", &jail_name(i), &format!("em1:{}:{}", 10000 + n, 8000 + n)]);
         let d = t0.elapsed();
         assert_eq!(out.code, 0, "{out:?}");
-        let pf_us: u64 = h.calls()[before..].iter().filter(|c| c.tool == "pfctl").map(elapsed_us).sum();
+        let (calls, end) = h.calls_after(offset);
+        offset = end;
+        let pf_us: u64 = calls.iter().filter(|c| c.tool == "pfctl").map(elapsed_us).sum();
+        ticks += calls.iter().filter(|c| c.tool == "jls").count();
         total.push(d);
         without_pfctl.push(d.saturating_sub(Duration::from_micros(pf_us)));
     }
+    let publish_cpu = process_cpu_ns(pid) - cpu0;
     total.sort();
     without_pfctl.sort();
     println!(
@@ -241,10 +251,17 @@ fn main() {
     );
     println!("- total: p50 {}, p99 {}", ms(percentile(&total, 0.5)), ms(percentile(&total, 0.99)));
     println!(
-        "- excluding pfctl's own run time: p50 {}, p99 {}\n",
+        "- excluding pfctl's own run time: p50 {}, p99 {}",
         ms(percentile(&without_pfctl, 0.5)),
         ms(percentile(&without_pfctl, 0.99))
     );
+    println!(
+        "- agent CPU per publish, whole process: {:.2} ms ({} polls ran meanwhile; their CPU is included)",
+        publish_cpu as f64 / 1e6 / publishes as f64,
+        ticks
+    );
+    floor(&h, jails);
+
     println!("## 5. Memory");
     println!(
         "- agent peak RSS (VmHWM) after all of the above ({} publications): {} KiB; now {} KiB",
@@ -257,6 +274,7 @@ fn main() {
         status_kib(pid, "RssAnon:"),
         status_kib(pid, "RssFile:")
     );
+    churn(&h, pid, publishes);
     counters(&h, jails, pid, metrics_port);
     agent.stop();
 
@@ -278,6 +296,78 @@ fn main() {
         let whole: usize = (0..n).map(anchor_bytes).sum();
         println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));
     }
+}
+
+/// The part of a publish's round trip that is two processes starting and ending: the round trip
+/// of a publish the agent answers without pf or the disk (the client process, the socket and
+/// the checks), and a fake pfctl process's lifetime beyond its own work, as the bench sees it.
+fn floor(h: &Host, jails: usize) {
+    let runs = 200;
+    let mut noop = Vec::with_capacity(runs);
+    for n in 0..runs {
+        let i = 2 + n % (jails - 2);
+        let t0 = Instant::now();
+        let out = h.ctl(&["publish", "-j", &jail_name(i), &spec(i, 0)]);
+        noop.push(t0.elapsed());
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("already published"), "{out:?}");
+    }
+    noop.sort();
+    let (_, mut offset) = h.calls_after(0);
+    let mut process = Vec::with_capacity(runs);
+    for n in 0..runs {
+        let anchor = format!("kleene/{}", jail_name(2 + n % (jails - 2)));
+        let t0 = Instant::now();
+        let out = Command::new(h.tool("pfctl")).args(["-a", &anchor, "-s", "nat"]).output().unwrap();
+        let d = t0.elapsed();
+        assert!(out.status.success(), "{out:?}");
+        let (calls, end) = h.calls_after(offset);
+        offset = end;
+        let own: u64 = calls.iter().map(elapsed_us).sum();
+        process.push(d.saturating_sub(Duration::from_micros(own)));
+    }
+    process.sort();
+    println!(
+        "- floor: a publish answered without pf or the disk (already published: the client process, the \
+         socket, the checks): p50 {}, p99 {}",
+        ms(percentile(&noop, 0.5)),
+        ms(percentile(&noop, 0.99))
+    );
+    println!(
+        "- floor: a fake pfctl process (`-s nat` of one anchor), spawn to reap minus its own work: p50 {}, p99 {}\n",
+        ms(percentile(&process, 0.5)),
+        ms(percentile(&process, 0.99))
+    );
+}
+
+/// Section 5b: publishing and unpublishing the same number of publications again and again; the
+/// agent's RSS should not grow with the number of changes, only with what is published.
+fn churn(h: &Host, pid: u32, publishes: usize) {
+    let cycles = publishes.min(300);
+    let jail = jail_name(1);
+    let rss0 = status_kib(pid, "VmRSS:");
+    let mut unpublish = Vec::with_capacity(cycles);
+    for n in 0..cycles {
+        let spec = format!("em1:{}:{}", 60000 + n % 5000, 80);
+        let out = h.ctl(&["publish", "-j", &jail, &spec]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let t0 = Instant::now();
+        let out = h.ctl(&["unpublish", "-j", &jail, &spec]);
+        unpublish.push(t0.elapsed());
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    unpublish.sort();
+    println!("## 5b. Churn: {cycles} publishes each unpublished again (jail {jail})");
+    println!(
+        "- agent RSS before: {rss0} KiB; after: {} KiB; peak (VmHWM) now {} KiB",
+        status_kib(pid, "VmRSS:"),
+        status_kib(pid, "VmHWM:")
+    );
+    println!(
+        "- `kleenectl unpublish` round trip (plans every publication): p50 {}, p99 {}\n",
+        ms(percentile(&unpublish, 0.5)),
+        ms(percentile(&unpublish, 0.99))
+    );
 }
 
 /// Section 7, the traffic counters of every publication: `kleenectl stats` (all jails, then one
