@@ -343,11 +343,15 @@ fn floor(h: &Host, jails: usize) {
 /// Section 5b: publishing and unpublishing the same number of publications again and again; the
 /// agent's RSS should not grow with the number of changes, only with what is published.
 fn churn(h: &Host, pid: u32, publishes: usize) {
-    let cycles = publishes.min(300);
+    let cycles = publishes.min(1000);
     let jail = jail_name(1);
     let rss0 = status_kib(pid, "VmRSS:");
     let mut unpublish = Vec::with_capacity(cycles);
+    let mut series = Vec::new();
     for n in 0..cycles {
+        if n % (cycles / 5).max(1) == 0 {
+            series.push(format!("{n}: {} KiB", status_kib(pid, "VmRSS:")));
+        }
         let spec = format!("em1:{}:{}", 60000 + n % 5000, 80);
         let out = h.ctl(&["publish", "-j", &jail, &spec]);
         assert_eq!(out.code, 0, "{out:?}");
@@ -363,6 +367,7 @@ fn churn(h: &Host, pid: u32, publishes: usize) {
         status_kib(pid, "VmRSS:"),
         status_kib(pid, "VmHWM:")
     );
+    println!("- RSS along the way, after N cycles: {}", series.join(", "));
     println!(
         "- `kleenectl unpublish` round trip (plans every publication): p50 {}, p99 {}\n",
         ms(percentile(&unpublish, 0.5)),
