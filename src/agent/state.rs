@@ -295,16 +295,14 @@ impl Store {
     /// failure leaves no temporary file behind, and the old file as it was unless the failure
     /// came after the rename (the fsync of the directory).
     pub fn save_jail(&self, jail: &JailName, publications: &[&Stored]) -> anyhow::Result<()> {
-        self.stage(jail, publications).and_then(Staged::commit)
-    }
-
-    /// The first half of [`Store::save_jail`]: writes `jail`'s new publications to a temporary
-    /// file and fsyncs it, leaving the state as it was. The caller may do other work meanwhile
-    /// (the agent loads pf), then [`Staged::commit`]s it, or drops it, which removes the file.
-    pub fn stage(&self, jail: &JailName, publications: &[&Stored]) -> anyhow::Result<Staged> {
         let path = self.path_of(jail);
+        let context = || format!("cannot write state file {}", path.display());
         if publications.is_empty() {
-            return Ok(Staged { dir: self.dir.clone(), path, tmp: None });
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => open_dir(&self.dir).and_then(|d| d.sync_all()),
+            }
+            .with_context(context);
         }
         let text = render(jail, publications);
         if text.len() as u64 > MAX_FILE_BYTES {
@@ -317,43 +315,14 @@ impl Store {
             );
         }
         let tmp = self.dir.join(format!(".{}.tmp", jail.component()));
-        write_temp(&tmp, text.as_bytes()).with_context(|| format!("cannot write state file {}", path.display()))?;
-        Ok(Staged { dir: self.dir.clone(), path, tmp: Some(tmp) })
-    }
-}
-
-/// A jail's new state file, written and fsynced under a temporary name but not in place yet
-/// ([`Store::stage`]). Dropping it without [`Staged::commit`] removes the temporary file.
-#[derive(Debug)]
-pub struct Staged {
-    dir: PathBuf,
-    path: PathBuf,
-    /// The temporary file; `None` when the jail's file is to be removed.
-    tmp: Option<PathBuf>,
-}
-
-impl Staged {
-    /// Puts the staged file in place (or removes the jail's file) and fsyncs the directory.
-    pub fn commit(mut self) -> anyhow::Result<()> {
-        let done = match self.tmp.take() {
-            Some(tmp) => fs::rename(&tmp, &self.path).inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            }),
-            None => match fs::remove_file(&self.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
-        };
-        done.and_then(|()| open_dir(&self.dir)?.sync_all())
-            .with_context(|| format!("cannot write state file {}", self.path.display()))
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(tmp) = self.tmp.take() {
-            let _ = fs::remove_file(tmp);
-        }
+        write_temp(&tmp, text.as_bytes())
+            .and_then(|()| {
+                fs::rename(&tmp, &path).inspect_err(|_| {
+                    let _ = fs::remove_file(&tmp);
+                })
+            })
+            .and_then(|()| open_dir(&self.dir)?.sync_all())
+            .with_context(context)
     }
 }
 

@@ -12,8 +12,8 @@
 //!   not done yet (backoff per anchor, pending state kills, refused flushes);
 //! - `verify`: reads loaded anchors back, a share per poll;
 //! - `requests`: publish and unpublish, as transactions over pf and the state on disk, in one
-//!   order: pf first, then the disk (a refusal by pf changes nothing; a failed write puts pf
-//!   back; a crash in between leaves the old state on disk, which start-up loads again);
+//!   order: both at once, undone together (a refusal by pf writes the jail's file back; a
+//!   failed write puts pf back; after a crash, start-up loads pf from what the disk holds);
 //! - `views` and `diagnostics`: `ls`, `rules` and `check`.
 //!
 //! This module owns them and runs the cycle: start, tick, reconfigure, reconcile. Answers are

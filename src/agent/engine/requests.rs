@@ -5,29 +5,34 @@
 //! below, which change nothing), then applied as one transaction over pf and the state on disk,
 //! in one order for both (`Engine::commit`):
 //!
-//! 1. pf first: the jail's anchor is loaded (or flushed) as the new state says. When pf does not
-//!    take it (a refused load or flush, an anchor it cannot show), nothing is written, the state
-//!    in memory is undone and the request is refused as `Pf`: pf holds what it held, which is
-//!    what the disk says.
-//! 2. Then the disk: the jail's state file is replaced atomically. It is written and fsynced
-//!    under a temporary name while pf loads (a thread of its own), and renamed into place only
-//!    once pf took the change; a refusal by pf removes it. When that fails, the jail's
-//!    anchor is put back as the stored state says and the request is refused as `Internal`
-//!    (saying so if pf would not take it back either: the executor then retries).
-//! 3. Only then the rest of the plan (other jails' anchors that a new observation changed).
+//! 1. pf and the disk at once: the jail's anchor is loaded (or flushed) as the new state says,
+//!    and meanwhile, in a thread of its own, the jail's state file is replaced atomically
+//!    (written and fsynced under a temporary name, renamed, the directory fsynced). The answer
+//!    waits for both; neither waits for the other, so a publish costs the longer of the two, not
+//!    their sum.
+//! 2. When pf does not take it (a refused load or flush, an anchor it cannot show), the state in
+//!    memory is undone, the jail's file is written back as it was, and the request is refused as
+//!    `Pf`: pf holds what it held, and so does the disk (the answer says so if the file could not
+//!    be written back).
+//! 3. When the file could not be written (pf took the change), the jail's anchor is put back as
+//!    the stored state says and the request is refused as `Internal` (saying so if pf would not
+//!    take it back either: the executor then retries).
+//! 4. Only then the rest of the plan (other jails' anchors that a new observation changed).
 //!
-//! A crash between 1 and 2 leaves the old state on disk, and the agent loads every anchor from
-//! the stored state when it starts (and flushes anchors of its own that the state does not
-//! know), so pf returns to the old state too. Either way pf and the disk end up both old or both
-//! new, and the answer says which. One thing is not undone: a state kill pf refuses after the
-//! rules are gone (an unpublish's removed publications, a restarted jail's old label). The
-//! rules are what publishes a port; the answer says which states remain, and the executor kills
-//! them later.
+//! A crash during 1 leaves the disk old or new (the rename is atomic) and pf old or new; the agent
+//! loads every anchor from the stored state when it starts (and flushes anchors of its own that
+//! the state does not know), so pf follows the disk. Either way pf and the disk end up both old
+//! or both new, and an answer is sent only once they are. (A crash in 2, after pf refused and
+//! before the file is back, leaves the change on disk: the agent loads it when it starts, and
+//! shows its publications as `error` if pf refuses them again.) One thing is not undone: a state
+//! kill pf refuses after the rules are gone (an unpublish's removed publications, a restarted
+//! jail's old label). The rules are what publishes a port; the answer says which states remain,
+//! and the executor kills them later.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::agent::state::{Staged, State};
+use crate::agent::state::State;
 use crate::core::address::Network;
 use crate::core::conflict;
 use crate::core::container::Owner;
@@ -70,8 +75,9 @@ enum Undo {
 
 /// Why a change was not made.
 enum Failed {
-    /// pf did not take the change; it holds what it held.
-    Pf(AnchorFailure),
+    /// pf did not take the change; it holds what it held, and the jail's state file was put
+    /// back as it was, unless `restore` says why not.
+    Pf { failure: AnchorFailure, restore: Option<anyhow::Error> },
     /// pf took the change but the state could not be written; pf was put back, unless
     /// `put_back` says why not.
     Persist { error: anyhow::Error, put_back: Option<AnchorFailure> },
@@ -81,14 +87,18 @@ impl Failed {
     /// The refusal for the user: `done` is what did not happen (`published`).
     fn refusal(&self, jail: &JailName, done: &str) -> Refusal {
         match self {
-            Failed::Pf(f) => {
-                let (what, e) = f.describe(jail);
-                Refusal::new(
-                    RefusalKind::Pf,
-                    format!(
-                        "{what}, so nothing was {done}: {e}\nCheck that pf is loaded and pfctl works (kleenectl check)."
-                    ),
-                )
+            Failed::Pf { failure, restore } => {
+                let (what, e) = failure.describe(jail);
+                let mut msg = format!("{what}, so nothing was {done}: {e}");
+                if let Some(error) = restore {
+                    msg.push_str(&format!(
+                        "; but the jail's state file, written while pf loaded, could not be put back ({error:#}): \
+                         it holds the change pf refused, which the agent would apply when it next starts; once the \
+                         state directory is writable again, the jail's next change writes the file anew"
+                    ));
+                }
+                msg.push_str("\nCheck that pf is loaded and pfctl works (kleenectl check).");
+                Refusal::new(RefusalKind::Pf, msg)
             }
             Failed::Persist { error, put_back } => {
                 let mut msg = format!("{error:#}; nothing was {done}");
@@ -280,9 +290,9 @@ impl Engine {
         ))
     }
 
-    /// Applies the candidate state (already in `self.state`) for `jail`: pf first, then the
-    /// disk, then the rest of the plan (see the module documentation). On failure the state in
-    /// memory is undone with `undo`, and pf holds what the state on disk says.
+    /// Applies the candidate state (already in `self.state`) for `jail`: pf and the disk at once,
+    /// then the rest of the plan (see the module documentation). On failure the state in memory
+    /// is undone with `undo`, and pf and the disk hold what they held.
     fn commit(&mut self, jail: &JailName, planned: Planned, undo: Undo) -> Result<Outcome, Failed> {
         let component = self.component(jail);
         let refused_before = self.executor.refused_loads().clone();
@@ -290,24 +300,24 @@ impl Engine {
             Planned::Full(plan) => plan.actions.iter().cloned().partition(|a| a.component() == component),
             Planned::Jail(j) => (j.actions.clone(), vec![]),
         };
-        // The jail's new state file is written and fsynced while pf loads the anchor, and put in
-        // place only once pf took it: the order stays pf, then the disk.
+        // The jail's new state file is written (atomically, fsynced) while pf loads the anchor,
+        // in a thread of its own; the answer waits for both.
         let store = self.store.clone();
         let stored: Vec<Stored> = self.stored_of(jail).cloned().collect();
-        let (mut outcome, staged) = std::thread::scope(|s| {
-            let staging = s.spawn(|| store.stage(jail, &stored.iter().collect::<Vec<_>>()));
+        let (mut outcome, saved) = std::thread::scope(|s| {
+            let saving = s.spawn(|| store.save_jail(jail, &stored.iter().collect::<Vec<_>>()));
             let outcome = self.apply(&mine, Bypass::Component(&component));
-            (outcome, staging.join().expect("staging a state file does not panic"))
+            (outcome, saving.join().expect("writing a state file does not panic"))
         });
         if let Some(failure) = outcome.anchor_failure(&component) {
-            // pf holds what it held, which is what the state says once undone (dropping the
-            // staged file removes it).
-            drop(staged);
+            // pf holds what it held, which is what the state says once undone; the jail's file
+            // goes back to it too (a write that failed left it as it was).
             self.executor.forget_anchor_failure(&component);
             self.abort(undo);
-            return Err(Failed::Pf(failure));
+            let restore = saved.is_ok().then(|| self.save_jail(jail).err()).flatten();
+            return Err(Failed::Pf { failure, restore });
         }
-        if let Err(error) = staged.and_then(Staged::commit) {
+        if let Err(error) = saved {
             // The states of rules about to be put back are wanted again.
             self.executor.forget_kills(outcome.refused_kills.keys());
             self.undo(undo);
@@ -321,6 +331,11 @@ impl Engine {
             Planned::Jail(j) => self.last.merge(j),
         }
         Ok(outcome)
+    }
+
+    /// Writes `jail`'s state file as the state in memory says.
+    fn save_jail(&self, jail: &JailName) -> anyhow::Result<()> {
+        self.store.save_jail(jail, &self.stored_of(jail).collect::<Vec<_>>())
     }
 
     /// Plans a publish whose new publications are the last of the state: its jail alone when
@@ -599,11 +614,41 @@ mod tests {
              Check that pf is loaded and pfctl works (kleenectl check)."
         );
         assert!(h.list().is_empty() && h.stored("web").is_none());
-        assert!(h.state_files().is_empty(), "the file staged while pf loaded is removed: {:?}", h.state_files());
+        assert!(h.state_files().is_empty(), "the file written while pf loaded is removed: {:?}", h.state_files());
         assert!(h.problems().is_empty(), "nothing left to retry: {:?}", h.problems());
         h.pf().allow(PfOp::Load);
         assert_eq!(h.publish("web", &["8080:80"]).unwrap(), "published web 8080:80/tcp on em0 -> 10.13.37.2");
         assert!(h.stored("web").unwrap().contains("spec: 8080:80/tcp"));
+    }
+
+    #[test]
+    fn a_change_pf_refuses_puts_the_jails_state_file_back_as_it_was() {
+        let h = running_web();
+        h.publish("web", &["8080:80"]).unwrap();
+        let before = h.stored("web").unwrap();
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        assert_eq!(h.publish("web", &["8081:81"]).unwrap_err().kind, RefusalKind::Pf);
+        assert_eq!(h.stored("web").unwrap(), before, "the file written while pf loaded is the old one again");
+        assert_eq!(h.state_files(), ["web.yml"], "no temporary file is left");
+        let reopened = h.reopen();
+        let specs: Vec<String> = reopened.list().iter().map(|s| s.publication.spec.to_string()).collect();
+        assert_eq!(specs, ["8080:80/tcp"], "an agent starting now loads what pf holds");
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_state_file_could_not_be_put_back() {
+        let failed = Failed::Pf {
+            failure: AnchorFailure::Load("stdin:1: syntax error".into()),
+            restore: Some(anyhow::anyhow!("cannot write state file /var/db/kleene-rdr/publications/web.yml")),
+        };
+        assert_eq!(
+            failed.refusal(&"web".parse().unwrap(), "published").message,
+            "pf refused the rules for jail web, so nothing was published: stdin:1: syntax error; but the jail's \
+             state file, written while pf loaded, could not be put back (cannot write state file \
+             /var/db/kleene-rdr/publications/web.yml): it holds the change pf refused, which the agent would apply \
+             when it next starts; once the state directory is writable again, the jail's next change writes the \
+             file anew\nCheck that pf is loaded and pfctl works (kleenectl check)."
+        );
     }
 
     #[test]
