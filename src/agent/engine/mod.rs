@@ -320,6 +320,9 @@ impl Engine {
             return Outcome::default();
         }
         metrics::timed(&HEALTH.reconcile, || {
+            // The last plan is replaced below: let it go first, so that two plans of every
+            // publication are never held at once (the agent's peak memory).
+            self.last = Plan::default();
             let plan = self.plan_current();
             let before = self.executor.refused_loads().clone();
             let mut outcome = self.apply(&plan.actions, bypass);

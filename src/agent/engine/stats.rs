@@ -124,21 +124,23 @@ impl StatsRead {
     pub fn read(mut self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
         // A labels line carries every counter but the states, a rules line only the states: both
-        // reads add into the same sums.
-        let mut sums = vec![RuleCounters::default(); self.stats.len()];
-        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut sums)?;
+        // reads add into the same sums, the publications' own counters (no second list of
+        // 10,000 sums beside them).
+        let mut stats = std::mem::take(&mut self.stats);
+        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut stats[..])?;
         let states =
-            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut sums)?;
-        for ((s, key), sum) in self.stats.iter_mut().zip(&self.keys).zip(sums) {
+            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut stats[..])?;
+        for (s, key) in stats.iter_mut().zip(&self.keys) {
             let Some(key) = key else { continue };
             let anchor = &self.jails[key.jail].anchor;
+            let sum = s.counters.take().unwrap_or_default();
             match (labels.get(anchor), states.get(anchor)) {
                 (None, None) => s.counters = Some(sum),
                 (Some(e), _) => s.note = Some(format!("cannot read pf's counters of {anchor}: {e}")),
                 (_, Some(e)) => s.note = Some(format!("cannot read pf's current states of {anchor}: {e}")),
             }
         }
-        Ok(self.stats)
+        Ok(stats)
     }
 
     /// One kind of read (`what`, for messages) of every loaded anchor, added into `sums`: one
@@ -149,7 +151,7 @@ impl StatsRead {
         &self,
         what: &str,
         read: impl Fn(&str, &mut dyn FnMut(&str)) -> Result<(), CmdError>,
-        sums: &mut [RuleCounters],
+        sums: &mut (impl Sums + ?Sized),
     ) -> Result<BTreeMap<String, String>, Refusal> {
         let loaded = || {
             self.keys.iter().enumerate().filter_map(|(k, key)| key.as_ref().map(|key| (&self.jails[key.jail], key, k)))
@@ -192,6 +194,24 @@ impl StatsRead {
     }
 }
 
+/// Where a [`Tally`] adds up the counters of the publication at an index.
+trait Sums {
+    fn at(&mut self, k: usize) -> &mut RuleCounters;
+}
+
+impl Sums for [RuleCounters] {
+    fn at(&mut self, k: usize) -> &mut RuleCounters {
+        &mut self[k]
+    }
+}
+
+/// The publications' own counters, zero until something is counted.
+impl Sums for [PublicationStats] {
+    fn at(&mut self, k: usize) -> &mut RuleCounters {
+        self[k].counters.get_or_insert_with(RuleCounters::default)
+    }
+}
+
 /// A publication a [`Tally`] counts for: its jail's label, its own label, and the index of its
 /// sums.
 type Counted<'a> = (&'a str, &'a str, usize);
@@ -228,7 +248,7 @@ impl<'a> Tally<'a> {
     }
 
     /// Adds one rule's counters to the sums of the publications it counts for.
-    fn add(&mut self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+    fn add(&mut self, rule: &Rule<'_>, sums: &mut (impl Sums + ?Sized)) {
         let labels = &rule.labels;
         if self.every {
             if rule.block == 0 {
@@ -260,13 +280,13 @@ impl<'a> Tally<'a> {
 impl TallyJail<'_> {
     /// Adds a rule that carries this jail's label to each of its publications whose label it
     /// carries.
-    fn count(&self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+    fn count(&self, rule: &Rule<'_>, sums: &mut (impl Sums + ?Sized)) {
         if rule.labels.contains(&OUTBOUND_LABEL) {
             return;
         }
         for (label, k) in &self.items {
             if rule.labels.contains(label) {
-                sums[*k].add(&rule.counters);
+                sums.at(*k).add(&rule.counters);
             }
         }
     }
@@ -310,8 +330,8 @@ mod tests {
         let mut every = super::Tally::new(true, [(j, p, 0)].into_iter());
         let mut alone = super::Tally::new(false, [(j, p, 1)].into_iter());
         for r in &rules {
-            every.add(r, &mut sums);
-            alone.add(r, &mut sums);
+            every.add(r, &mut sums[..]);
+            alone.add(r, &mut sums[..]);
         }
         assert_eq!(
             (sums[0].bytes_in, sums[0].states_created),
