@@ -607,7 +607,7 @@ mod tests {
         let anchor = h.pf().anchor("kleene/web").unwrap();
         assert!(anchor.contains("rdr on em1 ") && !anchor.contains("em0"), "{anchor}");
         let ls = h.list();
-        assert_eq!(ls[0].interfaces, ["em1".parse().unwrap()]);
+        assert_eq!(ls[0].interfaces[..], ["em1".parse().unwrap()]);
         h.fakes.routes.set(Family::Inet, None);
         h.tick();
         assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "error", "no gateway, no rules");
