@@ -286,7 +286,12 @@ impl Engine {
         self.observer.vnet_pending(jail)
     }
 
+    /// Plans every publication against the current observation. The last plan is let go of
+    /// first: every caller replaces it with this plan (or with another made after it), and two
+    /// plans of 10,000 publications held at once were the agent's peak memory. Until then,
+    /// `self.last` is empty.
     fn plan_current(&mut self) -> Plan {
+        self.last = Plan::default();
         let desired = Desired {
             publications: self.state.publications(),
             networks: &self.cfg.networks,
@@ -320,9 +325,6 @@ impl Engine {
             return Outcome::default();
         }
         metrics::timed(&HEALTH.reconcile, || {
-            // The last plan is replaced below: let it go first, so that two plans of every
-            // publication are never held at once (the agent's peak memory).
-            self.last = Plan::default();
             let plan = self.plan_current();
             let before = self.executor.refused_loads().clone();
             let mut outcome = self.apply(&plan.actions, bypass);
