@@ -612,7 +612,7 @@ mod tests {
             reason: (standing != Standing::Active).then(|| "why".into()),
             interfaces: interfaces.iter().map(|i| i.parse().unwrap()).collect(),
             targets: Targets::from_addrs(targets.iter().map(|a| a.parse().unwrap())),
-            reached: vec![],
+            reached: Default::default(),
         }
         .into()
     }

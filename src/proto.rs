@@ -677,7 +677,7 @@ impl From<api::PublicationState> for PublicationView {
             },
             jail: p.jail,
             spec: p.spec,
-            interfaces: s.interfaces,
+            interfaces: s.interfaces.to_vec(),
             ipv4: s.targets.inet,
             ipv6: s.targets.inet6,
             state: s.standing.into(),
@@ -685,8 +685,8 @@ impl From<api::PublicationState> for PublicationView {
             sources: p.sources,
             log: p.log,
             network: p.network,
-            container: p.container,
-            reachable_from: s.reached,
+            container: p.container.map(|c| *c),
+            reachable_from: s.reached.to_vec(),
             reach_off: p.reach_off,
             traffic: None,
         }
@@ -1012,9 +1012,9 @@ mod tests {
             publication: p,
             standing,
             reason: (standing != api::Standing::Active).then(|| "jail web is not running".into()),
-            interfaces: vec!["em0".parse().unwrap()],
+            interfaces: vec!["em0".parse().unwrap()].into(),
             targets: Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]),
-            reached: vec![],
+            reached: Default::default(),
         }
         .into()
     }

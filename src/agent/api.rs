@@ -2,10 +2,12 @@
 //! validated (the protocol decodes straight into these types); the answers are turned into
 //! protocol responses by the server alone, so nothing below the server knows the wire format.
 
+use std::sync::Arc;
+
 use crate::core::container::{Container, Owner};
 use crate::core::model::{Cidr, InterfaceName, JailName, NetworkName};
 use crate::core::publication::Publication;
-use crate::core::reach::{From, ReachOff};
+use crate::core::reach::{ReachOff, Reached};
 use crate::core::render::Targets;
 use crate::core::spec::PortSpec;
 
@@ -130,12 +132,13 @@ pub struct PublicationState {
     pub standing: Standing,
     /// Why it is not active (None when active).
     pub reason: Option<String>,
-    /// The interfaces its rules are on (empty for an address publication or when none).
-    pub interfaces: Vec<InterfaceName>,
+    /// The interfaces its rules are on (empty for an address publication or when none): the
+    /// plan's list, shared (an `ls` of 10,000 publications holds no copy of each).
+    pub interfaces: Arc<[InterfaceName]>,
     /// The jail addresses its traffic goes to.
     pub targets: Targets,
     /// Where it can be reached from (empty unless active).
-    pub reached: Vec<From>,
+    pub reached: Reached,
 }
 
 /// One anchor the agent loaded, as `kleenectl rules` shows it.

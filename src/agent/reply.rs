@@ -91,9 +91,9 @@ mod tests {
             ),
             standing,
             reason: (standing != Standing::Active).then(|| format!("jail {jail} is not \"running\"")),
-            interfaces: vec!["em0".parse().unwrap()],
+            interfaces: vec!["em0".parse().unwrap()].into(),
             targets: Targets::from_addrs(["10.13.37.2".parse().unwrap(), "fd00::2".parse().unwrap()]),
-            reached: vec![],
+            reached: Default::default(),
         }
     }
 

@@ -445,7 +445,7 @@ fn render(jail: &JailName, publications: &[&Stored]) -> String {
                     sources: p.sources.clone(),
                     log: p.log,
                     network: p.network.clone(),
-                    container: p.container.clone(),
+                    container: p.container.as_deref().cloned(),
                     reach_off: p.reach_off,
                 }
             })

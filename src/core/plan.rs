@@ -649,18 +649,18 @@ fn render_jail(
     let jail = facts.running.filter(|_| !facts.items.is_empty())?;
     let rendered = renderer.render(&facts.component, jail, &facts.items, host);
     let pf_error = pf_errors.get(&facts.component);
-    for r in &rendered.publications {
+    for r in rendered.publications() {
         let i = statuses.binary_search_by_key(&r.seq, |(q, _)| *q).expect("status recorded in the claims phase");
         let st = &mut statuses[i].1;
-        st.interfaces = Arc::clone(&r.interfaces);
-        st.notes.clone_from(&r.notes);
+        st.interfaces = Arc::clone(r.interfaces);
+        st.notes = r.notes.to_vec();
         if st.status == Status::Active && pf_error.is_none() && r.no_rules.is_none() {
             st.reached = r.reached;
         }
         if let Some(err) = pf_error {
             st.status = Status::Error(format!("pf refused the anchor: {err}"));
-        } else if let Some(why) = &r.no_rules {
-            st.status = Status::Error(why.clone());
+        } else if let Some(why) = r.no_rules {
+            st.status = Status::Error(why.to_string());
         }
     }
     rendered.loaded.clone()

@@ -24,9 +24,10 @@ pub struct Publication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkName>,
     /// The container that owns it, for a container publication; absent in state files of
-    /// earlier releases.
+    /// earlier releases. Boxed: most publications have none, and every publication is kept
+    /// in memory (and copied into each `ls` and `stats` answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
+    pub container: Option<Box<Container>>,
     /// The reaches this publication turned off for itself (none in earlier releases' state).
     #[serde(default, skip_serializing_if = "ReachOff::is_none")]
     pub reach_off: ReachOff,
@@ -49,7 +50,7 @@ impl Publication {
 
     /// The same publication, owned by `container`.
     pub fn owned(self, container: Container) -> Publication {
-        Publication { container: Some(container), ..self }
+        Publication { container: Some(Box::new(container)), ..self }
     }
 
     /// Who holds its host port, for messages: `jail web`, or `container 3f6940ab5ab4 (CNI

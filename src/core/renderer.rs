@@ -15,60 +15,92 @@ use super::reach::Reached;
 use super::render::{HostView, Targets, render_anchor};
 use super::spec::PortSpec;
 
-/// What one anchor rendered to.
+/// What one anchor rendered to, with the targets it was rendered for.
+///
+/// Kept for every running jail with publications, so it is compact: per publication one
+/// [`Item`] (its seq, targets, interface list by index, reaches), and what only a publication
+/// without rules or with notes has, boxed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     /// The anchor; `None` when it holds no rule.
     pub loaded: Option<Arc<Loaded>>,
+    /// The distinct interface lists of the publications (mostly one per anchor).
+    interfaces: Box<[Arc<[InterfaceName]>]>,
     /// Per publication, in the order given.
-    pub publications: Vec<PubRendered>,
+    items: Box<[Item]>,
+}
+
+/// One publication of a [`Rendered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    seq: u64,
+    /// What it was rendered for (part of the inputs).
+    targets: Targets,
+    /// Its interface list, in [`Rendered::interfaces`].
+    interfaces: u32,
+    reached: Reached,
+    /// Why it has no rule, and the reaches that cannot work: `None` for most publications.
+    remarks: Option<Box<Remarks>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Remarks {
+    no_rules: Option<String>,
+    notes: Vec<String>,
 }
 
 /// What one publication rendered to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PubRendered {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubRendered<'a> {
     pub seq: u64,
     /// The interfaces its rules are on (shared between the publications of one anchor).
-    pub interfaces: Arc<[InterfaceName]>,
+    pub interfaces: &'a Arc<[InterfaceName]>,
     /// Why it has no rule at all, when it has none.
-    pub no_rules: Option<String>,
+    pub no_rules: Option<&'a str>,
     /// Where it can be reached from.
     pub reached: Reached,
     /// Reaches asked for that cannot work here, and why.
-    pub notes: Vec<String>,
+    pub notes: &'a [String],
 }
 
-/// The inputs one anchor was rendered from. A publication never changes once stored (a new one
-/// gets a new `seq`), so the seqs and their targets identify the publications' part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Rendered {
+    /// Per publication, in the order given.
+    pub fn publications(&self) -> impl Iterator<Item = PubRendered<'_>> {
+        self.items.iter().map(|i| {
+            let remarks = i.remarks.as_deref();
+            PubRendered {
+                seq: i.seq,
+                interfaces: &self.interfaces[i.interfaces as usize],
+                no_rules: remarks.and_then(|r| r.no_rules.as_deref()),
+                reached: i.reached,
+                notes: remarks.map_or(&[][..], |r| &r.notes),
+            }
+        })
+    }
+
+    /// Whether this was rendered from `items` (compared in place: no allocation).
+    fn rendered_from(&self, items: &[(&Stored, Targets)]) -> bool {
+        self.items.len() == items.len()
+            && self.items.iter().zip(items).all(|(i, (s, t))| i.seq == s.seq && i.targets == *t)
+    }
+}
+
+/// The inputs one anchor was rendered from beyond its publications (whose part, the seqs and
+/// targets, [`Rendered`] keeps). A publication never changes once stored (a new one gets a new
+/// `seq`), so the seqs and their targets identify the publications' part.
+#[derive(Debug)]
 struct Inputs {
     jail: JailName,
     jid: u32,
     vnet: bool,
-    host: HostView,
-    items: Vec<(u64, Targets)>,
+    /// Shared between the anchors rendered under the same host view.
+    host: Arc<HostView>,
 }
 
 impl Inputs {
-    fn of(jail: &RunningJail, host: &HostView, items: &[(&Stored, Targets)]) -> Inputs {
-        Inputs {
-            jail: jail.name.clone(),
-            jid: jail.jid,
-            vnet: jail.vnet,
-            host: host.clone(),
-            items: items.iter().map(|(s, t)| (s.seq, t.clone())).collect(),
-        }
-    }
-
-    /// Whether these are the inputs of `jail` with `items` under `host` (compared in place:
-    /// no allocation when nothing changed).
-    fn matches(&self, jail: &RunningJail, host: &HostView, items: &[(&Stored, Targets)]) -> bool {
-        self.jid == jail.jid
-            && self.jail == jail.name
-            && self.vnet == jail.vnet
-            && &self.host == host
-            && self.items.len() == items.len()
-            && self.items.iter().zip(items).all(|((seq, t), (s, u))| *seq == s.seq && t == u)
+    /// Whether these are the inputs of `jail` under `host` (compared in place).
+    fn matches(&self, jail: &RunningJail, host: &HostView) -> bool {
+        self.jid == jail.jid && self.jail == jail.name && self.vnet == jail.vnet && *self.host == *host
     }
 }
 
@@ -83,7 +115,10 @@ struct Entry {
 /// plans repeatedly (the engine), lent to each plan; a fresh one renders everything.
 #[derive(Default)]
 pub struct Renderer {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Box<str>, Entry>,
+    /// The host view the last anchor was rendered under, shared by the entries rendered under
+    /// it (every anchor holds one).
+    host: Option<Arc<HostView>>,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -103,23 +138,26 @@ impl Renderer {
         items: &[(&Stored, Targets)],
         host: &HostView,
     ) -> &Rendered {
-        let fresh =
-            || Entry { inputs: Inputs::of(jail, host, items), rendered: render_jail(jail, items, host), used: true };
-        match self.entries.get_mut(component) {
-            Some(e) if e.inputs.matches(jail, host, items) => e.used = true,
-            Some(e) => *e = fresh(),
-            None => {
-                self.entries.insert(component.to_string(), fresh());
-            }
+        let found = self.entries.get_mut(component);
+        if let Some(e) = found.filter(|e| e.inputs.matches(jail, host) && e.rendered.rendered_from(items)) {
+            e.used = true;
+        } else {
+            let shared = match &self.host {
+                Some(h) if **h == *host => Arc::clone(h),
+                _ => Arc::clone(self.host.insert(Arc::new(host.clone()))),
+            };
+            let inputs = Inputs { jail: jail.name.clone(), jid: jail.jid, vnet: jail.vnet, host: shared };
+            let entry = Entry { inputs, rendered: render_jail(jail, items, host), used: true };
+            self.entries.insert(component.into(), entry);
         }
-        let entry = &self.entries[component];
-        &entry.rendered
+        &self.entries[component].rendered
     }
 
     /// Forgets the anchors not rendered since the last sweep (their jails stopped, or publish
     /// nothing any more). A full plan sweeps once it has rendered every anchor.
     pub fn sweep(&mut self) {
         self.entries.retain(|_, e| std::mem::replace(&mut e.used, false));
+        self.entries.shrink_to_fit();
     }
 
     /// How many anchors are remembered.
@@ -134,32 +172,41 @@ impl Renderer {
 
 /// Renders one running jail's anchor.
 fn render_jail(jail: &RunningJail, items: &[(&Stored, Targets)], host: &HostView) -> Rendered {
-    let seq_of: BTreeMap<&PortSpec, u64> = items.iter().map(|(s, _)| (&s.publication.spec, s.seq)).collect();
     let anchor = render_anchor(items.iter().map(|(s, t)| (&s.publication, t.clone())), host, jail.vnet);
-    let mut shared: Vec<Arc<[InterfaceName]>> = Vec::new();
-    let publications = anchor
-        .publications
+    // The anchor is in spec order; the items go in the order given.
+    let by_spec: BTreeMap<&PortSpec, usize> =
+        anchor.publications.iter().enumerate().map(|(i, (p, _))| (&p.spec, i)).collect();
+    let mut interfaces: Vec<Arc<[InterfaceName]>> = Vec::new();
+    let items = items
         .iter()
-        .map(|(p, r)| {
+        .map(|(s, t)| {
+            let r = &anchor.publications[by_spec[&s.publication.spec]].1;
             let no_rules = (!r.is_active()).then(|| {
                 let why: Vec<String> =
                     r.skipped.iter().map(|k| format!("no {} rules: {}", k.family.human(), k.reason)).collect();
                 why.join("; ")
             });
             // Publications of one jail mostly share their interface list: share it too.
-            let interfaces = match shared.iter().find(|l| l[..] == r.interfaces[..]) {
-                Some(l) => Arc::clone(l),
+            let index = match interfaces.iter().position(|l| l[..] == r.interfaces[..]) {
+                Some(i) => i,
                 None => {
-                    let l: Arc<[InterfaceName]> = Arc::from(r.interfaces.clone());
-                    shared.push(Arc::clone(&l));
-                    l
+                    interfaces.push(Arc::from(r.interfaces.clone()));
+                    interfaces.len() - 1
                 }
             };
-            PubRendered { seq: seq_of[&p.spec], interfaces, no_rules, reached: r.reached, notes: r.notes.clone() }
+            let remarks = (no_rules.is_some() || !r.notes.is_empty())
+                .then(|| Box::new(Remarks { no_rules, notes: r.notes.clone() }));
+            Item {
+                seq: s.seq,
+                targets: t.clone(),
+                interfaces: u32::try_from(index).expect("fewer interface lists than publications"),
+                reached: r.reached,
+                remarks,
+            }
         })
         .collect();
     let loaded = (!anchor.is_empty()).then(|| Arc::new(Loaded::new(jail.name.clone(), jail.jid, &anchor.text())));
-    Rendered { loaded, publications }
+    Rendered { loaded, interfaces: interfaces.into_boxed_slice(), items }
 }
 
 #[cfg(test)]
@@ -199,7 +246,8 @@ mod tests {
         let first = r.render("web", &web(3), &items, &gateways("em0")).clone();
         let again = r.render("web", &web(3), &items, &gateways("em0")).clone();
         assert!(Arc::ptr_eq(&anchor(&first), &anchor(&again)), "not rendered again");
-        assert!(Arc::ptr_eq(&first.publications[0].interfaces, &again.publications[0].interfaces));
+        let interfaces = |r: &Rendered| Arc::clone(r.publications().next().expect("a publication").interfaces);
+        assert!(Arc::ptr_eq(&interfaces(&first), &interfaces(&again)));
         assert_eq!(first, render_jail(&web(3), &items, &gateways("em0")), "what a fresh render gives");
         assert_eq!(r.len(), 1);
     }
@@ -225,7 +273,7 @@ mod tests {
         }
         let with_b = r.render("web", &web(3), &two, &gateways("em0"));
         assert!(anchor(with_b).text().contains("8443"));
-        assert_eq!(with_b.publications.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(with_b.publications().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]
@@ -250,6 +298,7 @@ mod tests {
         let v6 = stored(1, "[2001:db8::1]:8080:80");
         let r = Renderer::default().render("web", &web(3), &[(&v6, targets("10.13.37.2"))], &gateways("em0")).clone();
         assert!(r.loaded.is_none());
-        assert!(r.publications[0].no_rules.as_deref().is_some_and(|w| w.contains("no IPv6 rules")), "{r:?}");
+        let no_rules = r.publications().next().expect("a publication").no_rules;
+        assert!(no_rules.is_some_and(|w| w.contains("no IPv6 rules")), "{r:?}");
     }
 }

@@ -286,10 +286,10 @@ impl Engine {
         self.observer.vnet_pending(jail)
     }
 
-    /// Plans every publication anew; the plan becomes the last one (every caller makes it so,
-    /// or plans again). The last one is dropped first, so that the agent never holds two full
-    /// plans at once: at 10,000 publications one is about 3 MB, and the agent's peak memory was
-    /// the two of them during an `unpublish`.
+    /// Plans every publication against the current observation. The last plan is let go of
+    /// first: every caller replaces it with this plan (or with another made after it), and two
+    /// plans of 10,000 publications held at once were the agent's peak memory. Until then,
+    /// `self.last` is empty.
     fn plan_current(&mut self) -> Plan {
         self.last = Plan::default();
         let desired = Desired {
@@ -609,7 +609,7 @@ mod tests {
         let anchor = h.pf().anchor("kleene/web").unwrap();
         assert!(anchor.contains("rdr on em1 ") && !anchor.contains("em0"), "{anchor}");
         let ls = h.list();
-        assert_eq!(ls[0].interfaces, ["em1".parse().unwrap()]);
+        assert_eq!(ls[0].interfaces[..], ["em1".parse().unwrap()]);
         h.fakes.routes.set(Family::Inet, None);
         h.tick();
         assert_eq!(h.standing("web", "8080:80/tcp").unwrap().0, "error", "no gateway, no rules");

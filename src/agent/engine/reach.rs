@@ -362,7 +362,7 @@ mod tests {
             )
         );
         let ls = h.list();
-        assert_eq!(ls[0].reached, [From::Outside, From::Jails, From::Networks, From::Host]);
+        assert_eq!(ls[0].reached.to_vec(), [From::Outside, From::Jails, From::Networks, From::Host]);
         assert_eq!(h.unpublish("web", &[]).unwrap().lines().next().unwrap(), "unpublished web 8080:80/udp");
         assert!(h.pf().anchor("kleene/web").is_none(), "teardown removes every rule");
         assert_eq!(
@@ -383,7 +383,7 @@ mod tests {
         h.publish("web", &["8080:80"]).unwrap();
         let a = h.pf().anchor("kleene/web").unwrap();
         assert_eq!(a.lines().count(), 2, "{a}");
-        assert_eq!(h.list()[0].reached, [From::Outside]);
+        assert_eq!(h.list()[0].reached.to_vec(), [From::Outside]);
         let refused = h.publish("web", &["127.0.0.1:9090:90"]).unwrap();
         assert!(
             refused.contains("error: no IPv4 rules: publications on the host's loopback are switched off"),

@@ -944,7 +944,7 @@ mod tests {
         let list = h.list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].standing.word(), "active", "{:?}", list[0].reason);
-        assert_eq!(list[0].publication.container, Some(container("c1", &["10.88.0.5"])));
+        assert_eq!(list[0].publication.container.as_deref(), Some(&container("c1", &["10.88.0.5"])));
         assert_eq!(del(&h, "c1").unwrap(), "unpublished cni-1 8080:80/tcp");
     }
 

@@ -49,6 +49,8 @@ pub struct StatsRead {
     stats: Vec<PublicationStats>,
     /// By the index in `stats`: what its counters are read by, when its rules are loaded.
     keys: Vec<Option<Key>>,
+    /// The publications' labels, one after another (one string, not one per publication).
+    labels: String,
     /// The jails with loaded rules among the publications reported.
     jails: Vec<LoadedJail>,
 }
@@ -56,9 +58,9 @@ pub struct StatsRead {
 /// What a publication's counters are read by.
 struct Key {
     /// Its jail, in `StatsRead::jails`.
-    jail: usize,
-    /// The label on its pass rules.
-    label: String,
+    jail: u32,
+    /// The label on its pass rules, in `StatsRead::labels`.
+    label: std::ops::Range<u32>,
 }
 
 /// A jail whose rules are loaded: its anchor's path and the label on all its pass rules.
@@ -74,6 +76,7 @@ impl Engine {
         let states = self.states(jail);
         let n = states.size_hint().0;
         let (mut stats, mut keys, mut jails) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+        let mut labels = String::new();
         let mut index: HashMap<JailName, usize> = HashMap::new();
         for state in states {
             let p = &state.publication;
@@ -88,7 +91,9 @@ impl Engine {
                     jails.push(LoadedJail { anchor: self.anchor_path(&component()), label: p.jail.label() });
                     jails.len() - 1
                 });
-                Key { jail, label: p.label() }
+                let start = labels.len();
+                labels.push_str(&p.label());
+                Key { jail: index_u32(jail), label: index_u32(start)..index_u32(labels.len()) }
             });
             keys.push(key);
             // What `stats` does not show of the state (its interfaces, targets, reaches) is
@@ -99,7 +104,8 @@ impl Engine {
         // Publications being removed come after those counted in `n`.
         stats.shrink_to_fit();
         keys.shrink_to_fit();
-        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), stats, keys, jails }
+        labels.shrink_to_fit();
+        StatsRead { sys: Arc::clone(&self.sys), one_jail: jail.is_some(), stats, keys, labels, jails }
     }
 
     /// How many jails the last observation saw running.
@@ -108,7 +114,17 @@ impl Engine {
     }
 }
 
+/// An index into a stats read's lists (a few hundred thousand entries at most).
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).expect("a stats read's lists are far below 4 GiB")
+}
+
 impl StatsRead {
+    /// The label of the publication `key` reads.
+    fn label(&self, key: &Key) -> &str {
+        &self.labels[key.label.start as usize..key.label.end as usize]
+    }
+
     /// The standing of every publication reported.
     pub fn standings(&self) -> impl Iterator<Item = Standing> + '_ {
         self.stats.iter().map(|s| s.standing)
@@ -124,21 +140,23 @@ impl StatsRead {
     pub fn read(mut self) -> Result<Vec<PublicationStats>, Refusal> {
         let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
         // A labels line carries every counter but the states, a rules line only the states: both
-        // reads add into the same sums.
-        let mut sums = vec![RuleCounters::default(); self.stats.len()];
-        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut sums)?;
+        // reads add into the same sums, the publications' own counters (no second list of
+        // 10,000 sums beside them).
+        let mut stats = std::mem::take(&mut self.stats);
+        let labels = self.gather::<LabelsReader>("counters", |a, each| self.sys.pf.labels(a, each), &mut stats[..])?;
         let states =
-            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut sums)?;
-        for ((s, key), sum) in self.stats.iter_mut().zip(&self.keys).zip(sums) {
+            self.gather::<StatesReader>("current states", |a, each| self.sys.pf.rule_states(a, each), &mut stats[..])?;
+        for (s, key) in stats.iter_mut().zip(&self.keys) {
             let Some(key) = key else { continue };
-            let anchor = &self.jails[key.jail].anchor;
+            let anchor = &self.jails[key.jail as usize].anchor;
+            let sum = s.counters.take().unwrap_or_default();
             match (labels.get(anchor), states.get(anchor)) {
                 (None, None) => s.counters = Some(sum),
                 (Some(e), _) => s.note = Some(format!("cannot read pf's counters of {anchor}: {e}")),
                 (_, Some(e)) => s.note = Some(format!("cannot read pf's current states of {anchor}: {e}")),
             }
         }
-        Ok(self.stats)
+        Ok(stats)
     }
 
     /// One kind of read (`what`, for messages) of every loaded anchor, added into `sums`: one
@@ -149,14 +167,17 @@ impl StatsRead {
         &self,
         what: &str,
         read: impl Fn(&str, &mut dyn FnMut(&str)) -> Result<(), CmdError>,
-        sums: &mut [RuleCounters],
+        sums: &mut (impl Sums + ?Sized),
     ) -> Result<BTreeMap<String, String>, Refusal> {
         let loaded = || {
-            self.keys.iter().enumerate().filter_map(|(k, key)| key.as_ref().map(|key| (&self.jails[key.jail], key, k)))
+            self.keys
+                .iter()
+                .enumerate()
+                .filter_map(|(k, key)| key.as_ref().map(|key| (&self.jails[key.jail as usize], key, k)))
         };
         let mut all = Tally::new(true, std::iter::empty());
         if loaded().next().is_some() && !self.one_jail {
-            all = Tally::new(true, loaded().map(|(jail, key, k)| (jail.label.as_str(), key.label.as_str(), k)));
+            all = Tally::new(true, loaded().map(|(jail, key, k)| (jail.label.as_str(), self.label(key), k)));
             let mut reader = R::default();
             read("*", &mut |line: &str| {
                 if let Some(rule) = reader.line(line) {
@@ -173,7 +194,7 @@ impl StatsRead {
                 unseen.push((&jail.anchor, Vec::new()));
                 unseen.len() - 1
             });
-            unseen[i].1.push((&jail.label, &key.label, k));
+            unseen[i].1.push((&jail.label, self.label(key), k));
         }
         let mut failed = BTreeMap::new();
         for (anchor, items) in unseen {
@@ -189,6 +210,24 @@ impl StatsRead {
             }
         }
         Ok(failed)
+    }
+}
+
+/// Where a [`Tally`] adds up the counters of the publication at an index.
+trait Sums {
+    fn at(&mut self, k: usize) -> &mut RuleCounters;
+}
+
+impl Sums for [RuleCounters] {
+    fn at(&mut self, k: usize) -> &mut RuleCounters {
+        &mut self[k]
+    }
+}
+
+/// The publications' own counters, zero until something is counted.
+impl Sums for [PublicationStats] {
+    fn at(&mut self, k: usize) -> &mut RuleCounters {
+        self[k].counters.get_or_insert_with(RuleCounters::default)
     }
 }
 
@@ -228,7 +267,7 @@ impl<'a> Tally<'a> {
     }
 
     /// Adds one rule's counters to the sums of the publications it counts for.
-    fn add(&mut self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+    fn add(&mut self, rule: &Rule<'_>, sums: &mut (impl Sums + ?Sized)) {
         let labels = &rule.labels;
         if self.every {
             if rule.block == 0 {
@@ -260,13 +299,13 @@ impl<'a> Tally<'a> {
 impl TallyJail<'_> {
     /// Adds a rule that carries this jail's label to each of its publications whose label it
     /// carries.
-    fn count(&self, rule: &Rule<'_>, sums: &mut [RuleCounters]) {
+    fn count(&self, rule: &Rule<'_>, sums: &mut (impl Sums + ?Sized)) {
         if rule.labels.contains(&OUTBOUND_LABEL) {
             return;
         }
         for (label, k) in &self.items {
             if rule.labels.contains(label) {
-                sums[*k].add(&rule.counters);
+                sums.at(*k).add(&rule.counters);
             }
         }
     }
@@ -310,8 +349,8 @@ mod tests {
         let mut every = super::Tally::new(true, [(j, p, 0)].into_iter());
         let mut alone = super::Tally::new(false, [(j, p, 1)].into_iter());
         for r in &rules {
-            every.add(r, &mut sums);
-            alone.add(r, &mut sums);
+            every.add(r, &mut sums[..]);
+            alone.add(r, &mut sums[..]);
         }
         assert_eq!(
             (sums[0].bytes_in, sums[0].states_created),

@@ -2,9 +2,12 @@
 //! (what the agent loaded). A publication's standing is the last plan's status, corrected with
 //! what pf has not done yet: pf unusable, a flush or load pf refused, a state kill pending.
 
+use std::sync::Arc;
+
 use crate::core::model::JailName;
 use crate::core::plan::{Status, Stored};
 use crate::core::publication::Publication;
+use crate::core::reach::Reached;
 use crate::core::render::Targets;
 
 use super::super::api::{LoadedAnchor, PublicationState, Standing};
@@ -34,14 +37,14 @@ impl Engine {
             let status = planned.map_or_else(|| Status::Pending("not planned yet".into()), |st| st.status.clone());
             let (standing, reason) = standing(self.with_pf(&s.publication, status));
             let reached = match standing {
-                Standing::Active => planned.map_or_else(Vec::new, |st| st.reached.to_vec()),
-                _ => Vec::new(),
+                Standing::Active => planned.map_or_else(Reached::default, |st| st.reached),
+                _ => Reached::default(),
             };
             PublicationState {
                 publication: s.publication.clone(),
                 standing,
                 reason,
-                interfaces: planned.map_or_else(Vec::new, |st| st.interfaces.to_vec()),
+                interfaces: planned.map_or_else(|| Arc::from([]), |st| Arc::clone(&st.interfaces)),
                 targets: planned.map_or_else(Targets::default, |st| st.targets.clone()),
                 reached,
             }
@@ -52,9 +55,9 @@ impl Engine {
                 publication: p.clone(),
                 standing: Standing::Removing,
                 reason: Some(format!("unpublished, but pf has not killed its established states yet{why}")),
-                interfaces: Vec::new(),
+                interfaces: Arc::from([]),
                 targets: Targets::default(),
-                reached: Vec::new(),
+                reached: Reached::default(),
             }
         });
         stored.chain(removing)
@@ -132,7 +135,7 @@ mod tests {
         );
         assert_eq!(ls[0].reason.as_deref(), Some("jail db is not running"));
         assert_eq!(ls[1].reason, None);
-        assert_eq!(ls[2].interfaces, ["em1".parse().unwrap()]);
+        assert_eq!(ls[2].interfaces[..], ["em1".parse().unwrap()]);
         assert_eq!(ls[2].targets.inet, Some("10.13.37.2".parse().unwrap()));
         assert_eq!(ls[2].targets.inet6, Some("fd00::2".parse().unwrap()));
         assert_eq!(h.engine().list(Some(&"db".parse().unwrap())).len(), 1);
