@@ -2,7 +2,7 @@
 //! tests/fake/freebsd.rs, which record every process spawned, the bytes of rule text sent to
 //! pfctl and how long each call ran).
 //!
-//!     cargo bench --features test-fakes --bench agent_scale [-- --jails N --publishes M]
+//!     cargo bench --features test-fakes --bench agent_scale [-- --jails N --publishes M --churn C]
 //!
 //! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
 //! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
@@ -274,7 +274,7 @@ fn main() {
         status_kib(pid, "RssAnon:"),
         status_kib(pid, "RssFile:")
     );
-    churn(&h, pid, publishes);
+    churn(&h, pid, arg("--churn", 1000));
     counters(&h, jails, pid, metrics_port);
     agent.stop();
 
@@ -340,10 +340,9 @@ fn floor(h: &Host, jails: usize) {
     );
 }
 
-/// Section 5b: publishing and unpublishing the same number of publications again and again; the
+/// Section 5b: `cycles` publishes, each unpublished again at once; the
 /// agent's RSS should not grow with the number of changes, only with what is published.
-fn churn(h: &Host, pid: u32, publishes: usize) {
-    let cycles = publishes.min(1000);
+fn churn(h: &Host, pid: u32, cycles: usize) {
     let jail = jail_name(1);
     let rss0 = status_kib(pid, "VmRSS:");
     let mut unpublish = Vec::with_capacity(cycles);
