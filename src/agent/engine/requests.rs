@@ -92,9 +92,9 @@ impl Failed {
                 let mut msg = format!("{what}, so nothing was {done}: {e}");
                 if let Some(error) = restore {
                     msg.push_str(&format!(
-                        "; but the jail's state file, written while pf loaded, could not be put back ({error:#}): \
-                         it holds the change pf refused, which the agent would apply when it next starts; once the \
-                         state directory is writable again, the jail's next change writes the file anew"
+                        "; and the jail's state file, written while pf loaded, could not be written back as it was \
+                         ({error:#}): if the change reached it, the agent would apply it when it next starts; once \
+                         the state directory is writable again, the jail's next change writes the file anew"
                     ));
                 }
                 msg.push_str("\nCheck that pf is loaded and pfctl works (kleenectl check).");
@@ -311,10 +311,12 @@ impl Engine {
         });
         if let Some(failure) = outcome.anchor_failure(&component) {
             // pf holds what it held, which is what the state says once undone; the jail's file
-            // goes back to it too (a write that failed left it as it was).
+            // goes back to it too. Also after a failed write: one whose directory fsync failed
+            // had already renamed the new file into place.
             self.executor.forget_anchor_failure(&component);
             self.abort(undo);
-            let restore = saved.is_ok().then(|| self.save_jail(jail).err()).flatten();
+            drop(saved);
+            let restore = self.save_jail(jail).err();
             return Err(Failed::Pf { failure, restore });
         }
         if let Err(error) = saved {
@@ -636,6 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn a_change_pf_refuses_on_a_broken_disk_says_the_file_could_not_be_written_back() {
+        let h = running_web();
+        h.publish("web", &["8080:80"]).unwrap();
+        h.break_state_file("web");
+        h.pf().refuse(PfOp::Load, "pfctl: DIOCADDRULENV: Device busy");
+        let refused = h.publish("web", &["8081:81"]).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Pf);
+        assert!(
+            refused.message.starts_with(
+                "pf refused the rules for jail web, so nothing was published: pfctl: DIOCADDRULENV: Device busy; and \
+                 the jail's state file, written while pf loaded, could not be written back as it was (cannot write \
+                 state file "
+            ),
+            "{refused:?}"
+        );
+        let specs: Vec<String> = h.list().iter().map(|s| s.publication.spec.to_string()).collect();
+        assert_eq!(specs, ["8080:80/tcp"], "the agent keeps what pf holds");
+    }
+
+    #[test]
     fn a_refusal_says_when_the_state_file_could_not_be_put_back() {
         let failed = Failed::Pf {
             failure: AnchorFailure::Load("stdin:1: syntax error".into()),
@@ -643,11 +665,11 @@ mod tests {
         };
         assert_eq!(
             failed.refusal(&"web".parse().unwrap(), "published").message,
-            "pf refused the rules for jail web, so nothing was published: stdin:1: syntax error; but the jail's \
-             state file, written while pf loaded, could not be put back (cannot write state file \
-             /var/db/kleene-rdr/publications/web.yml): it holds the change pf refused, which the agent would apply \
-             when it next starts; once the state directory is writable again, the jail's next change writes the \
-             file anew\nCheck that pf is loaded and pfctl works (kleenectl check)."
+            "pf refused the rules for jail web, so nothing was published: stdin:1: syntax error; and the jail's \
+             state file, written while pf loaded, could not be written back as it was (cannot write state file \
+             /var/db/kleene-rdr/publications/web.yml): if the change reached it, the agent would apply it when it \
+             next starts; once the state directory is writable again, the jail's next change writes the file \
+             anew\nCheck that pf is loaded and pfctl works (kleenectl check)."
         );
     }
 
