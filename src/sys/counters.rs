@@ -201,8 +201,9 @@ fn rule_labels(rule: &str) -> Vec<String> {
     out
 }
 
-/// What the agent asks pfctl to do, for counting runs by operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the agent asks pfctl to do, for counting runs by operation (and for scripting the
+/// in-process fake's refusals in the engine's tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PfOp {
     Load,
     Flush,

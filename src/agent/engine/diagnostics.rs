@@ -315,7 +315,9 @@ mod tests {
     #[test]
     fn pf_not_answering_is_the_only_pf_finding() {
         let h = Harness::new();
-        h.pf().refuse(PfOp::Show, "pfctl: /dev/pf: Permission denied");
+        for op in PfOp::ALL {
+            h.pf().refuse(op, "pfctl: /dev/pf: Permission denied");
+        }
         let check = h.engine().check();
         assert_eq!(check.len(), 2, "{check:?}");
         assert_eq!((check[1].what.as_str(), check[1].detail.as_str()), ("pf", "pfctl: /dev/pf: Permission denied"));

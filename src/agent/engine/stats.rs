@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn a_failed_read_is_an_error_or_a_note() {
         let h = harness();
-        h.pf().refuse(crate::agent::engine::testing::PfOp::Show, "pfctl: /dev/pf: Permission denied");
+        h.pf().refuse(crate::agent::engine::testing::PfOp::Labels, "pfctl: /dev/pf: Permission denied");
         let read = h.engine().begin_stats(None);
         let e = read.read().unwrap_err();
         assert!(e.message.contains("cannot read pf's counters: pfctl: /dev/pf: Permission denied"), "{e:?}");
@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn a_failed_read_of_the_current_states_is_an_error_or_a_note() {
         let h = harness();
-        h.pf().refuse(crate::agent::engine::testing::PfOp::RuleStates, "pfctl: DIOCGETRULES: Device busy");
+        h.pf().refuse(crate::agent::engine::testing::PfOp::States, "pfctl: DIOCGETRULES: Device busy");
         let e = h.engine().begin_stats(None).read().unwrap_err();
         assert!(e.message.contains("cannot read pf's current states: pfctl: DIOCGETRULES: Device busy"), "{e:?}");
         let web = read_one_failing(&h);

@@ -20,6 +20,9 @@ use crate::sys::pf::{Pf, Show};
 use crate::sys::runner::{CmdError, CmdErrorKind};
 use crate::sys::settings::{Listener, SYSCTLS, Settings};
 
+/// A pf operation, for scripting refusals: the one the real `Pf` counts its runs by.
+pub use crate::sys::counters::PfOp;
+
 use super::super::api::{Answer, Diagnostic, PublicationState, PublishRequest, Removal, UnpublishRequest};
 use super::super::config::Config;
 use super::{Engine, System};
@@ -37,22 +40,6 @@ fn failed(argv: &[&str], stderr: &str) -> CmdError {
     }
 }
 
-/// A pf operation, for scripting refusals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PfOp {
-    /// `-a ANCHOR -f -`.
-    Load,
-    /// `-a ANCHOR -F all`.
-    Flush,
-    /// `-k label -k LABEL`.
-    Kill,
-    /// `-a PARENT -s Anchors`.
-    Anchors,
-    /// Every other `-s`: an anchor's or the main ruleset's rules, and `-s info`.
-    Show,
-    /// `-a ANCHOR -v -s rules`, the read of the rules' current states.
-    RuleStates,
-}
 
 /// One call the engine made to pf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,11 +207,11 @@ impl Pf for FakePf {
     }
 
     fn enabled(&self) -> Result<Option<bool>, CmdError> {
-        self.call(PfCall::Enabled, PfOp::Show, &["pfctl", "-s", "info"]).map(|_| Some(true))
+        self.call(PfCall::Enabled, PfOp::Info, &["pfctl", "-s", "info"]).map(|_| Some(true))
     }
 
     fn labels(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
-        let m = self.call(PfCall::Labels(anchor.into()), PfOp::Show, &["pfctl", "-a", anchor, "-s", "labels"])?;
+        let m = self.call(PfCall::Labels(anchor.into()), PfOp::Labels, &["pfctl", "-a", anchor, "-s", "labels"])?;
         let text = m.labels.get(anchor).cloned().unwrap_or_default();
         drop(m);
         text.lines().for_each(each);
@@ -233,7 +220,7 @@ impl Pf for FakePf {
 
     fn rule_states(&self, anchor: &str, each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
         let args = ["pfctl", "-P", "-a", anchor, "-v", "-s", "rules"];
-        let m = self.call(PfCall::RuleStates(anchor.into()), PfOp::RuleStates, &args)?;
+        let m = self.call(PfCall::RuleStates(anchor.into()), PfOp::States, &args)?;
         let text = m.rule_states.get(anchor).cloned().unwrap_or_default();
         drop(m);
         text.lines().for_each(each);
