@@ -2,7 +2,7 @@
 //! tests/fake/freebsd.rs, which record every process spawned, the bytes of rule text sent to
 //! pfctl and how long each call ran).
 //!
-//!     cargo bench --features test-fakes --bench agent_scale [-- --jails N --publishes M --churn C]
+//!     cargo bench --features test-fakes --bench agent_scale [-- --jails N --publishes M --churn C --breakdown B]
 //!
 //! Measures: cold start with N running jails x 10 publications; idle ticks (processes and agent
 //! CPU per tick); one jail stopping (with `kleenectl reconcile` and with polling only);
@@ -10,7 +10,8 @@
 //! publish answered without pf or the disk; a pfctl process's lifetime beyond its work); the
 //! agent's peak RSS, and its RSS over publishes unpublished again; the rule text a single-jail change
 //! pushes with per-jail anchors versus a whole-ruleset reload; and reading every publication's
-//! traffic counters: `kleenectl stats` and one metrics scrape. Prints a report; asserts only that
+//! traffic counters: `kleenectl stats` and one metrics scrape; where a publish's round trip goes,
+//! from the agent's metrics around B more publishes. Prints a report; asserts only that
 //! the agent did what it should (every anchor loaded, the stopped jail flushed), never a time.
 
 #[path = "../tests/common/mod.rs"]
@@ -276,6 +277,7 @@ fn main() {
     );
     churn(&h, pid, arg("--churn", 1000));
     counters(&h, jails, pid, metrics_port);
+    breakdown(&h, jails, metrics_port, arg("--breakdown", 300));
     agent.stop();
 
     // 6. Rule text pushed per single-jail change.
@@ -296,6 +298,80 @@ fn main() {
         let whole: usize = (0..n).map(anchor_bytes).sum();
         println!("| {n} | {} bytes | {whole} bytes |", anchor_bytes(0));
     }
+}
+
+/// One metrics scrape: the whole HTTP answer.
+fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{:.200}", body);
+    body
+}
+
+/// The value of the sample `name` (with its labels) in a scrape.
+fn sample(body: &str, name: &str) -> f64 {
+    let line = body.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} scraped"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Where a publish's round trip goes, from the agent's own metrics around `runs` publishes
+/// (after everything else: a scrape's peak memory would count in the memory sections): the
+/// publish request in the agent (`kleene_rdr_publish_duration_seconds`: from taking the
+/// engine's lock to the answer, pf and the disk included), the pfctl loads in it
+/// (`kleene_rdr_pfctl_seconds_total`: from starting pfctl to its answer) and the fake pfctl's
+/// own work (calls.log); the rest of the round trip is outside the request.
+fn breakdown(h: &Host, jails: usize, metrics_port: u16, runs: usize) {
+    if runs == 0 {
+        return;
+    }
+    const REQUEST: &str = "kleene_rdr_publish_duration_seconds_sum";
+    const REQUESTS: &str = "kleene_rdr_publish_duration_seconds_count";
+    const LOAD_TIME: &str = "kleene_rdr_pfctl_seconds_total{operation=\"load\"}";
+    const LOADS: &str = "kleene_rdr_pfctl_calls_total{operation=\"load\"}";
+    let before = scrape(metrics_port);
+    let (_, mut offset) = h.calls_after(0);
+    let mut total = Vec::with_capacity(runs);
+    let mut fake_us = 0;
+    for n in 0..runs {
+        let i = 2 + n % (jails - 2);
+        let t0 = Instant::now();
+        let out = h.ctl(&["publish", "-j", &jail_name(i), &format!("em1:{}:{}", 30000 + n, 8000 + n)]);
+        total.push(t0.elapsed());
+        assert_eq!(out.code, 0, "{out:?}");
+        let (calls, end) = h.calls_after(offset);
+        offset = end;
+        fake_us += calls.iter().filter(|c| is_load(c)).map(elapsed_us).sum::<u64>();
+    }
+    let after = scrape(metrics_port);
+    let delta = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(delta(REQUESTS), runs as f64, "one publish request each");
+    let per = |seconds: f64| Duration::from_secs_f64(seconds / runs as f64);
+    let round_trip = per(total.iter().map(Duration::as_secs_f64).sum());
+    let request = per(delta(REQUEST));
+    let loads = per(delta(LOAD_TIME));
+    let fake = Duration::from_micros(fake_us / runs as u64);
+    total.sort();
+    println!("## 8. Where a publish's round trip goes ({runs} more publishes; means, from the agent's metrics)");
+    println!("- round trip: mean {} (p50 {})", ms(round_trip), ms(percentile(&total, 0.5)));
+    println!("- the publish request in the agent (engine lock to answer, pf and the disk included): {}", ms(request));
+    println!(
+        "- of which pfctl loads, start to answer: {} ({:.2} loads per publish), the fake pfctl's own work {} of it",
+        ms(loads),
+        delta(LOADS) / runs as f64,
+        ms(fake)
+    );
+    println!(
+        "- so the agent's own work in the request (beside or around pfctl): {}",
+        ms(request.saturating_sub(loads))
+    );
+    println!(
+        "- and outside the request (the bench starting the client, the client process, the socket, the agent's \
+         connection thread reading the request and writing the answer): {}\n",
+        ms(round_trip.saturating_sub(request))
+    );
 }
 
 /// The part of a publish's round trip that is two processes starting and ending: the round trip
@@ -377,7 +453,6 @@ fn churn(h: &Host, pid: u32, cycles: usize) {
 /// Section 7, the traffic counters of every publication: `kleenectl stats` (all jails, then one
 /// jail) and one metrics scrape, five times each; pfctl calls, output and the agent's CPU.
 fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
-    use std::io::{Read as _, Write as _};
     for i in 0..jails {
         let lines: String =
             (0..PER_JAIL).map(|k| format!("{k} {k}0 {k}000 {k}0 {k}000 0 0 {k} {}\n", k.min(1))).collect();
@@ -413,13 +488,9 @@ fn counters(h: &Host, jails: usize, pid: u32, metrics_port: u16) {
 
         let cpu0 = process_cpu_ns(pid);
         let t0 = Instant::now();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
+        let body = scrape(metrics_port);
         scrapes.push(t0.elapsed());
         cpu_scrape += process_cpu_ns(pid) - cpu0;
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{:.200}", body);
         body_bytes = body.len();
     }
     for v in [&mut stats, &mut one, &mut scrapes] {

@@ -267,6 +267,8 @@ fn a_scrape_shows_each_publications_counters_and_the_agents_health() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert_eq!(value("kleene_rdr_pfctl_calls_total{operation=\"load\"}"), 1.0, "web's anchor, once");
+    assert!(value("kleene_rdr_pfctl_seconds_total{operation=\"load\"}") > 0.0, "the load took time");
+    assert_eq!(value("kleene_rdr_pfctl_seconds_total{operation=\"kill\"}"), 0.0, "nothing killed");
     assert!(value("kleene_rdr_pfctl_calls_total{operation=\"anchors\"}") >= 2.0, "start-up and polls");
     assert!(value("kleene_rdr_pfctl_calls_total{operation=\"labels\"}") >= 1.0);
     assert!(value("kleene_rdr_pfctl_calls_total{operation=\"states\"}") >= 1.0);

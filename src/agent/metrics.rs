@@ -228,6 +228,20 @@ fn render_head(s: &Snapshot<'_>) -> Vec<u8> {
     for op in PfOp::ALL {
         let _ = writeln!(out, "kleene_rdr_pfctl_failures_total{{operation=\"{}\"}} {}", op.name(), s.calls.get(op).1);
     }
+    let _ = head(
+        &mut out,
+        "kleene_rdr_pfctl_seconds_total",
+        "counter",
+        "Time pfctl runs took, from starting pfctl to its answer, by operation.",
+    );
+    for op in PfOp::ALL {
+        let _ = writeln!(
+            out,
+            "kleene_rdr_pfctl_seconds_total{{operation=\"{}\"}} {}",
+            op.name(),
+            s.calls.time(op).as_secs_f64()
+        );
+    }
     histogram(
         &mut out,
         "kleene_rdr_reconcile_duration_seconds",
@@ -378,7 +392,7 @@ mod tests {
         health.publish.observe(Duration::from_millis(20));
         health.publish.observe(Duration::from_secs(60));
         let calls = PfCalls::new();
-        calls.record(PfOp::Load, true);
+        calls.record(PfOp::Load, true, Duration::from_micros(2_500));
         let counters = RuleCounters {
             packets_in: 3,
             bytes_in: 300,
@@ -408,6 +422,8 @@ mod tests {
             "kleene_rdr_jails_running 4",
             "kleene_rdr_pfctl_calls_total{operation=\"load\"} 1",
             "kleene_rdr_pfctl_failures_total{operation=\"load\"} 1",
+            "kleene_rdr_pfctl_seconds_total{operation=\"load\"} 0.0025",
+            "kleene_rdr_pfctl_seconds_total{operation=\"kill\"} 0",
             "kleene_rdr_last_successful_poll_timestamp_seconds 0",
             "kleene_rdr_publication_bytes_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"in\"} 300",
             "kleene_rdr_publication_packets_total{jail=\"web\",spec=\"[2001:db8::1]:443:8443/tcp\",protocol=\"tcp\",direction=\"out\"} 2",

@@ -23,6 +23,7 @@
 //! open and the rule it is reading, and hands each rule on for its caller to add up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// One rule's counters (pf resets them when the rule's anchor is loaded again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -235,10 +236,12 @@ impl PfOp {
     }
 }
 
-/// pfctl runs and failures by operation, since the process started.
+/// pfctl runs, failures and the time they took, by operation, since the process started.
 pub struct PfCalls {
     calls: [AtomicU64; 8],
     failures: [AtomicU64; 8],
+    /// Microseconds from starting pfctl to its answer (reaped, output read).
+    micros: [AtomicU64; 8],
 }
 
 impl Default for PfCalls {
@@ -248,21 +251,31 @@ impl Default for PfCalls {
 }
 
 /// The process's count of pfctl runs.
-pub static PF_CALLS: PfCalls =
-    PfCalls { calls: [const { AtomicU64::new(0) }; 8], failures: [const { AtomicU64::new(0) }; 8] };
+pub static PF_CALLS: PfCalls = PfCalls::new();
 
 impl PfCalls {
     /// No run counted yet.
     pub const fn new() -> PfCalls {
-        PfCalls { calls: [const { AtomicU64::new(0) }; 8], failures: [const { AtomicU64::new(0) }; 8] }
+        PfCalls {
+            calls: [const { AtomicU64::new(0) }; 8],
+            failures: [const { AtomicU64::new(0) }; 8],
+            micros: [const { AtomicU64::new(0) }; 8],
+        }
     }
 
-    /// Counts one run of `op`, and its failure when `failed`.
-    pub fn record(&self, op: PfOp, failed: bool) {
+    /// Counts one run of `op` that took `took`, and its failure when `failed`.
+    pub fn record(&self, op: PfOp, failed: bool, took: Duration) {
         self.calls[op as usize].fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failures[op as usize].fetch_add(1, Ordering::Relaxed);
         }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.micros[op as usize].fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The time the runs of `op` took, in all.
+    pub fn time(&self, op: PfOp) -> Duration {
+        Duration::from_micros(self.micros[op as usize].load(Ordering::Relaxed))
     }
 
     /// (runs, failures) of `op`.
@@ -430,9 +443,11 @@ mod tests {
     #[test]
     fn counting_runs_by_operation() {
         let calls = PfCalls::new();
-        calls.record(PfOp::Labels, false);
-        calls.record(PfOp::Labels, true);
+        calls.record(PfOp::Labels, false, Duration::from_micros(1_500));
+        calls.record(PfOp::Labels, true, Duration::from_millis(2));
         assert_eq!(calls.get(PfOp::Labels), (2, 1));
+        assert_eq!(calls.time(PfOp::Labels), Duration::from_micros(3_500));
         assert_eq!(calls.get(PfOp::Load), (0, 0));
+        assert_eq!(calls.time(PfOp::Load), Duration::ZERO);
     }
 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::counters::{PF_CALLS, PfOp};
 use super::later::Later;
@@ -90,7 +91,8 @@ impl Pfctl {
 impl Pfctl {
     /// Runs pfctl; a non-zero exit is a failure.
     fn run(&self, op: PfOp, args: &[&str], stdin: Option<&[u8]>) -> Result<runner::Output, CmdError> {
-        counted(op, runner::run(&self.path, args, stdin, false, self.limits))
+        let started = Instant::now();
+        counted(op, started, runner::run(&self.path, args, stdin, false, self.limits))
     }
 
     /// Runs pfctl, its exit status and stderr left to the caller.
@@ -101,7 +103,8 @@ impl Pfctl {
     /// What `-s ...` printed. pfctl warns about a missing anchor on stderr and may still exit 0:
     /// that is a failure too.
     fn shown(&self, op: PfOp, args: &[&str]) -> Result<String, CmdError> {
-        counted(op, self.run_judged(args).and_then(|out| self.judged(args, out)))
+        let started = Instant::now();
+        counted(op, started, self.run_judged(args).and_then(|out| self.judged(args, out)))
     }
 
     /// [`Pfctl::shown`], its output handed to `each` line by line as pfctl prints it. The output
@@ -109,8 +112,9 @@ impl Pfctl {
     /// one line at a time, and the counters of every publication run to several MB.
     fn shown_lines(&self, op: PfOp, args: &[&str], each: &mut dyn FnMut(&str)) -> Result<(), CmdError> {
         let limits = runner::Limits { max_output: MAX_STREAMED_OUTPUT.max(self.limits.max_output), ..self.limits };
+        let started = Instant::now();
         let out = runner::run_lines(&self.path, args, None, true, limits, each);
-        counted(op, out.and_then(|out| self.judged(args, out)).map(drop))
+        counted(op, started, out.and_then(|out| self.judged(args, out)).map(drop))
     }
 
     /// The stdout of a `-s ...` run, or its failure.
@@ -136,9 +140,9 @@ impl Pfctl {
     }
 }
 
-/// Counts a finished run of `op`.
-fn counted<T>(op: PfOp, r: Result<T, CmdError>) -> Result<T, CmdError> {
-    PF_CALLS.record(op, r.is_err());
+/// Counts a finished run of `op`, started at `started`.
+fn counted<T>(op: PfOp, started: Instant, r: Result<T, CmdError>) -> Result<T, CmdError> {
+    PF_CALLS.record(op, r.is_err(), started.elapsed());
     r
 }
 
@@ -161,8 +165,11 @@ impl Pf for Pfctl {
 
     fn anchors_later<'a>(&'a self, parent: &'a str) -> Later<'a, Result<Arc<Vec<String>>, CmdError>> {
         let args = ["-a", parent, "-s", "Anchors"];
+        // Run beside jls and route in a poll, its answer is taken when all three have answered:
+        // its time is counted until then.
+        let started = Instant::now();
         Later::command(runner::Cmd::new(&self.path, &args, self.limits).judged(), move |answer| {
-            counted(PfOp::Anchors, answer.and_then(|out| self.listed(&args, out)))
+            counted(PfOp::Anchors, started, answer.and_then(|out| self.listed(&args, out)))
         })
     }
 

@@ -40,7 +40,6 @@ fn failed(argv: &[&str], stderr: &str) -> CmdError {
     }
 }
 
-
 /// One call the engine made to pf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PfCall {
