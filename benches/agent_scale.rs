@@ -276,8 +276,8 @@ fn main() {
         status_kib(pid, "RssFile:")
     );
     churn(&h, pid, arg("--churn", 1000));
-    counters(&h, jails, pid, metrics_port);
     breakdown(&h, jails, metrics_port, arg("--breakdown", 300));
+    counters(&h, jails, pid, metrics_port);
     agent.stop();
 
     // 6. Rule text pushed per single-jail change.
@@ -318,7 +318,8 @@ fn sample(body: &str, name: &str) -> f64 {
 }
 
 /// Where a publish's round trip goes, from the agent's own metrics around `runs` publishes
-/// (after everything else: a scrape's peak memory would count in the memory sections): the
+/// (after the memory sections, where a scrape's peak would count, and before section 7 sets
+/// pf's counters, which a load then resets): the
 /// publish request in the agent (`kleene_rdr_publish_duration_seconds`: from taking the
 /// engine's lock to the answer, pf and the disk included), the pfctl loads in it
 /// (`kleene_rdr_pfctl_seconds_total`: from starting pfctl to its answer) and the fake pfctl's
@@ -354,7 +355,7 @@ fn breakdown(h: &Host, jails: usize, metrics_port: u16, runs: usize) {
     let loads = per(delta(LOAD_TIME));
     let fake = Duration::from_micros(fake_us / runs as u64);
     total.sort();
-    println!("## 8. Where a publish's round trip goes ({runs} more publishes; means, from the agent's metrics)");
+    println!("## 4b. Where a publish's round trip goes ({runs} more publishes; means, from the agent's metrics)");
     println!("- round trip: mean {} (p50 {})", ms(round_trip), ms(percentile(&total, 0.5)));
     println!("- the publish request in the agent (engine lock to answer, pf and the disk included): {}", ms(request));
     println!(
