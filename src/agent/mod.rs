@@ -12,6 +12,7 @@ pub mod reply;
 pub mod server;
 pub mod state;
 pub mod vnet;
+pub mod workers;
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};

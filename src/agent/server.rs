@@ -6,7 +6,8 @@
 //! use the agent can never fill the slots and lock root out. Refusals are logged at most once per
 //! uid every few seconds.
 //!
-//! Each admitted connection has its own thread, a read deadline and a size limit, so a slow or
+//! Each admitted connection has a thread of its own while it is served (one kept from an earlier
+//! connection when one waits, see `workers`), a read deadline and a size limit, so a slow or
 //! silent client stalls nobody; connections beyond `max_connections` get an error reply at once.
 //!
 //! This is the one place where the protocol meets the engine: the request's strings become the
@@ -31,6 +32,10 @@ use super::api::{ContainerPublishRequest, PublishRequest, Removal, UnpublishRequ
 use super::engine::{self, Engine};
 use super::log;
 use super::reply::Reply;
+use super::workers::Workers;
+
+/// How long a thread that served a connection waits for the next one before it ends.
+const CONNECTION_LINGER: Duration = Duration::from_secs(30);
 
 /// Limits of the server, fixed at start.
 #[derive(Debug, Clone)]
@@ -86,6 +91,7 @@ const REFUSAL_LOG_PEERS: usize = 64;
 /// Serves connections until the process exits.
 pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy, limits: Limits) {
     let active = Arc::new(AtomicUsize::new(0));
+    let workers = Workers::new("connection", CONNECTION_LINGER);
     let mut refusals = RefusalLog::new(REFUSAL_LOG_EVERY, REFUSAL_LOG_PEERS);
     for conn in listener.incoming() {
         let stream = match conn {
@@ -118,11 +124,16 @@ pub fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, policy: Policy,
             );
             continue;
         }
-        let (engine, active, timeout) = (Arc::clone(&engine), Arc::clone(&active), limits.request_timeout);
-        std::thread::spawn(move || {
+        let (engine, active_now, timeout) = (Arc::clone(&engine), Arc::clone(&active), limits.request_timeout);
+        let served = workers.run(move || {
             handle(&stream, &engine, timeout);
-            active.fetch_sub(1, Ordering::SeqCst);
+            active_now.fetch_sub(1, Ordering::SeqCst);
         });
+        if let Err(e) = served {
+            // The connection is closed unanswered (the client says so); the agent goes on.
+            active.fetch_sub(1, Ordering::SeqCst);
+            log::warn(&format!("cannot start a thread to serve a connection: {e}"));
+        }
     }
 }
 

@@ -54,6 +54,7 @@ use super::log;
 use super::metrics::{self, HEALTH};
 use super::state::{State, Store};
 use super::vnet::VnetAddrs;
+use super::workers::Workers;
 use executor::{Bypass, Executor, Outcome, Unfinished};
 use observe::{Observer, Reading, Touched};
 use verify::Verifier;
@@ -63,6 +64,8 @@ pub use stats::{StatsRead, stats};
 /// The most pfctl and jls may print: an anchor of 1,024 dual-stack publications prints about
 /// 600 KB, jls about 120 bytes per jail.
 const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+/// How long the thread that wrote the last state file waits for the next write before it ends.
+const DISK_LINGER: Duration = Duration::from_secs(30);
 /// The most route may print (a dozen lines).
 const MAX_ROUTE_OUTPUT: usize = 64 * 1024;
 /// The most `ifconfig -j JID -a` may print: a jail's root can add addresses at will; 256 KiB
@@ -128,6 +131,8 @@ pub struct Engine {
     touched: Option<Touched>,
     /// What the host offered the reaches when last asked (at start and on reconcile).
     host_reach: reach::HostReach,
+    /// The thread a publish or unpublish writes the jail's state file on while pf loads.
+    disk: Workers,
 }
 
 /// A poll about to read the host without the engine's lock: what to read, and with what.
@@ -177,6 +182,7 @@ impl Engine {
             last: Plan::default(),
             touched: None,
             host_reach: reach::HostReach::default(),
+            disk: Workers::new("state-writer", DISK_LINGER),
         })
     }
 

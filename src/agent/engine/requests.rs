@@ -6,7 +6,7 @@
 //! in one order for both (`Engine::commit`):
 //!
 //! 1. pf and the disk at once: the jail's anchor is loaded (or flushed) as the new state says,
-//!    and meanwhile, in a thread of its own, the jail's state file is replaced atomically
+//!    and meanwhile, on the engine's disk thread, the jail's state file is replaced atomically
 //!    (written and fsynced under a temporary name, renamed, the directory fsynced). The answer
 //!    waits for both; neither waits for the other, so a publish costs the longer of the two, not
 //!    their sum.
@@ -31,6 +31,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::mpsc;
 
 use crate::agent::state::State;
 use crate::core::address::Network;
@@ -301,14 +302,16 @@ impl Engine {
             Planned::Jail(j) => (j.actions.clone(), vec![]),
         };
         // The jail's new state file is written (atomically, fsynced) while pf loads the anchor,
-        // in a thread of its own; the answer waits for both.
-        let store = self.store.clone();
+        // on the engine's disk thread; the answer waits for both. Should that thread not start
+        // (or the write panic), the file is written here once pf is done.
+        let (store, owner) = (self.store.clone(), jail.clone());
         let stored: Vec<Stored> = self.stored_of(jail).cloned().collect();
-        let (mut outcome, saved) = std::thread::scope(|s| {
-            let saving = s.spawn(|| store.save_jail(jail, &stored.iter().collect::<Vec<_>>()));
-            let outcome = self.apply(&mine, Bypass::Component(&component));
-            (outcome, saving.join().expect("writing a state file does not panic"))
+        let (done, saving) = mpsc::sync_channel(1);
+        let _ = self.disk.run(move || {
+            let _ = done.send(store.save_jail(&owner, &stored.iter().collect::<Vec<_>>()));
         });
+        let mut outcome = self.apply(&mine, Bypass::Component(&component));
+        let saved = saving.recv().unwrap_or_else(|_| self.save_jail(jail));
         if let Some(failure) = outcome.anchor_failure(&component) {
             // pf holds what it held, which is what the state says once undone; the jail's file
             // goes back to it too. Also after a failed write: one whose directory fsync failed
