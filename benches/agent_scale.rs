@@ -420,6 +420,9 @@ fn floor(h: &Host, jails: usize) {
 /// Section 5b: `cycles` publishes, each unpublished again at once; the
 /// agent's RSS should not grow with the number of changes, only with what is published.
 fn churn(h: &Host, pid: u32, cycles: usize) {
+    if cycles == 0 {
+        return;
+    }
     let jail = jail_name(1);
     let rss0 = status_kib(pid, "VmRSS:");
     let mut unpublish = Vec::with_capacity(cycles);
