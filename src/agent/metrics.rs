@@ -215,33 +215,28 @@ fn render_head(s: &Snapshot<'_>) -> Vec<u8> {
     }
     let _ = head(&mut out, "kleene_rdr_jails_running", "gauge", "Jails the last observation saw running.");
     let _ = writeln!(out, "kleene_rdr_jails_running {}", s.jails);
-    let _ = head(&mut out, "kleene_rdr_pfctl_calls_total", "counter", "pfctl runs by operation.");
-    for op in PfOp::ALL {
-        let _ = writeln!(out, "kleene_rdr_pfctl_calls_total{{operation=\"{}\"}} {}", op.name(), s.calls.get(op).0);
-    }
-    let _ = head(
+    // pfctl's runs, failures and time, each a counter by operation.
+    let by_operation = |out: &mut Vec<u8>, name: &str, help: &str, value: &dyn Fn(PfOp) -> String| {
+        let _ = head(out, name, "counter", help);
+        for op in PfOp::ALL {
+            let _ = writeln!(out, "{name}{{operation=\"{}\"}} {}", op.name(), value(op));
+        }
+    };
+    by_operation(&mut out, "kleene_rdr_pfctl_calls_total", "pfctl runs by operation.", &|op| {
+        s.calls.get(op).0.to_string()
+    });
+    by_operation(
         &mut out,
         "kleene_rdr_pfctl_failures_total",
-        "counter",
         "pfctl runs that failed (refused, timed out, unreadable), by operation.",
+        &|op| s.calls.get(op).1.to_string(),
     );
-    for op in PfOp::ALL {
-        let _ = writeln!(out, "kleene_rdr_pfctl_failures_total{{operation=\"{}\"}} {}", op.name(), s.calls.get(op).1);
-    }
-    let _ = head(
+    by_operation(
         &mut out,
         "kleene_rdr_pfctl_seconds_total",
-        "counter",
         "Time pfctl runs took, from starting pfctl to its answer, by operation.",
+        &|op| s.calls.time(op).as_secs_f64().to_string(),
     );
-    for op in PfOp::ALL {
-        let _ = writeln!(
-            out,
-            "kleene_rdr_pfctl_seconds_total{{operation=\"{}\"}} {}",
-            op.name(),
-            s.calls.time(op).as_secs_f64()
-        );
-    }
     histogram(
         &mut out,
         "kleene_rdr_reconcile_duration_seconds",
